@@ -1,0 +1,274 @@
+"""Typed run configuration: dataclasses with defaults, presets, YAML/dict loading and validation.
+
+A `PipelineConfig` travels through the pipeline as a plain dict (a KFP struct parameter), so every
+step rebuilds it with `PipelineConfig.from_dict` and sees the same validated values. `validate()`
+checks everything that can be checked without touching data or TensorFlow, so a bad value fails
+before any expensive work starts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from components.core import backbones
+
+
+class ConfigError(ValueError):
+    """A configuration value is invalid; the message names the field and the fix."""
+
+
+@dataclass
+class DataConfig:
+    """How ingest splits a source into train/val/test.
+
+    val_fraction, test_fraction: share of each class carved out for val / test when the source
+        does not provide that split itself; each in [0, 0.5), default 0.15.
+    seed: decides which files go to which split (same seed and files -> same split).
+    shard_size: images per TFRecord shard, >= 1 (default 1000).
+    """
+
+    val_fraction: float = 0.15
+    test_fraction: float = 0.15
+    seed: int = 42
+    shard_size: int = 1000
+
+
+@dataclass
+class ModelConfig:
+    """The backbone and the new head.
+
+    backbone: a name from `components.core.backbones.REGISTRY` (default "mobilenet_v2").
+    alpha: width multiplier, MobileNet family only (default 1.0).
+    image_size: square input side in pixels the backbone sees; 0 means the backbone's default.
+    weights: "imagenet" (Keras download and cache), "none" (random init), a local .h5/.weights.h5
+        path or a gs:// URI of such a file.
+    allow_random_fallback: if ImageNet weights cannot be downloaded, continue from random
+        initialisation (loudly, and recorded in the outputs) instead of failing. Default False.
+    dropout: dropout rate before the classification layer, in [0, 1) (default 0.2).
+    """
+
+    backbone: str = "mobilenet_v2"
+    alpha: float = 1.0
+    image_size: int = 0
+    weights: str = "imagenet"
+    allow_random_fallback: bool = False
+    dropout: float = 0.2
+
+
+@dataclass
+class HeadConfig:
+    """Training of the new head on cached frozen-backbone features.
+
+    epochs: maximum epochs, >= 1 (default 200; early stopping on val loss usually ends far sooner).
+    learning_rate: Adam learning rate, > 0 (default 1e-3).
+    batch_size: >= 1 (default 32).
+    patience: epochs without val-loss improvement before stopping, >= 1 (default 15).
+    flip_views: also cache features of the horizontally mirrored training images (a free
+        augmentation for photos; turn off for data where mirroring changes the class, e.g. digits).
+    """
+
+    epochs: int = 200
+    learning_rate: float = 1e-3
+    batch_size: int = 32
+    patience: int = 15
+    flip_views: bool = True
+
+
+@dataclass
+class FinetuneConfig:
+    """Fine-tuning the top of the backbone together with the head.
+
+    epochs: maximum epochs, >= 0; 0 skips fine-tuning and ships the head-only model (default 10).
+    learning_rate: Adam learning rate, > 0; should be 10-100x below the head's (default 1e-5).
+    unfreeze_layers: layers from the top of the backbone to train (BatchNorm layers always stay
+        frozen); 0 means the backbone's default share (`BackboneSpec.unfreeze_fraction`).
+    batch_size: global batch size across all workers, >= 1 (default 32).
+    patience: epochs without val-loss improvement before stopping, >= 1 (default 3).
+    """
+
+    epochs: int = 10
+    learning_rate: float = 1e-5
+    unfreeze_layers: int = 0
+    batch_size: int = 32
+    patience: int = 3
+
+
+@dataclass
+class EvaluateConfig:
+    """min_accuracy: test accuracy in [0, 1] a model needs to be blessed (exported). Default 0.5."""
+
+    min_accuracy: float = 0.5
+
+
+@dataclass
+class ExportConfig:
+    """calibration_samples: training images (class-stratified) used to calibrate full-integer
+    INT8 quantization and TensorRT INT8, >= 1 (default 200).
+    tensorrt_precision: "fp16" or "fp32" (default "fp16")."""
+
+    calibration_samples: int = 200
+    tensorrt_precision: str = "fp16"
+
+
+@dataclass
+class PipelineConfig:
+    """Everything a run needs besides the data source."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    head: HeadConfig = field(default_factory=HeadConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "PipelineConfig":
+        """Builds a config from nested dicts; unknown keys are errors, numbers are coerced to the
+        field's type (KFP struct parameters turn every number into a float)."""
+        return _build(cls, values or {}, "")
+
+    def validate(self) -> "PipelineConfig":
+        """Raises ConfigError naming the first invalid field and its fix; returns self."""
+        for message in problems(self):
+            raise ConfigError(message)
+        return self
+
+    def with_overrides(self, overrides: dict) -> "PipelineConfig":
+        """Returns a copy with nested `overrides` (same shape as to_dict()) applied."""
+        return PipelineConfig.from_dict(_deep_merge(self.to_dict(), overrides))
+
+
+PRESETS = {
+    "default": {},
+    # The offline demo: scikit-learn's 8x8 handwritten digits, small and fast on 2 cores.
+    "demo": {
+        "model": {"backbone": "mobilenet", "alpha": 0.25, "image_size": 32,
+                  "allow_random_fallback": True},
+        "head": {"flip_views": False, "epochs": 100, "patience": 10},
+        "finetune": {"epochs": 3, "learning_rate": 1e-4, "batch_size": 64},
+        "export": {"calibration_samples": 100},
+    },
+}
+
+
+def preset(name: str) -> PipelineConfig:
+    """Returns the named preset ("default" or "demo")."""
+    if name not in PRESETS:
+        raise ConfigError(f"unknown preset {name!r}; use one of: {', '.join(PRESETS)}")
+    return PipelineConfig.from_dict(PRESETS[name])
+
+
+def load_yaml(path: str, base: Optional[PipelineConfig] = None) -> PipelineConfig:
+    """Reads a YAML file of overrides (same nesting as to_dict()) on top of `base` (defaults)."""
+    import yaml
+
+    try:
+        with open(path, encoding="utf-8") as handle:
+            overrides = yaml.safe_load(handle) or {}
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist; pass the path of a YAML file")
+    except yaml.YAMLError as error:
+        raise ConfigError(f"config file {path} is not valid YAML: {error}")
+    if not isinstance(overrides, dict):
+        raise ConfigError(f"config file {path} must hold a mapping such as 'head: {{epochs: 50}}'")
+    return (base or PipelineConfig()).with_overrides(overrides)
+
+
+def problems(config: PipelineConfig) -> list[str]:
+    """All invalid values of `config`, each as a message naming the field and the fix."""
+    found = []
+
+    def check(ok: bool, message: str) -> None:
+        if not ok:
+            found.append(message)
+
+    data, model, head, tune = config.data, config.model, config.head, config.finetune
+    for name in ("val_fraction", "test_fraction"):
+        value = getattr(data, name)
+        check(0 <= value < 0.5, f"data.{name}={value} is out of range; use a value in [0, 0.5)")
+    check(data.shard_size >= 1, f"data.shard_size={data.shard_size}; use at least 1")
+
+    spec = backbones.REGISTRY.get(model.backbone)
+    if spec is None:
+        found.append(f"unknown backbone {model.backbone!r}; use one of: "
+                     f"{', '.join(sorted(backbones.REGISTRY))}")
+    else:
+        found.extend(backbones.problems(spec, model.image_size, model.alpha, model.weights))
+    check(0 <= model.dropout < 1, f"model.dropout={model.dropout}; use a value in [0, 1)")
+
+    for section, stage in (("head", head), ("finetune", tune)):
+        check(stage.learning_rate > 0,
+              f"{section}.learning_rate={stage.learning_rate}; use a positive value")
+        check(stage.batch_size >= 1, f"{section}.batch_size={stage.batch_size}; use at least 1")
+        check(stage.patience >= 1, f"{section}.patience={stage.patience}; use at least 1")
+    check(head.epochs >= 1, f"head.epochs={head.epochs}; use at least 1")
+    check(tune.epochs >= 0, f"finetune.epochs={tune.epochs}; use 0 (no fine-tuning) or more")
+    check(tune.unfreeze_layers >= 0,
+          f"finetune.unfreeze_layers={tune.unfreeze_layers}; use 0 (backbone default) or more")
+    check(tune.learning_rate < head.learning_rate,
+          f"finetune.learning_rate={tune.learning_rate} is not below head.learning_rate="
+          f"{head.learning_rate}; fine-tune 10-100x lower than the head or it wrecks the "
+          f"pretrained features")
+
+    check(0 <= config.evaluate.min_accuracy <= 1,
+          f"evaluate.min_accuracy={config.evaluate.min_accuracy}; use a value in [0, 1]")
+    check(config.export.calibration_samples >= 1,
+          f"export.calibration_samples={config.export.calibration_samples}; use at least 1")
+    check(config.export.tensorrt_precision in ("fp16", "fp32"),
+          f"export.tensorrt_precision={config.export.tensorrt_precision!r}; use fp16 or fp32")
+    return found
+
+
+def _build(cls, values: dict, prefix: str):
+    if not isinstance(values, dict):
+        raise ConfigError(f"{prefix.rstrip('.') or 'config'} must be a mapping, got {values!r}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - names)
+    if unknown:
+        raise ConfigError(f"unknown config key {prefix}{unknown[0]}; known keys here: "
+                          f"{', '.join(sorted(names))}")
+    kwargs = {}
+    for name, value in values.items():
+        kind = hints[name]
+        if dataclasses.is_dataclass(kind):
+            kwargs[name] = _build(kind, value, f"{prefix}{name}.")
+        else:
+            kwargs[name] = _coerce(value, kind, f"{prefix}{name}")
+    return cls(**kwargs)
+
+
+def _coerce(value: Any, kind: type, name: str) -> Any:
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{name}={value!r} must be true or false")
+    if kind is int:
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and value == int(value):
+            return int(value)
+        raise ConfigError(f"{name}={value!r} must be a whole number")
+    if kind is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise ConfigError(f"{name}={value!r} must be a number")
+    if kind is str:
+        if isinstance(value, str):
+            return value
+        raise ConfigError(f"{name}={value!r} must be a string")
+    return value
+
+
+def _deep_merge(base: dict, overrides: dict) -> dict:
+    merged = dict(base)
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged

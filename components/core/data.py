@@ -1,0 +1,366 @@
+"""Ingest: a folder of labelled images -> checked RGB images in TFRecord shards plus a manifest.
+
+Accepted layouts (hidden files and folders are ignored):
+- class folders: ROOT/<class>/<image>; train/val/test are carved per class;
+- split folders: ROOT/train/<class>/<image> with optional ROOT/val (or validation) and ROOT/test.
+  Given splits are honoured. With train and val but no test, the given val becomes the test split
+  and a new val is carved from train, so no reported accuracy comes from data that chose a model.
+
+Splits are stratified and seeded: within a class, files are ordered by a hash of (seed, content
+hash), so the same files and seed always give the same split.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import io
+import logging
+import os
+import time
+from dataclasses import dataclass
+from typing import Iterable, Optional
+
+from components.core import storage
+from components.core.config import DataConfig
+
+log = logging.getLogger("tlpipe.data")
+
+SPLITS = ("train", "val", "test")
+SPLIT_FOLDER_NAMES = {"train": "train", "val": "val", "validation": "val", "test": "test"}
+MANIFEST = "manifest.json"
+STORED_AS_IS = ("JPEG", "PNG")  # formats TensorFlow decodes; other formats are re-encoded as PNG
+
+
+class DataError(ValueError):
+    """The source cannot become a dataset; the message names the problem and the fix."""
+
+
+@dataclass
+class SourceFile:
+    """One file found in the source. given_split: the split folder it was in, if any."""
+
+    path: str
+    relpath: str
+    label: str
+    given_split: Optional[str] = None
+
+
+@dataclass
+class CheckedImage:
+    """A source file that decoded; sha256 is of the file's bytes. conversion: how it was turned
+    into 8-bit RGB ("" when stored as is), e.g. "CMYK JPEG -> RGB PNG"."""
+
+    source: SourceFile
+    sha256: str
+    width: int
+    height: int
+    conversion: str
+
+
+def discover(root: str) -> tuple[list[str], list[SourceFile]]:
+    """Lists class names and candidate files of a local folder, checking the layout.
+
+    Returns (sorted class names, files sorted by relative path). Raises DataError for a missing
+    folder, fewer than two classes, or a class folder with no files.
+    """
+    if not os.path.isdir(root):
+        raise DataError(f"data folder {root} does not exist; pass a folder holding one subfolder "
+                        f"of images per class")
+    entries = _visible_subdirs(root)
+    split_dirs = {SPLIT_FOLDER_NAMES[name.lower()]: name for name in entries
+                  if name.lower() in SPLIT_FOLDER_NAMES}
+    if split_dirs:
+        if "train" not in split_dirs:
+            raise DataError(f"{root} has split folders {sorted(split_dirs.values())} but no "
+                            f"train/; add train/<class>/ folders or use plain class folders")
+        files = []
+        for split, name in sorted(split_dirs.items()):
+            files.extend(_class_files(os.path.join(root, name), root, split))
+        classes = sorted(_visible_subdirs(os.path.join(root, split_dirs["train"])))
+        extra = sorted({f.label for f in files} - set(classes))
+        if extra:
+            raise DataError(f"class {extra[0]!r} has images in val/test but no train/{extra[0]}/ "
+                            f"folder in {root}; add training images for it or remove it")
+    else:
+        files = _class_files(root, root, None)
+        classes = sorted(entries)
+    if len(classes) < 2:
+        raise DataError(f"{root} has {len(classes)} class folder(s) {classes}; a classifier needs "
+                        f"at least two: put each class's images in its own subfolder")
+    for label in classes:
+        if not any(f.label == label for f in files):
+            raise DataError(f"class folder {label!r} in {root} has no files; add images or "
+                            f"remove the folder")
+    return classes, sorted(files, key=lambda f: f.relpath)
+
+
+def _visible_subdirs(folder: str) -> list[str]:
+    return sorted(name for name in os.listdir(folder)
+                  if not name.startswith(".") and os.path.isdir(os.path.join(folder, name)))
+
+
+def _class_files(folder: str, root: str, split: Optional[str]) -> list[SourceFile]:
+    files = []
+    for label in _visible_subdirs(folder):
+        for dirpath, dirnames, filenames in os.walk(os.path.join(folder, label)):
+            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+            for name in sorted(filenames):
+                if name.startswith("."):
+                    continue
+                path = os.path.join(dirpath, name)
+                files.append(SourceFile(path, os.path.relpath(path, root), label, split))
+    return files
+
+
+def check_image(source: SourceFile) -> tuple[Optional[CheckedImage], str]:
+    """Decodes a file fully. Returns (CheckedImage, "") or (None, reason it is unusable)."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with open(source.path, "rb") as handle:
+            content = handle.read()
+        with Image.open(io.BytesIO(content)) as image:
+            image.load()
+            conversion = _conversion_needed(image)
+            width, height = image.size
+    except UnidentifiedImageError:
+        return None, "not an image file (no known image format)"
+    except Exception as error:  # truncated, corrupt, decompression bomb, unreadable...
+        return None, f"cannot be decoded: {type(error).__name__}: {error}"
+    sha = hashlib.sha256(content).hexdigest()
+    return CheckedImage(source, sha, width, height, conversion), ""
+
+
+def _conversion_needed(image) -> str:
+    orientation = image.getexif().get(0x0112, 1)
+    if image.format in STORED_AS_IS and image.mode == "RGB" and orientation == 1:
+        return ""
+    rotated = " rotated by EXIF" if orientation != 1 else ""
+    return f"{image.mode} {image.format}{rotated} -> RGB PNG"
+
+
+def rgb_bytes(path: str) -> bytes:
+    """The image at `path` as PNG-encoded 8-bit RGB, upright per its EXIF orientation.
+
+    Greyscale and 16-bit images are scaled to 8 bits, alpha is composited on white, CMYK and
+    palette images are converted, animations keep their first frame.
+    """
+    import numpy as np
+    from PIL import Image, ImageOps
+
+    with Image.open(path) as image:
+        image = ImageOps.exif_transpose(image)
+        if image.mode in ("I;16", "I;16B", "I;16L", "I"):
+            pixels = np.asarray(image, dtype=np.float64)
+            top = 65535.0 if pixels.max() > 255 else 255.0
+            image = Image.fromarray(np.round(pixels * (255.0 / top)).astype(np.uint8), "L")
+        if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and
+                                                  "transparency" in image.info):
+            rgba = image.convert("RGBA")
+            background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+            image = Image.alpha_composite(background, rgba)
+        rgb = image.convert("RGB")
+    buffer = io.BytesIO()
+    rgb.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def carve_counts(n: int, fractions: Iterable[float]) -> list[int]:
+    """How many of `n` items each fraction takes: rounded, at least 1 for a positive fraction
+    while at least one item is left for training. E.g. carve_counts(10, [0.15, 0.15]) == [2, 2]."""
+    counts, left = [], n
+    for fraction in fractions:
+        take = max(int(round(n * fraction)), 1 if fraction > 0 else 0)
+        take = max(0, min(take, left - 1))
+        counts.append(take)
+        left -= take
+    return counts
+
+
+def split_key(seed: int, sha256: str) -> str:
+    """The order key that decides a file's split within its class: a hash of seed and content."""
+    return hashlib.sha256(f"{seed}:{sha256}".encode()).hexdigest()
+
+
+def assign_splits(images: list[CheckedImage], classes: list[str],
+                  config: DataConfig) -> dict[str, list[CheckedImage]]:
+    """Stratified, seeded train/val/test assignment honouring given split folders (see module doc).
+
+    Returns {split: images sorted by (label, relpath)}.
+    """
+    given = {image.source.given_split for image in images}
+    splits = {split: [] for split in SPLITS}
+    for label in classes:
+        members = [image for image in images if image.source.label == label]
+        if None in given:
+            pool, carve = members, ("test", "val")
+        else:
+            pool = [m for m in members if m.source.given_split == "train"]
+            given_val = [m for m in members if m.source.given_split == "val"]
+            given_test = [m for m in members if m.source.given_split == "test"]
+            if "test" in given:
+                splits["test"].extend(given_test)
+                splits["val"].extend(given_val)
+                carve = () if "val" in given else ("val",)
+            else:
+                splits["test"].extend(given_val)
+                carve = ("val",)
+        pool = sorted(pool, key=lambda m: split_key(config.seed, m.sha256))
+        fractions = [config.test_fraction if s == "test" else config.val_fraction for s in carve]
+        start = 0
+        for split, count in zip(carve, carve_counts(len(pool), fractions)):
+            splits[split].extend(pool[start:start + count])
+            start += count
+        splits["train"].extend(pool[start:])
+    return {split: sorted(members, key=lambda m: (m.source.label, m.source.relpath))
+            for split, members in splits.items()}
+
+
+def fingerprint(splits: dict[str, list[CheckedImage]]) -> str:
+    """sha256 over every (split, class, content hash): equal iff the dataset content is equal."""
+    digest = hashlib.sha256()
+    for split in SPLITS:
+        for line in sorted(f"{split}\t{m.source.label}\t{m.sha256}" for m in splits[split]):
+            digest.update(line.encode() + b"\n")
+    return digest.hexdigest()
+
+
+def check_all(files: list[SourceFile]) -> tuple[list[CheckedImage], list[dict]]:
+    """Decodes every file (with progress logs). Exact duplicates within a class are kept once.
+
+    Returns (usable images, skipped files as {"path", "reason"}).
+    """
+    usable, skipped, seen = [], [], {}
+    started = last_log = time.monotonic()
+    for number, source in enumerate(files, 1):
+        checked, reason = check_image(source)
+        if checked is not None:
+            first = seen.setdefault((source.label, checked.sha256), source.relpath)
+            if first != source.relpath:
+                checked, reason = None, f"exact duplicate of {first} (kept once)"
+        if checked is None:
+            skipped.append({"path": source.relpath, "reason": reason})
+            log.warning("skipping %s: %s", source.relpath, reason)
+        else:
+            usable.append(checked)
+        if time.monotonic() - last_log > 10 or number == len(files):
+            last_log = time.monotonic()
+            log.info("checked %d/%d files (%.0f files/s)", number, len(files),
+                     number / max(last_log - started, 1e-9))
+    return usable, skipped
+
+
+def ingest_folder(root: str, output_dir: str, config: DataConfig) -> dict:
+    """Checks, splits and shards a local image folder into `output_dir` (written atomically).
+
+    Output: `<split>-NNNNN.tfrecord` shards of tf.train.Example records (image: 8-bit RGB JPEG or
+    PNG bytes, label: class index, sha256, source: relative path) and `manifest.json`.
+    Returns the manifest. Raises DataError before writing anything if the data cannot work.
+    """
+    classes, files = discover(root)
+    images, skipped = check_all(files)
+    empty = [label for label in classes if not any(i.source.label == label for i in images)]
+    if empty:
+        raise DataError(f"class {empty[0]!r} has no usable image in {root} (all its files were "
+                        f"skipped: see the log); add decodable images or remove the folder")
+    splits = assign_splits(images, classes, config)
+    for split in ("train", "val", "test"):
+        if not splits[split]:
+            raise DataError(f"the {split} split of {root} is empty; add images (at least 3 per "
+                            f"class) or give a {split}/ folder")
+    manifest = {
+        "source": os.path.abspath(root),
+        "classes": classes,
+        "counts": {split: {label: sum(m.source.label == label for m in splits[split])
+                           for label in classes} for split in SPLITS},
+        "skipped": skipped,
+        "converted": [{"path": m.source.relpath, "conversion": m.conversion}
+                      for m in images if m.conversion],
+        "label_conflicts": _label_conflicts(images),
+        "fingerprint": fingerprint(splits),
+        "split_config": dataclasses.asdict(config),
+        "image_sizes": _size_summary(images),
+    }
+    with storage.atomic_dir(output_dir) as partial:
+        manifest["shards"] = {split: write_shards(partial, split, splits[split], classes,
+                                                  config.shard_size) for split in SPLITS}
+        storage.write_json(os.path.join(partial, MANIFEST), manifest)
+    log.info("ingested %s: %s", root, {s: len(splits[s]) for s in SPLITS})
+    return manifest
+
+
+def _label_conflicts(images: list[CheckedImage]) -> list[dict]:
+    by_hash = {}
+    for image in images:
+        by_hash.setdefault(image.sha256, []).append(image)
+    return [{"sha256": sha, "paths": [m.source.relpath for m in group]}
+            for sha, group in sorted(by_hash.items())
+            if len({m.source.label for m in group}) > 1]
+
+
+def _size_summary(images: list[CheckedImage]) -> dict:
+    widths = sorted(m.width for m in images)
+    heights = sorted(m.height for m in images)
+    return {"min_width": widths[0], "max_width": widths[-1], "median_width": widths[len(widths) // 2],
+            "min_height": heights[0], "max_height": heights[-1],
+            "median_height": heights[len(heights) // 2]}
+
+
+def write_shards(directory: str, split: str, members: list[CheckedImage], classes: list[str],
+                 shard_size: int) -> list[str]:
+    """Writes `members` as TFRecord shards of at most `shard_size` records; returns file names."""
+    import tensorflow as tf
+
+    names, writer = [], None
+    index = {label: i for i, label in enumerate(classes)}
+    for number, member in enumerate(members):
+        if number % shard_size == 0:
+            if writer:
+                writer.close()
+            names.append(f"{split}-{len(names):05d}.tfrecord")
+            writer = tf.io.TFRecordWriter(os.path.join(directory, names[-1]))
+        if member.conversion:
+            content = rgb_bytes(member.source.path)
+        else:
+            with open(member.source.path, "rb") as handle:
+                content = handle.read()
+            if hashlib.sha256(content).hexdigest() != member.sha256:
+                raise DataError(f"{member.source.relpath} changed while it was being ingested; "
+                                f"run ingest again once the source is stable")
+        writer.write(_example(content, index[member.source.label], member).SerializeToString())
+    if writer:
+        writer.close()
+    return names
+
+
+def _example(content: bytes, label: int, member: CheckedImage):
+    import tensorflow as tf
+
+    def feature(value):
+        if isinstance(value, int):
+            return tf.train.Feature(int64_list=tf.train.Int64List(value=[value]))
+        return tf.train.Feature(bytes_list=tf.train.BytesList(value=[value]))
+
+    return tf.train.Example(features=tf.train.Features(feature={
+        "image": feature(content), "label": feature(label),
+        "sha256": feature(member.sha256.encode()),
+        "source": feature(member.source.relpath.encode())}))
+
+
+def read_split(dataset_dir: str, split: str):
+    """tf.data.Dataset of (uint8 image (H, W, 3), int64 label) for one split of an ingested
+    dataset, in manifest order."""
+    import tensorflow as tf
+
+    manifest = storage.read_json(os.path.join(dataset_dir, MANIFEST))
+    paths = [os.path.join(dataset_dir, name) for name in manifest["shards"][split]]
+    spec = {"image": tf.io.FixedLenFeature([], tf.string),
+            "label": tf.io.FixedLenFeature([], tf.int64)}
+
+    def parse(record):
+        example = tf.io.parse_single_example(record, spec)
+        image = tf.io.decode_image(example["image"], channels=3, expand_animations=False)
+        return image, example["label"]
+
+    return tf.data.TFRecordDataset(paths).map(parse, num_parallel_calls=tf.data.AUTOTUNE)

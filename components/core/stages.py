@@ -1,0 +1,202 @@
+"""One function per pipeline step, on plain paths and a config dict.
+
+The KFP components in `components/steps.py` only map their artifacts to these paths and copy the
+returned metadata onto the artifacts. Each stage validates the config before doing any work and
+writes its outputs atomically.
+
+Artifact layouts (directories):
+    dataset   manifest.json + <split>-NNNNN.tfrecord          (data.ingest_folder)
+    images    meta.json + <split>.tfrecord resized pixels       (cache.write_resized)
+    features  meta.json + features.npz                          (cache.compute_features)
+    backbone  backbone.keras + provenance.json
+    head      head.keras + history.json
+    model     model.keras + finetune.json
+    tflite    saved_model/ + model_<variant>.tflite + quantization.json
+    onnx      model.onnx [+ model.engine] + tensorrt.json
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import sys
+
+import numpy as np
+
+from components.core import backbones, cache, config as configs, data, storage
+
+log = logging.getLogger("tlpipe.stages")
+
+
+def _stage(function):
+    """Configures logging for a step process and validates its config first."""
+
+    @functools.wraps(function)
+    def wrapper(*args, config: dict, **kwargs):
+        logging.basicConfig(level=logging.INFO, stream=sys.stdout, force=True,
+                            format="%(asctime)s %(name)s %(levelname)s: %(message)s")
+        return function(*args, config=configs.PipelineConfig.from_dict(config).validate(),
+                        **kwargs)
+
+    return wrapper
+
+
+@_stage
+def ingest(source: str, dataset_dir: str, *, config) -> dict:
+    """Source folder -> dataset artifact. Returns artifact metadata."""
+    manifest = data.ingest_folder(source, dataset_dir, config.data)
+    return {"classes": manifest["classes"], "fingerprint": manifest["fingerprint"],
+            "counts": {split: sum(c.values()) for split, c in manifest["counts"].items()},
+            "skipped": len(manifest["skipped"]), "converted": len(manifest["converted"])}
+
+
+@_stage
+def preprocess(dataset_dir: str, images_dir: str, features_dir: str, backbone_dir: str, *,
+               config) -> dict:
+    """Resizes once, builds the backbone with its weights, caches frozen features."""
+    from components.core import model as models
+
+    spec = backbones.get(config.model.backbone)
+    size = backbones.resolved_size(spec, config.model.image_size)
+    meta = cache.write_resized(dataset_dir, images_dir, size)
+    backbone, provenance = models.load_backbone(config.model)
+    with storage.atomic_dir(backbone_dir) as partial:
+        models.save(backbone, os.path.join(partial, "backbone.keras"))
+        storage.write_json(os.path.join(partial, "provenance.json"), provenance)
+    extractor = models.attach(backbone, spec.preprocess_mode, size)
+    facts = cache.compute_features(extractor, images_dir, features_dir, config.head.flip_views,
+                                   classes=meta["classes"])
+    return {"image_size": size, "classes": meta["classes"], "weights": provenance["weights"],
+            "weights_detail": provenance["detail"], **facts}
+
+
+@_stage
+def train_head(features_dir: str, head_dir: str, *, config) -> dict:
+    """Trains the head on cached features. Returns val metrics of the best epoch."""
+    from components.core import model as models, training
+
+    classes = storage.read_json(os.path.join(features_dir, cache.META))["classes"]
+    features = cache.load_features(features_dir)
+    head, history = training.train_head(features, len(classes), config)
+    best = int(np.argmin(history["val_loss"]))
+    with storage.atomic_dir(head_dir) as partial:
+        models.save(head, os.path.join(partial, "head.keras"))
+        storage.write_json(os.path.join(partial, "history.json"), history)
+    return {"val_accuracy": history["val_accuracy"][best], "val_loss": history["val_loss"][best],
+            "best_epoch": best + 1, "epochs_run": len(history["val_loss"])}
+
+
+@_stage
+def finetune(images_dir: str, backbone_dir: str, head_dir: str, model_dir: str, *,
+             config) -> dict:
+    """Fine-tunes under MultiWorkerMirroredStrategy; keeps the better of head-only and
+    fine-tuned by val. Only the chief writes the model."""
+    import tensorflow as tf
+
+    from components.core import distribute, model as models, training
+
+    strategy = distribute.make_strategy()
+    batch = config.finetune.batch_size
+    train = cache.read_resized(images_dir, "train").shuffle(
+        4096, seed=config.data.seed, reshuffle_each_iteration=True)
+    if config.head.flip_views:
+        train = train.map(lambda x, y: (tf.image.random_flip_left_right(x), y))
+    train = distribute.distribute_options(train.batch(batch).prefetch(2))
+    val = distribute.distribute_options(cache.read_resized(images_dir, "val").batch(batch))
+    classifier, report = training.fine_tune(
+        os.path.join(backbone_dir, "backbone.keras"), os.path.join(head_dir, "head.keras"),
+        train, val, config, strategy)
+    if distribute.is_chief():
+        with storage.atomic_dir(model_dir) as partial:
+            models.save(classifier, os.path.join(partial, "model.keras"))
+            storage.write_json(os.path.join(partial, "finetune.json"), report)
+    return {"chosen": report["chosen"], "reason": report["reason"],
+            "head_only_val_accuracy": report["head_only_val"]["accuracy"],
+            "finetuned_val_accuracy": (report["finetuned_val"] or {}).get("accuracy", -1.0),
+            "trained_layers": len(report["trained_layers"])}
+
+
+@_stage
+def evaluate(model_dir: str, images_dir: str, *, config) -> dict:
+    """Test-split metrics and the blessing decision."""
+    from components.core import evaluation, model as models
+
+    classes = storage.read_json(os.path.join(images_dir, cache.META))["classes"]
+    images, labels = cache.read_arrays(images_dir, "test")
+    probabilities = models.load(os.path.join(model_dir, "model.keras")).predict(
+        images, batch_size=64, verbose=0)
+    metrics = evaluation.classification_metrics(labels, probabilities, classes)
+    blessed, reason = evaluation.bless(metrics["accuracy"], config.evaluate.min_accuracy)
+    log.info("test accuracy %.4f on %d images; %s", metrics["accuracy"], len(labels), reason)
+    return {**metrics, "classes": classes, "blessed": blessed, "blessing_reason": reason}
+
+
+@_stage
+def quantize(model_dir: str, images_dir: str, tflite_dir: str, *, config) -> dict:
+    """SavedModel + TFLite FP16 / dynamic INT8 / full INT8, each evaluated on the test split."""
+    from components.core import export, model as models
+
+    model = models.load(os.path.join(model_dir, "model.keras"))
+    test_images, test_labels = cache.read_arrays(images_dir, "test")
+    train_images, train_labels = cache.read_arrays(images_dir, "train")
+    calibration = export.calibration_sample(train_images, train_labels,
+                                            config.export.calibration_samples, config.data.seed)
+    reference = model.predict(test_images, batch_size=64, verbose=0)
+    results = {"float32": {"test_accuracy": _accuracy(reference, test_labels)}}
+    with storage.atomic_dir(tflite_dir) as partial:
+        saved_model = os.path.join(partial, "saved_model")
+        export.export_saved_model(model, saved_model)
+        results["float32"]["size_bytes"] = _tree_size(saved_model)
+        for variant in export.TFLITE_VARIANTS:
+            path = os.path.join(partial, f"model_{variant}.tflite")
+            with open(path, "wb") as handle:
+                handle.write(export.tflite_bytes(saved_model, variant, calibration))
+            probabilities, latency = export.predict_tflite(path, test_images)
+            results[variant] = {
+                "size_bytes": os.path.getsize(path),
+                "test_accuracy": _accuracy(probabilities, test_labels),
+                "latency_ms_median": float(np.median(latency)),
+                **export.agreement(reference, probabilities)}
+            log.info("tflite %s: %s", variant, results[variant])
+        storage.write_json(os.path.join(partial, "quantization.json"),
+                           {"calibration_images": len(calibration), "variants": results})
+    return {"calibration_images": len(calibration), "variants": results}
+
+
+@_stage
+def tensorrt(model_dir: str, images_dir: str, onnx_dir: str, *, config) -> dict:
+    """ONNX export checked with ONNX Runtime; a TensorRT engine where TensorRT and a GPU exist,
+    otherwise status "skipped" with the reason."""
+    from components.core import export, model as models, tensorrt as trt
+
+    model = models.load(os.path.join(model_dir, "model.keras"))
+    images, labels = cache.read_arrays(images_dir, "test")
+    size = storage.read_json(os.path.join(images_dir, cache.META))["image_size"]
+    with storage.atomic_dir(onnx_dir) as partial:
+        onnx_path = os.path.join(partial, "model.onnx")
+        export.export_onnx(model, onnx_path)
+        onnx_probabilities = export.predict_onnx(onnx_path, images)
+        parity = export.agreement(model.predict(images, batch_size=64, verbose=0),
+                                  onnx_probabilities)
+        facts = {"onnx": {"size_bytes": os.path.getsize(onnx_path),
+                          "test_accuracy": _accuracy(onnx_probabilities, labels), **parity}}
+        reason = trt.unavailable_reason()
+        if reason:
+            log.warning("TensorRT engine skipped: %s", reason)
+            facts["tensorrt"] = {"status": "skipped", "reason": reason}
+        else:
+            built = trt.build_engine(onnx_path, os.path.join(partial, "model.engine"),
+                                     config.export.tensorrt_precision, size)
+            facts["tensorrt"] = {"status": "built", **built}
+        storage.write_json(os.path.join(partial, "tensorrt.json"), facts)
+    return facts
+
+
+def _accuracy(probabilities: np.ndarray, labels: np.ndarray) -> float:
+    return float(np.mean(np.argmax(probabilities, axis=1) == labels))
+
+
+def _tree_size(path: str) -> int:
+    return sum(os.path.getsize(os.path.join(folder, name))
+               for folder, _, names in os.walk(path) for name in names)

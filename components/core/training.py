@@ -1,0 +1,122 @@
+"""Two-stage transfer learning: train_head() on cached features, then fine_tune() on images.
+
+fine_tune() never ships a worse model: the fine-tuned weights are kept only if they beat the
+head-only model on the validation split (lower loss and at least the same accuracy).
+"""
+
+from __future__ import annotations
+
+import logging
+
+import keras
+import numpy as np
+
+from components.core import backbones, model as models
+from components.core.config import PipelineConfig
+
+log = logging.getLogger("tlpipe.training")
+
+
+def train_head(features: dict[str, np.ndarray], num_classes: int,
+               config: PipelineConfig) -> tuple[keras.Model, dict]:
+    """Trains the head on cached features ({train,val}_{features,labels} arrays) with Adam and
+    early stopping on val loss (best weights restored). Returns (head, per-epoch history)."""
+    keras.utils.set_random_seed(config.data.seed)
+    settings = config.head
+    head = models.build_head(features["train_features"].shape[1], num_classes,
+                             config.model.dropout)
+    head.compile(optimizer=keras.optimizers.Adam(settings.learning_rate),
+                 loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    stop = keras.callbacks.EarlyStopping(monitor="val_loss", patience=settings.patience,
+                                         restore_best_weights=True)
+    history = head.fit(
+        features["train_features"], features["train_labels"],
+        validation_data=(features["val_features"], features["val_labels"]),
+        epochs=settings.epochs, batch_size=settings.batch_size, shuffle=True,
+        callbacks=[stop, _EpochLog("head", every=10)], verbose=0)
+    return head, _history(history)
+
+
+def fine_tune(backbone_path: str, head_path: str, train, val, config: PipelineConfig,
+              strategy) -> tuple[keras.Model, dict]:
+    """Fine-tunes the top of the backbone with the head inside `strategy.scope()`.
+
+    train, val: batched tf.data datasets of (uint8 images, labels); the batch size is global.
+    Returns (the model to ship, report) where report holds the head-only and fine-tuned val
+    metrics, which one was chosen and why, the trained layer names and the history.
+    """
+    keras.utils.set_random_seed(config.data.seed)
+    spec = backbones.get(config.model.backbone)
+    size = backbones.resolved_size(spec, config.model.image_size)
+    with strategy.scope():
+        backbone = models.load(backbone_path)
+        classifier = models.attach(backbone, spec.preprocess_mode, size, models.load(head_path))
+        _compile(classifier, config.finetune.learning_rate)
+    head_only = classifier.evaluate(val, return_dict=True, verbose=0)
+    report = {"head_only_val": head_only, "finetuned_val": None, "history": {},
+              "trained_layers": []}
+    if config.finetune.epochs == 0:
+        return classifier, {**report, "chosen": "head_only",
+                            "reason": "fine-tuning disabled (finetune.epochs: 0)"}
+    head_weights = _snapshot(classifier)
+    with strategy.scope():
+        count = models.unfreeze_count(backbone, config.finetune.unfreeze_layers,
+                                      spec.unfreeze_fraction)
+        report["trained_layers"] = models.unfreeze_top(backbone, count)
+        _compile(classifier, config.finetune.learning_rate)
+    stop = keras.callbacks.EarlyStopping(monitor="val_loss", patience=config.finetune.patience,
+                                         restore_best_weights=True)
+    history = classifier.fit(train, validation_data=val, epochs=config.finetune.epochs,
+                             callbacks=[stop, _EpochLog("finetune", every=1)], verbose=0)
+    report["history"] = _history(history)
+    tuned = classifier.evaluate(val, return_dict=True, verbose=0)
+    report["finetuned_val"] = tuned
+    keep, reason = finetuned_is_better(head_only, tuned)
+    if not keep:
+        _restore(classifier, head_weights)
+    log.info("shipping the %s model: %s", "fine-tuned" if keep else "head-only", reason)
+    return classifier, {**report, "chosen": "finetuned" if keep else "head_only",
+                        "reason": reason}
+
+
+def finetuned_is_better(head_only: dict, tuned: dict) -> tuple[bool, str]:
+    """The never-worse rule on val metrics ({"loss", "accuracy"} dicts): keep the fine-tuned
+    model only if its loss is lower and its accuracy at least as high. Returns (keep, reason)."""
+    figures = (f"val loss {tuned['loss']:.4f} vs {head_only['loss']:.4f}, val accuracy "
+               f"{tuned['accuracy']:.4f} vs {head_only['accuracy']:.4f} (fine-tuned vs head-only)")
+    keep = tuned["loss"] < head_only["loss"] and tuned["accuracy"] >= head_only["accuracy"]
+    verdict = "fine-tuning improved val" if keep else "fine-tuning did not improve val"
+    return keep, f"{verdict}: {figures}"
+
+
+def _compile(classifier: keras.Model, learning_rate: float) -> None:
+    classifier.compile(optimizer=keras.optimizers.Adam(learning_rate, clipnorm=1.0),
+                       loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+
+
+def _snapshot(model: keras.Model) -> dict:
+    """Every variable's value by path (stable whatever the trainable flags are)."""
+    return {variable.path: variable.numpy() for variable in model.weights}
+
+
+def _restore(model: keras.Model, snapshot: dict) -> None:
+    for variable in model.weights:
+        variable.assign(snapshot[variable.path])
+
+
+def _history(history) -> dict:
+    return {name: [float(v) for v in values] for name, values in history.history.items()}
+
+
+class _EpochLog(keras.callbacks.Callback):
+    """Logs one progress line every `every` epochs (Keras's own bars flood step logs)."""
+
+    def __init__(self, stage: str, every: int):
+        super().__init__()
+        self.stage, self.every = stage, every
+
+    def on_epoch_end(self, epoch, logs=None):
+        if (epoch + 1) % self.every == 0 or epoch == 0:
+            figures = " ".join(f"{k}={v:.4f}" for k, v in sorted((logs or {}).items())
+                               if isinstance(v, (int, float)))
+            log.info("%s epoch %d: %s", self.stage, epoch + 1, figures)

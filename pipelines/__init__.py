@@ -1,0 +1,1 @@
+"""The tlpipe pipeline definition, its CLI (`tlpipe`) and the local runner."""

@@ -27,6 +27,7 @@ OVERRIDES = {
 
 
 def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # steps inherit it: no C++ info spam
     parser = _parser()
     args = parser.parse_args(argv)
     try:

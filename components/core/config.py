@@ -151,7 +151,7 @@ PRESETS = {
         "model": {"backbone": "mobilenet", "alpha": 0.25, "image_size": 32,
                   "allow_random_fallback": True},
         "head": {"flip_views": False, "epochs": 100, "patience": 10},
-        "finetune": {"epochs": 3, "learning_rate": 1e-4, "batch_size": 64},
+        "finetune": {"epochs": 30, "patience": 8, "learning_rate": 1e-4, "batch_size": 64},
         "export": {"calibration_samples": 100},
     },
 }

@@ -69,23 +69,83 @@ def _imagenet_backbone(spec, size, config: ModelConfig):
         "weights": "random", "detail": f"fallback: {reason}"}
 
 
-def build_head(feature_dim: int, num_classes: int, dropout: float) -> keras.Model:
-    """features (batch, feature_dim) float32 -> class probabilities (batch, num_classes)."""
+def calibrate_batchnorm(backbone: keras.Model, preprocess_mode: str, image_size: int,
+                        images) -> None:
+    """For randomly initialised backbones only: sets every BatchNorm layer's moving mean and
+    variance to the statistics of `images` (uint8 (N, H, W, 3), N of 32-256 training images).
+
+    With random weights and BatchNorm at its initial statistics, activations shrink layer by
+    layer (MobileNet features come out near 1e-18) and no head can learn from them. One forward
+    pass in training mode with momentum 0 makes the random features usable. Pretrained backbones
+    keep their ImageNet statistics: never call this on them.
+    """
+    norms = [layer for layer in backbone.layers
+             if isinstance(layer, keras.layers.BatchNormalization)]
+    momenta = [layer.momentum for layer in norms]
+    for layer in norms:
+        layer.momentum = 0.0
+    backbone(RawImagePreprocessing(image_size, preprocess_mode)(images), training=True)
+    for layer, momentum in zip(norms, momenta):
+        layer.momentum = momentum
+
+
+@keras.saving.register_keras_serializable(package="tlpipe")
+class Standardize(keras.layers.Layer):
+    """(x - mean) / std per feature, with mean and std fixed by `fit` (non-trainable weights).
+
+    Keras's own Normalization layer keeps its statistics as captured constants, which the ONNX
+    export turns into extra model inputs; plain weights export like any Dense kernel.
+    """
+
+    EPSILON = 1e-12
+
+    def build(self, input_shape):
+        size = (input_shape[-1],)
+        self.mean = self.add_weight(shape=size, initializer="zeros", trainable=False,
+                                    name="mean")
+        self.inverse_std = self.add_weight(shape=size, initializer="ones", trainable=False,
+                                           name="inverse_std")
+
+    def fit(self, features) -> None:
+        """Sets the statistics from features (N, D), float64 accumulation."""
+        import numpy as np
+
+        values = np.asarray(features, dtype=np.float64)
+        self.mean.assign(values.mean(axis=0).astype("float32"))
+        self.inverse_std.assign((1.0 / np.maximum(values.std(axis=0), self.EPSILON))
+                                .astype("float32"))
+
+    def call(self, features):
+        return (features - self.mean) * self.inverse_std
+
+
+def build_head(train_features, num_classes: int, dropout: float) -> keras.Model:
+    """features (batch, D) float32 -> class probabilities (batch, num_classes).
+
+    The features are first standardised with the mean and variance of `train_features` (N, D):
+    backbone features range from ~1e-18 (random weights) to ~1e2, and a linear layer trained
+    with Adam converges fast and reliably only on standardised inputs.
+    """
+    standardize = Standardize(name="standardize")
+    standardize.build((None, train_features.shape[1]))
+    standardize.fit(train_features)
     return keras.Sequential([
-        keras.Input((feature_dim,), name="features"),
+        keras.Input((train_features.shape[1],), name="features"),
+        standardize,
         keras.layers.Dropout(dropout, name="dropout"),
         keras.layers.Dense(num_classes, activation="softmax", name="probabilities"),
     ], name="head")
 
 
 def attach(backbone: keras.Model, preprocess_mode: str, image_size: int,
-           head: keras.Model | None = None) -> keras.Model:
+           head: keras.Model | None = None, batchnorm_inference: bool = True) -> keras.Model:
     """Raw RGB uint8 images (batch, H, W, 3), any H and W -> head output, or backbone features
-    when `head` is None. The backbone runs with training=False, so BatchNorm stays in inference
-    mode even when its layers are unfrozen."""
+    when `head` is None. With batchnorm_inference (the default, for pretrained weights) the
+    backbone runs with training=False, so BatchNorm stays in inference mode even when its layers
+    are unfrozen; without it BatchNorm follows the training phase (training from scratch)."""
     images = keras.Input((None, None, 3), dtype="uint8", name="image")
     x = RawImagePreprocessing(image_size, preprocess_mode, name="preprocess")(images)
-    features = backbone(x, training=False)
+    features = backbone(x, training=False if batchnorm_inference else None)
     if head is None:
         return keras.Model(images, features, name="feature_extractor")
     return keras.Model(images, head(features), name="classifier")

@@ -61,6 +61,11 @@ def preprocess(dataset_dir: str, images_dir: str, features_dir: str, backbone_di
     size = backbones.resolved_size(spec, config.model.image_size)
     meta = cache.write_resized(dataset_dir, images_dir, size)
     backbone, provenance = models.load_backbone(config.model)
+    if provenance["weights"] == "random":
+        sample, _ = next(iter(cache.read_resized(images_dir, "train").shuffle(
+            4096, seed=config.data.seed).batch(cache.BATCH)))
+        models.calibrate_batchnorm(backbone, spec.preprocess_mode, size, sample)
+        provenance["detail"] += "; BatchNorm statistics estimated from training images"
     with storage.atomic_dir(backbone_dir) as partial:
         models.save(backbone, os.path.join(partial, "backbone.keras"))
         storage.write_json(os.path.join(partial, "provenance.json"), provenance)
@@ -104,14 +109,15 @@ def finetune(images_dir: str, backbone_dir: str, head_dir: str, model_dir: str, 
         train = train.map(lambda x, y: (tf.image.random_flip_left_right(x), y))
     train = distribute.distribute_options(train.batch(batch).prefetch(2))
     val = distribute.distribute_options(cache.read_resized(images_dir, "val").batch(batch))
+    provenance = storage.read_json(os.path.join(backbone_dir, "provenance.json"))
     classifier, report = training.fine_tune(
         os.path.join(backbone_dir, "backbone.keras"), os.path.join(head_dir, "head.keras"),
-        train, val, config, strategy)
+        train, val, config, strategy, pretrained=provenance["weights"] != "random")
     if distribute.is_chief():
         with storage.atomic_dir(model_dir) as partial:
             models.save(classifier, os.path.join(partial, "model.keras"))
             storage.write_json(os.path.join(partial, "finetune.json"), report)
-    return {"chosen": report["chosen"], "reason": report["reason"],
+    return {"mode": report["mode"], "chosen": report["chosen"], "reason": report["reason"],
             "head_only_val_accuracy": report["head_only_val"]["accuracy"],
             "finetuned_val_accuracy": (report["finetuned_val"] or {}).get("accuracy", -1.0),
             "trained_layers": len(report["trained_layers"])}
@@ -173,12 +179,12 @@ def tensorrt(model_dir: str, images_dir: str, onnx_dir: str, *, config) -> dict:
     model = models.load(os.path.join(model_dir, "model.keras"))
     images, labels = cache.read_arrays(images_dir, "test")
     size = storage.read_json(os.path.join(images_dir, cache.META))["image_size"]
+    reference = model.predict(images, batch_size=64, verbose=0)  # also builds the loaded model
     with storage.atomic_dir(onnx_dir) as partial:
         onnx_path = os.path.join(partial, "model.onnx")
         export.export_onnx(model, onnx_path)
         onnx_probabilities = export.predict_onnx(onnx_path, images)
-        parity = export.agreement(model.predict(images, batch_size=64, verbose=0),
-                                  onnx_probabilities)
+        parity = export.agreement(reference, onnx_probabilities)
         facts = {"onnx": {"size_bytes": os.path.getsize(onnx_path),
                           "test_accuracy": _accuracy(onnx_probabilities, labels), **parity}}
         reason = trt.unavailable_reason()

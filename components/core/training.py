@@ -16,6 +16,10 @@ from components.core.config import PipelineConfig
 
 log = logging.getLogger("tlpipe.training")
 
+# BatchNorm moving-average momentum when training from scratch: Keras's 0.99 needs thousands of
+# steps before the inference statistics mean anything, which small datasets never reach.
+SCRATCH_BATCHNORM_MOMENTUM = 0.9
+
 
 def train_head(features: dict[str, np.ndarray], num_classes: int,
                config: PipelineConfig) -> tuple[keras.Model, dict]:
@@ -23,8 +27,7 @@ def train_head(features: dict[str, np.ndarray], num_classes: int,
     early stopping on val loss (best weights restored). Returns (head, per-epoch history)."""
     keras.utils.set_random_seed(config.data.seed)
     settings = config.head
-    head = models.build_head(features["train_features"].shape[1], num_classes,
-                             config.model.dropout)
+    head = models.build_head(features["train_features"], num_classes, config.model.dropout)
     head.compile(optimizer=keras.optimizers.Adam(settings.learning_rate),
                  loss="sparse_categorical_crossentropy", metrics=["accuracy"])
     stop = keras.callbacks.EarlyStopping(monitor="val_loss", patience=settings.patience,
@@ -38,10 +41,13 @@ def train_head(features: dict[str, np.ndarray], num_classes: int,
 
 
 def fine_tune(backbone_path: str, head_path: str, train, val, config: PipelineConfig,
-              strategy) -> tuple[keras.Model, dict]:
-    """Fine-tunes the top of the backbone with the head inside `strategy.scope()`.
+              strategy, pretrained: bool = True) -> tuple[keras.Model, dict]:
+    """Fine-tunes the backbone with the head inside `strategy.scope()`.
 
     train, val: batched tf.data datasets of (uint8 images, labels); the batch size is global.
+    pretrained: True trains the top layers (finetune.unfreeze_layers) at finetune.learning_rate
+    with BatchNorm frozen in inference mode. False (random weights: nothing to transfer) trains
+    every layer, BatchNorm included, at head.learning_rate: training from scratch.
     Returns (the model to ship, report) where report holds the head-only and fine-tuned val
     metrics, which one was chosen and why, the trained layer names and the history.
     """
@@ -50,33 +56,45 @@ def fine_tune(backbone_path: str, head_path: str, train, val, config: PipelineCo
     size = backbones.resolved_size(spec, config.model.image_size)
     with strategy.scope():
         backbone = models.load(backbone_path)
-        classifier = models.attach(backbone, spec.preprocess_mode, size, models.load(head_path))
-        _compile(classifier, config.finetune.learning_rate)
-    head_only = classifier.evaluate(val, return_dict=True, verbose=0)
-    report = {"head_only_val": head_only, "finetuned_val": None, "history": {},
+        head = models.load(head_path)
+        head_only = models.attach(backbone, spec.preprocess_mode, size, head)
+        _compile(head_only, config.finetune.learning_rate)
+    head_only_val = head_only.evaluate(val, return_dict=True, verbose=0)
+    report = {"mode": "fine_tune" if pretrained else "from_scratch",
+              "head_only_val": head_only_val, "finetuned_val": None, "history": {},
               "trained_layers": []}
     if config.finetune.epochs == 0:
-        return classifier, {**report, "chosen": "head_only",
-                            "reason": "fine-tuning disabled (finetune.epochs: 0)"}
-    head_weights = _snapshot(classifier)
+        return head_only, {**report, "chosen": "head_only",
+                           "reason": "fine-tuning disabled (finetune.epochs: 0)"}
+    head_weights = _snapshot(head_only)
     with strategy.scope():
-        count = models.unfreeze_count(backbone, config.finetune.unfreeze_layers,
-                                      spec.unfreeze_fraction)
-        report["trained_layers"] = models.unfreeze_top(backbone, count)
-        _compile(classifier, config.finetune.learning_rate)
+        if pretrained:
+            count = models.unfreeze_count(backbone, config.finetune.unfreeze_layers,
+                                          spec.unfreeze_fraction)
+            report["trained_layers"] = models.unfreeze_top(backbone, count)
+            tuned, learning_rate = head_only, config.finetune.learning_rate
+        else:
+            backbone.trainable = True
+            for layer in backbone.layers:
+                if isinstance(layer, keras.layers.BatchNormalization):
+                    layer.momentum = SCRATCH_BATCHNORM_MOMENTUM
+            report["trained_layers"] = [layer.name for layer in backbone.layers if layer.weights]
+            tuned = models.attach(backbone, spec.preprocess_mode, size, head,
+                                  batchnorm_inference=False)
+            learning_rate = config.head.learning_rate
+        _compile(tuned, learning_rate)
     stop = keras.callbacks.EarlyStopping(monitor="val_loss", patience=config.finetune.patience,
                                          restore_best_weights=True)
-    history = classifier.fit(train, validation_data=val, epochs=config.finetune.epochs,
-                             callbacks=[stop, _EpochLog("finetune", every=1)], verbose=0)
+    history = tuned.fit(train, validation_data=val, epochs=config.finetune.epochs,
+                        callbacks=[stop, _EpochLog("finetune", every=1)], verbose=0)
     report["history"] = _history(history)
-    tuned = classifier.evaluate(val, return_dict=True, verbose=0)
-    report["finetuned_val"] = tuned
-    keep, reason = finetuned_is_better(head_only, tuned)
-    if not keep:
-        _restore(classifier, head_weights)
+    report["finetuned_val"] = tuned.evaluate(val, return_dict=True, verbose=0)
+    keep, reason = finetuned_is_better(head_only_val, report["finetuned_val"])
     log.info("shipping the %s model: %s", "fine-tuned" if keep else "head-only", reason)
-    return classifier, {**report, "chosen": "finetuned" if keep else "head_only",
-                        "reason": reason}
+    if keep:
+        return tuned, {**report, "chosen": "finetuned", "reason": reason}
+    _restore(head_only, head_weights)
+    return head_only, {**report, "chosen": "head_only", "reason": reason}
 
 
 def finetuned_is_better(head_only: dict, tuned: dict) -> tuple[bool, str]:

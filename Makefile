@@ -1,0 +1,31 @@
+# Quickstart targets. Each sets up .venv from nothing (Python 3.10-3.12 with venv and pip).
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test test-fast compile clean
+
+$(STAMP): setup.cfg pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+## demo: train, evaluate and quantize a classifier of scikit-learn's handwritten digits (offline)
+demo: $(STAMP)
+	$(BIN)/tlpipe demo --output demo-output
+
+## test: the whole suite, end-to-end local pipeline runs included
+test: $(STAMP)
+	$(BIN)/python -m pytest -ra
+
+## test-fast: everything but the slow end-to-end runs on real photos
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -ra -m "not slow"
+
+compile: $(STAMP)
+	$(BIN)/tlpipe compile -o pipeline.yaml
+
+clean:
+	rm -rf $(VENV) demo-output runs pipeline.yaml

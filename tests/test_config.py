@@ -1,0 +1,54 @@
+import pytest
+
+from components.core import config as configs
+from components.core.config import ConfigError, PipelineConfig
+
+
+def test_defaults_and_presets_validate():
+    PipelineConfig().validate()
+    for name in configs.PRESETS:
+        configs.preset(name).validate()
+
+
+def test_from_dict_coerces_kfp_struct_floats_and_round_trips():
+    config = PipelineConfig.from_dict({"head": {"epochs": 7.0}, "model": {"alpha": 1}})
+    assert config.head.epochs == 7 and isinstance(config.head.epochs, int)
+    assert config.model.alpha == 1.0 and isinstance(config.model.alpha, float)
+    assert PipelineConfig.from_dict(config.to_dict()) == config
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"head": {"learning_rate": 0}}, "head.learning_rate"),
+    ({"finetune": {"learning_rate": 1e-2}}, "fine-tune 10-100x lower"),
+    ({"data": {"val_fraction": 0.6}}, "data.val_fraction"),
+    ({"model": {"backbone": "alexnet"}}, "unknown backbone 'alexnet'"),
+    ({"model": {"backbone": "xception", "image_size": 64}}, "image size 64"),
+    ({"model": {"backbone": "mobilenet", "alpha": 0.3}}, "alpha in [0.25"),
+    ({"model": {"backbone": "resnet50", "alpha": 0.5}}, "no width multiplier"),
+    ({"model": {"weights": "/no/such/file.h5"}}, "does not exist"),
+    ({"evaluate": {"min_accuracy": 2}}, "evaluate.min_accuracy"),
+    ({"finetune": {"unfreeze_layers": -1}}, "finetune.unfreeze_layers"),
+])
+def test_validate_names_the_field_and_the_fix(overrides, message):
+    with pytest.raises(ConfigError, match=message.replace("[", r"\[")):
+        PipelineConfig().with_overrides(overrides).validate()
+
+
+def test_unknown_keys_and_wrong_types_are_rejected():
+    with pytest.raises(ConfigError, match="unknown config key head.epoch"):
+        PipelineConfig.from_dict({"head": {"epoch": 3}})
+    with pytest.raises(ConfigError, match="whole number"):
+        PipelineConfig.from_dict({"head": {"epochs": 2.5}})
+    with pytest.raises(ConfigError, match="true or false"):
+        PipelineConfig.from_dict({"head": {"flip_views": "yes"}})
+
+
+def test_yaml_overrides_apply_on_a_preset(tmp_path):
+    path = tmp_path / "config.yaml"
+    path.write_text("head:\n  epochs: 5\nmodel:\n  image_size: 48\n")
+    config = configs.load_yaml(str(path), configs.preset("demo"))
+    assert (config.head.epochs, config.model.image_size, config.model.backbone) == (
+        5, 48, "mobilenet")
+    path.write_text("- not a mapping\n")
+    with pytest.raises(ConfigError, match="must hold a mapping"):
+        configs.load_yaml(str(path))

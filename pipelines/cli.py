@@ -90,7 +90,10 @@ def build_config(args: argparse.Namespace) -> configs.PipelineConfig:
         value = getattr(args, flag[2:].replace("-", "_"))
         if value is not None:
             overrides.setdefault(section, {})[field] = value
-    return config.with_overrides(overrides).validate()
+    config = config.with_overrides(overrides).validate()
+    if os.path.isfile(config.model.weights):  # steps may run in another working directory
+        config.model.weights = os.path.abspath(config.model.weights)
+    return config
 
 
 def _run(args: argparse.Namespace) -> int:

@@ -40,7 +40,7 @@ def test_unknown_keys_and_wrong_types_are_rejected():
     with pytest.raises(ConfigError, match="whole number"):
         PipelineConfig.from_dict({"head": {"epochs": 2.5}})
     with pytest.raises(ConfigError, match="true or false"):
-        PipelineConfig.from_dict({"head": {"flip_views": "yes"}})
+        PipelineConfig.from_dict({"augment": {"flip": "yes"}})
 
 
 def test_yaml_overrides_apply_on_a_preset(tmp_path):

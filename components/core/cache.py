@@ -13,7 +13,8 @@ import time
 import numpy as np
 
 from components.core import data, storage
-from components.core.preprocessing import resize_images, to_uint8
+from components.core.config import AugmentConfig
+from components.core.preprocessing import augment, resize_images, to_uint8
 
 log = logging.getLogger("tlpipe.cache")
 
@@ -83,29 +84,31 @@ def read_arrays(images_dir: str, split: str) -> tuple[np.ndarray, np.ndarray]:
     return np.concatenate(images), np.concatenate(labels)
 
 
-def compute_features(feature_extractor, images_dir: str, output_dir: str, flip_views: bool,
-                     classes: list[str]) -> dict:
-    """Runs the frozen feature extractor once over train and val (train also mirrored when
-    `flip_views`), saving `features.npz` with {split}_features float32 (N, D) and {split}_labels,
-    and `meta.json` with `classes`. Returns {"feature_seconds": wall time of the passes,
-    "views": 1 or 2, "feature_dim": D}."""
+def compute_features(feature_extractor, images_dir: str, output_dir: str,
+                     augment_config: AugmentConfig, seed: int, classes: list[str]) -> dict:
+    """Runs the frozen feature extractor once over val and over train plus `augment_config.views`
+    augmented views of it, saving `features.npz` with {split}_features float32 (N, D) and
+    {split}_labels, and `meta.json` with `classes`. Returns {"feature_seconds": wall time of
+    the passes, "views": train views including the original, "feature_dim": D}."""
     import tensorflow as tf
 
+    generator = tf.random.Generator.from_seed(seed)
     arrays, started = {}, time.monotonic()
     for split in ("train", "val"):
         dataset = read_resized(images_dir, split).batch(BATCH)
-        views = [dataset]
-        if split == "train" and flip_views:
-            views.append(dataset.map(lambda x, y: (tf.image.flip_left_right(x), y)))
+        views = 1 + (augment_config.views if split == "train" else 0)
         features, labels = [], []
-        for view in views:
-            for images, batch_labels in view:
+        for view in range(views):
+            for images, batch_labels in dataset:
+                if view:
+                    images = augment(images, generator, augment_config.min_crop_scale,
+                                     augment_config.flip)
                 features.append(feature_extractor(images, training=False).numpy())
                 labels.append(batch_labels.numpy())
         arrays[f"{split}_features"] = np.concatenate(features).astype(np.float32)
         arrays[f"{split}_labels"] = np.concatenate(labels)
         log.info("features of %s: %s", split, arrays[f"{split}_features"].shape)
-    facts = {"feature_seconds": time.monotonic() - started, "views": 2 if flip_views else 1,
+    facts = {"feature_seconds": time.monotonic() - started, "views": 1 + augment_config.views,
              "feature_dim": int(arrays["train_features"].shape[1])}
     with storage.atomic_dir(output_dir) as partial:
         np.savez(os.path.join(partial, FEATURES), **arrays)

@@ -59,6 +59,24 @@ class ModelConfig:
 
 
 @dataclass
+class AugmentConfig:
+    """Training-image augmentation, one definition for head features and fine-tuning.
+
+    views: augmented views of each training image whose frozen features are cached for head
+        training, besides the image itself, in [0, 32] (default 8; each costs one backbone pass
+        over the training set, once: lower it for very large datasets).
+    min_crop_scale: a view is a random square crop covering this share of each side or more,
+        resized back, in (0, 1] (default 0.75; 1 disables cropping).
+    flip: mirror half of the views left-right (default True; turn off where mirroring changes
+        the class, e.g. digits or text).
+    """
+
+    views: int = 8
+    min_crop_scale: float = 0.75
+    flip: bool = True
+
+
+@dataclass
 class HeadConfig:
     """Training of the new head on cached frozen-backbone features.
 
@@ -66,15 +84,15 @@ class HeadConfig:
     learning_rate: Adam learning rate, > 0 (default 1e-3).
     batch_size: >= 1 (default 32).
     patience: epochs without val-loss improvement before stopping, >= 1 (default 15).
-    flip_views: also cache features of the horizontally mirrored training images (a free
-        augmentation for photos; turn off for data where mirroring changes the class, e.g. digits).
+    l2_candidates: L2 penalties on the classification weights, each >= 0; one head is trained
+        per value and the one with the lowest val cross-entropy is kept (default 1e-4 to 1e-1).
     """
 
     epochs: int = 200
     learning_rate: float = 1e-3
     batch_size: int = 32
     patience: int = 15
-    flip_views: bool = True
+    l2_candidates: list[float] = field(default_factory=lambda: [1e-4, 1e-3, 1e-2, 1e-1])
 
 
 @dataclass
@@ -119,6 +137,7 @@ class PipelineConfig:
 
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
     head: HeadConfig = field(default_factory=HeadConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
@@ -150,7 +169,8 @@ PRESETS = {
     "demo": {
         "model": {"backbone": "mobilenet", "alpha": 0.25, "image_size": 32,
                   "allow_random_fallback": True},
-        "head": {"flip_views": False, "epochs": 100, "patience": 10},
+        "augment": {"views": 0, "flip": False, "min_crop_scale": 0.85},
+        "head": {"epochs": 100, "patience": 10},
         "finetune": {"epochs": 30, "patience": 8, "learning_rate": 1e-4, "batch_size": 64},
         "export": {"calibration_samples": 100},
     },
@@ -201,6 +221,10 @@ def problems(config: PipelineConfig) -> list[str]:
     else:
         found.extend(backbones.problems(spec, model.image_size, model.alpha, model.weights))
     check(0 <= model.dropout < 1, f"model.dropout={model.dropout}; use a value in [0, 1)")
+    augment = config.augment
+    check(0 <= augment.views <= 32, f"augment.views={augment.views}; use a count from 0 to 32")
+    check(0 < augment.min_crop_scale <= 1,
+          f"augment.min_crop_scale={augment.min_crop_scale}; use a value in (0, 1]")
 
     for section, stage in (("head", head), ("finetune", tune)):
         check(stage.learning_rate > 0,
@@ -208,6 +232,8 @@ def problems(config: PipelineConfig) -> list[str]:
         check(stage.batch_size >= 1, f"{section}.batch_size={stage.batch_size}; use at least 1")
         check(stage.patience >= 1, f"{section}.patience={stage.patience}; use at least 1")
     check(head.epochs >= 1, f"head.epochs={head.epochs}; use at least 1")
+    check(len(head.l2_candidates) >= 1 and min(head.l2_candidates) >= 0,
+          f"head.l2_candidates={head.l2_candidates}; give one or more values >= 0")
     check(tune.epochs >= 0, f"finetune.epochs={tune.epochs}; use 0 (no fine-tuning) or more")
     check(tune.unfreeze_layers >= 0,
           f"finetune.unfreeze_layers={tune.unfreeze_layers}; use 0 (backbone default) or more")
@@ -257,6 +283,11 @@ def _coerce(value: Any, kind: type, name: str) -> Any:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
         raise ConfigError(f"{name}={value!r} must be a number")
+    if typing.get_origin(kind) is list:
+        if isinstance(value, (list, tuple)):
+            item = typing.get_args(kind)[0]
+            return [_coerce(v, item, f"{name}[{i}]") for i, v in enumerate(value)]
+        raise ConfigError(f"{name}={value!r} must be a list")
     if kind is str:
         if isinstance(value, str):
             return value

@@ -97,7 +97,10 @@ class Standardize(keras.layers.Layer):
     export turns into extra model inputs; plain weights export like any Dense kernel.
     """
 
-    EPSILON = 1e-12
+    # A feature whose std is below this share of the median std is constant for all practical
+    # purposes (a dead ReLU): it is ignored (scale 0) rather than blown up by 1/std, which would
+    # overflow float16 exports and squander the int8 range.
+    RELATIVE_STD_FLOOR = 1e-3
 
     def build(self, input_shape):
         size = (input_shape[-1],)
@@ -111,17 +114,20 @@ class Standardize(keras.layers.Layer):
         import numpy as np
 
         values = np.asarray(features, dtype=np.float64)
+        std = values.std(axis=0)
+        floor = self.RELATIVE_STD_FLOOR * np.median(std[std > 0]) if (std > 0).any() else np.inf
         self.mean.assign(values.mean(axis=0).astype("float32"))
-        self.inverse_std.assign((1.0 / np.maximum(values.std(axis=0), self.EPSILON))
+        self.inverse_std.assign(np.where(std > floor, 1.0 / np.maximum(std, floor), 0.0)
                                 .astype("float32"))
 
     def call(self, features):
         return (features - self.mean) * self.inverse_std
 
 
-def build_head(train_features, num_classes: int, dropout: float) -> keras.Model:
+def build_head(train_features, num_classes: int, dropout: float, l2: float = 0.0) -> keras.Model:
     """features (batch, D) float32 -> class probabilities (batch, num_classes).
 
+    l2: L2 penalty on the classification weights (per weight, added to the mean loss), >= 0.
     The features are first standardised with the mean and variance of `train_features` (N, D):
     backbone features range from ~1e-18 (random weights) to ~1e2, and a linear layer trained
     with Adam converges fast and reliably only on standardised inputs.
@@ -133,7 +139,8 @@ def build_head(train_features, num_classes: int, dropout: float) -> keras.Model:
         keras.Input((train_features.shape[1],), name="features"),
         standardize,
         keras.layers.Dropout(dropout, name="dropout"),
-        keras.layers.Dense(num_classes, activation="softmax", name="probabilities"),
+        keras.layers.Dense(num_classes, activation="softmax", name="probabilities",
+                           kernel_regularizer=keras.regularizers.L2(l2) if l2 else None),
     ], name="head")
 
 

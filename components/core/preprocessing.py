@@ -69,6 +69,28 @@ class RawImagePreprocessing(keras.layers.Layer):
         return {**super().get_config(), "image_size": self.image_size, "mode": self.mode}
 
 
+def augment(images, generator, min_crop_scale: float, flip: bool):
+    """Random views of a uint8 batch (B, S, S, 3) -> uint8 (B, S, S, 3).
+
+    Each view is a random square crop whose side covers min_crop_scale..1 of the image side,
+    resized back to S (bilinear), mirrored left-right with probability 0.5 when `flip`.
+    generator: a `tf.random.Generator` (seeded: the same seed gives the same views).
+    """
+    import tensorflow as tf
+
+    batch, size = tf.shape(images)[0], tf.shape(images)[1:3]
+    scale = generator.uniform([batch], min_crop_scale, 1.0)
+    top = generator.uniform([batch]) * (1.0 - scale)
+    left = generator.uniform([batch]) * (1.0 - scale)
+    right = left + scale
+    if flip:  # crop_and_resize mirrors a box whose x1 > x2
+        mirrored = generator.uniform([batch]) < 0.5
+        left, right = tf.where(mirrored, right, left), tf.where(mirrored, left, right)
+    boxes = tf.stack([top, left, top + scale, right], axis=1)
+    views = tf.image.crop_and_resize(tf.cast(images, tf.float32), boxes, tf.range(batch), size)
+    return to_uint8(views)
+
+
 def to_uint8(images):
     """Rounds and clips float [0, 255] images to uint8, as the resized-image cache stores them."""
     return ops.cast(ops.clip(ops.round(images), 0, 255), "uint8")

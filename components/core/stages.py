@@ -70,8 +70,8 @@ def preprocess(dataset_dir: str, images_dir: str, features_dir: str, backbone_di
         models.save(backbone, os.path.join(partial, "backbone.keras"))
         storage.write_json(os.path.join(partial, "provenance.json"), provenance)
     extractor = models.attach(backbone, spec.preprocess_mode, size)
-    facts = cache.compute_features(extractor, images_dir, features_dir, config.head.flip_views,
-                                   classes=meta["classes"])
+    facts = cache.compute_features(extractor, images_dir, features_dir, config.augment,
+                                   config.data.seed, classes=meta["classes"])
     return {"image_size": size, "classes": meta["classes"], "weights": provenance["weights"],
             "weights_detail": provenance["detail"], **facts}
 
@@ -83,13 +83,11 @@ def train_head(features_dir: str, head_dir: str, *, config) -> dict:
 
     classes = storage.read_json(os.path.join(features_dir, cache.META))["classes"]
     features = cache.load_features(features_dir)
-    head, history = training.train_head(features, len(classes), config)
-    best = int(np.argmin(history["val_loss"]))
+    head, report = training.train_head(features, len(classes), config)
     with storage.atomic_dir(head_dir) as partial:
         models.save(head, os.path.join(partial, "head.keras"))
-        storage.write_json(os.path.join(partial, "history.json"), history)
-    return {"val_accuracy": history["val_accuracy"][best], "val_loss": history["val_loss"][best],
-            "best_epoch": best + 1, "epochs_run": len(history["val_loss"])}
+        storage.write_json(os.path.join(partial, "history.json"), report)
+    return {name: report[name] for name in ("l2", "val_loss", "val_accuracy", "epochs_run")}
 
 
 @_stage
@@ -100,14 +98,15 @@ def finetune(images_dir: str, backbone_dir: str, head_dir: str, model_dir: str, 
     import tensorflow as tf
 
     from components.core import distribute, model as models, training
+    from components.core.preprocessing import augment
 
     strategy = distribute.make_strategy()
-    batch = config.finetune.batch_size
+    batch, augmentation = config.finetune.batch_size, config.augment
+    generator = tf.random.Generator.from_seed(config.data.seed)
     train = cache.read_resized(images_dir, "train").shuffle(
-        4096, seed=config.data.seed, reshuffle_each_iteration=True)
-    if config.head.flip_views:
-        train = train.map(lambda x, y: (tf.image.random_flip_left_right(x), y))
-    train = distribute.distribute_options(train.batch(batch).prefetch(2))
+        4096, seed=config.data.seed, reshuffle_each_iteration=True).batch(batch).map(
+        lambda x, y: (augment(x, generator, augmentation.min_crop_scale, augmentation.flip), y))
+    train = distribute.distribute_options(train.prefetch(2))
     val = distribute.distribute_options(cache.read_resized(images_dir, "val").batch(batch))
     provenance = storage.read_json(os.path.join(backbone_dir, "provenance.json"))
     classifier, report = training.fine_tune(

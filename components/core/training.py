@@ -23,11 +23,33 @@ SCRATCH_BATCHNORM_MOMENTUM = 0.9
 
 def train_head(features: dict[str, np.ndarray], num_classes: int,
                config: PipelineConfig) -> tuple[keras.Model, dict]:
-    """Trains the head on cached features ({train,val}_{features,labels} arrays) with Adam and
-    early stopping on val loss (best weights restored). Returns (head, per-epoch history)."""
+    """Trains one head per L2 strength in `config.head.l2_candidates` on cached features
+    ({train,val}_{features,labels} arrays), each with Adam and early stopping on val loss (best
+    weights restored), and keeps the one with the lowest val cross-entropy.
+
+    Returns (head, report): report has the chosen "l2", its "val_loss" (cross-entropy, no
+    penalty) and "val_accuracy", "epochs_run", its per-epoch "history", and "search" with the
+    figures of every candidate.
+    """
+    candidates = []
+    for l2 in config.head.l2_candidates:
+        head, history = _fit_head(features, num_classes, config, l2)
+        loss, accuracy = _scores(head.predict(features["val_features"], verbose=0),
+                                 features["val_labels"])
+        candidates.append((loss, -accuracy, l2, head, history))
+        log.info("head l2=%g: val loss %.4f, val accuracy %.4f after %d epochs", l2, loss,
+                 accuracy, len(history["loss"]))
+    loss, negative_accuracy, l2, head, history = min(candidates, key=lambda c: c[:3])
+    return head, {"l2": l2, "val_loss": loss, "val_accuracy": -negative_accuracy,
+                  "epochs_run": len(history["loss"]), "history": history,
+                  "search": [{"l2": c[2], "val_loss": c[0], "val_accuracy": -c[1],
+                              "epochs_run": len(c[4]["loss"])} for c in candidates]}
+
+
+def _fit_head(features, num_classes: int, config: PipelineConfig, l2: float):
     keras.utils.set_random_seed(config.data.seed)
     settings = config.head
-    head = models.build_head(features["train_features"], num_classes, config.model.dropout)
+    head = models.build_head(features["train_features"], num_classes, config.model.dropout, l2)
     head.compile(optimizer=keras.optimizers.Adam(settings.learning_rate),
                  loss="sparse_categorical_crossentropy", metrics=["accuracy"])
     stop = keras.callbacks.EarlyStopping(monitor="val_loss", patience=settings.patience,
@@ -36,8 +58,22 @@ def train_head(features: dict[str, np.ndarray], num_classes: int,
         features["train_features"], features["train_labels"],
         validation_data=(features["val_features"], features["val_labels"]),
         epochs=settings.epochs, batch_size=settings.batch_size, shuffle=True,
-        callbacks=[stop, _EpochLog("head", every=10)], verbose=0)
+        callbacks=[stop, _EpochLog(f"head l2={l2:g}", every=25)], verbose=0)
     return head, _history(history)
+
+
+def _evaluate(model: keras.Model, dataset) -> dict:
+    """{"loss": cross-entropy without regularisation penalties, "accuracy"} on a batched
+    (images, labels) dataset."""
+    labels = np.concatenate([batch_labels.numpy() for _, batch_labels in dataset])
+    loss, accuracy = _scores(model.predict(dataset, verbose=0), labels)
+    return {"loss": loss, "accuracy": accuracy}
+
+
+def _scores(probabilities: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
+    """(mean cross-entropy in nats, accuracy) of predicted probabilities (N, C)."""
+    picked = np.clip(probabilities[np.arange(len(labels)), labels], 1e-12, 1.0)
+    return float(-np.mean(np.log(picked))), float(np.mean(probabilities.argmax(1) == labels))
 
 
 def fine_tune(backbone_path: str, head_path: str, train, val, config: PipelineConfig,
@@ -59,7 +95,7 @@ def fine_tune(backbone_path: str, head_path: str, train, val, config: PipelineCo
         head = models.load(head_path)
         head_only = models.attach(backbone, spec.preprocess_mode, size, head)
         _compile(head_only, config.finetune.learning_rate)
-    head_only_val = head_only.evaluate(val, return_dict=True, verbose=0)
+    head_only_val = _evaluate(head_only, val)
     report = {"mode": "fine_tune" if pretrained else "from_scratch",
               "head_only_val": head_only_val, "finetuned_val": None, "history": {},
               "trained_layers": []}
@@ -88,7 +124,7 @@ def fine_tune(backbone_path: str, head_path: str, train, val, config: PipelineCo
     history = tuned.fit(train, validation_data=val, epochs=config.finetune.epochs,
                         callbacks=[stop, _EpochLog("finetune", every=1)], verbose=0)
     report["history"] = _history(history)
-    report["finetuned_val"] = tuned.evaluate(val, return_dict=True, verbose=0)
+    report["finetuned_val"] = _evaluate(tuned, val)
     keep, reason = finetuned_is_better(head_only_val, report["finetuned_val"])
     log.info("shipping the %s model: %s", "fine-tuned" if keep else "head-only", reason)
     if keep:

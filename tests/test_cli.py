@@ -1,0 +1,57 @@
+"""Bad input is a one-line error naming the problem and the fix, before any work starts."""
+
+import os
+
+import pytest
+
+from pipelines.cli import main
+
+
+def run_cli(capsys, *args):
+    code = main(list(args))
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--data", "/no/such/folder"], "does not exist"),
+    (["--backbone", "alexnet"], "unknown backbone 'alexnet'"),
+    (["--backbone", "xception", "--image-size", "32"], "image size 32 is not possible"),
+    (["--finetune-epochs", "-1"], "finetune.epochs=-1"),
+    (["--unfreeze-layers", "500", "--backbone", "mobilenet", "--alpha", "0.25",
+      "--image-size", "32", "--weights", "none"], "has only 87 layers"),
+    (["--config", "/no/such.yaml"], "config file /no/such.yaml does not exist"),
+])
+def test_bad_run_input_fails_fast_with_the_fix(capsys, tmp_path, digits_folder, args, message):
+    if "--data" not in args:
+        args = ["--data", digits_folder, *args]
+    code, out, err = run_cli(capsys, "run", *args, "--output", str(tmp_path / "out"))
+    assert code == 2 and message in err and err.startswith("tlpipe: error:")
+    assert len(err.strip().splitlines()) == 1
+    assert not os.path.exists(tmp_path / "out" / "runs")
+
+
+def test_one_class_folder_is_rejected(capsys, tmp_path, digits_folder):
+    os.rename(os.path.join(digits_folder, "digit1"), tmp_path / "elsewhere1")
+    os.rename(os.path.join(digits_folder, "digit2"), tmp_path / "elsewhere2")
+    code, _, err = run_cli(capsys, "run", "--data", digits_folder, "--output", str(tmp_path))
+    assert code == 2 and "at least two" in err
+
+
+def test_weights_for_another_architecture_are_rejected_before_the_run(capsys, tmp_path,
+                                                                       digits_folder,
+                                                                       mobilenet_weights):
+    code, _, err = run_cli(capsys, "run", "--data", digits_folder, "--backbone",
+                           "mobilenet_v2", "--alpha", "1.0", "--image-size", "32",
+                           "--weights", mobilenet_weights, "--output", str(tmp_path / "out"))
+    assert code == 2 and "does not match backbone mobilenet_v2" in err
+    assert not os.path.exists(tmp_path / "out" / "runs")
+
+
+def test_help_and_backbone_listing(capsys):
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    out = capsys.readouterr().out
+    assert all(word in out for word in ("run", "demo", "compile", "backbones"))
+    code, out, _ = run_cli(capsys, "backbones")
+    assert code == 0 and "efficientnet_b0" in out and "resnet50" in out

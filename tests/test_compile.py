@@ -1,0 +1,44 @@
+"""The compiled pipeline: seven steps, their order, their images, the blessing condition."""
+
+import yaml
+
+from components import __version__, steps
+from pipelines.cli import main
+from pipelines.transfer_learning import STEP_ORDER
+
+
+def compiled(tmp_path):
+    path = tmp_path / "pipeline.yaml"
+    assert main(["compile", "-o", str(path)]) == 0
+    return yaml.safe_load(path.read_text())
+
+
+def test_seven_steps_in_order_with_their_images(tmp_path):
+    spec = compiled(tmp_path)
+    executors = spec["deploymentSpec"]["executors"]
+    images = {name.replace("exec-", ""): executor["container"]["image"]
+              for name, executor in executors.items()}
+    assert sorted(images) == sorted(STEP_ORDER)
+    assert images["tensorrt"] == steps.TENSORRT_IMAGE.format() and \
+        images["tensorrt"].endswith(f":{__version__}")
+    assert {images[s] for s in STEP_ORDER if s != "tensorrt"} == {steps.TRAINING_IMAGE}
+    for executor in executors.values():  # the image carries the package: no pip at run time
+        assert "pip install" not in " ".join(executor["container"]["command"])
+
+    tasks = spec["root"]["dag"]["tasks"]
+    assert tasks["preprocess"]["dependentTasks"] == ["ingest"]
+    assert tasks["train-head"]["dependentTasks"] == ["preprocess"]
+    assert sorted(tasks["finetune"]["dependentTasks"]) == ["preprocess", "train-head"]
+    assert sorted(tasks["evaluate"]["dependentTasks"]) == ["finetune", "preprocess"]
+    blessed = tasks["condition-1"]
+    assert "evaluate" in blessed["dependentTasks"]
+    assert "pipelinechannel--evaluate-Output" in \
+        blessed["triggerPolicy"]["condition"]
+    inner = spec["components"][blessed["componentRef"]["name"]]["dag"]["tasks"]
+    assert sorted(inner) == ["quantize", "tensorrt"]
+
+
+def test_pipeline_parameters_are_the_source_and_a_config_struct(tmp_path):
+    parameters = compiled(tmp_path)["root"]["inputDefinitions"]["parameters"]
+    assert parameters["source"]["parameterType"] == "STRING"
+    assert parameters["config"]["parameterType"] == "STRUCT"

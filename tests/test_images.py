@@ -1,0 +1,45 @@
+"""images/ stays in step with the package: TensorFlow pin, installed extras, image tags."""
+
+import configparser
+import os
+import re
+import subprocess
+
+from components import __version__, steps
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def read(*parts):
+    with open(os.path.join(ROOT, *parts)) as handle:
+        return handle.read()
+
+
+def test_training_image_uses_the_pinned_tensorflow():
+    setup = configparser.ConfigParser()
+    setup.read(os.path.join(ROOT, "setup.cfg"))
+    pinned = re.search(r"tensorflow-cpu==([\d.]+)", setup["options.extras_require"]["cpu"])[1]
+    dockerfile = read("images", "Dockerfile.train")
+    assert f"ARG TF_VERSION={pinned}" in dockerfile
+    assert "FROM tensorflow/tensorflow:${TF_VERSION}-gpu" in dockerfile
+    assert 'pip install ".[export]"' in dockerfile  # TensorFlow comes from the base image
+    assert "USER 1000" in dockerfile
+
+
+def test_tensorrt_image_has_tensorrt_and_the_cpu_extra():
+    dockerfile = read("images", "Dockerfile.tensorrt")
+    assert re.search(r"^FROM \$\{TENSORRT_BASE\}", dockerfile, re.M)
+    assert "nvcr.io/nvidia/tensorrt:" in dockerfile and '".[cpu,export]"' in dockerfile
+    assert "USER 1000" in dockerfile
+
+
+def test_build_script_tags_what_the_pipeline_runs():
+    script = read("images", "build.sh")
+    version = subprocess.run(["bash", "-c", re.search(r"^VERSION=\$\((.*)\)$", script, re.M)[1]],
+                             cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip()
+    registry = subprocess.run(
+        ["bash", "-c", re.search(r"^REGISTRY=\$\{REGISTRY:-\$\((.*)\)\}$", script, re.M)[1]],
+        cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip()
+    assert version == __version__ and registry == steps.IMAGE_REGISTRY
+    assert f"{registry}/tlpipe-train:{version}" == steps.TRAINING_IMAGE
+    assert f"{registry}/tlpipe-tensorrt:{version}" == steps.TENSORRT_IMAGE

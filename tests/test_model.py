@@ -1,0 +1,144 @@
+"""Weights resolution, freezing rules, BatchNorm handling and the never-worse rule."""
+
+import os
+import shutil
+import urllib.error
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from components.core import backbones, model as models, training
+from components.core.config import ModelConfig, PipelineConfig
+
+MOBILENET_025 = dict(backbone="mobilenet", alpha=0.25, image_size=32)
+MOBILENET_25_224 = {**MOBILENET_025, "image_size": 224}  # the size of the file in ../shared
+
+
+@pytest.fixture
+def keras_home(tmp_path, monkeypatch):
+    """An empty Keras cache, and no network for Keras downloads."""
+    from keras.src.backend import config as keras_config
+    from keras.src.utils import file_utils
+
+    monkeypatch.setattr(keras_config, "_KERAS_DIR", str(tmp_path / "keras"))
+
+    def offline(url, *args, **kwargs):
+        raise urllib.error.URLError("network is unreachable (test)")
+
+    monkeypatch.setattr(file_utils, "urlretrieve", offline)
+    return tmp_path / "keras"
+
+
+def test_weights_file_loads_with_its_checksum_recorded(mobilenet_weights):
+    backbone, provenance = models.load_backbone(
+        ModelConfig(**{**MOBILENET_025, "image_size": 96}, weights=mobilenet_weights))
+    assert provenance["weights"] == "file" and "dbdb03ee2a22" in provenance["detail"]
+    reference = keras.applications.MobileNet(input_shape=(96, 96, 3), alpha=0.25,
+                                             include_top=False, weights=mobilenet_weights)
+    for ours, theirs in zip(backbone.weights, reference.weights):
+        np.testing.assert_array_equal(ours.numpy(), theirs.numpy())
+
+
+@pytest.mark.parametrize("backbone, alpha", [("mobilenet", 0.5), ("mobilenet_v2", 1.0)])
+def test_weights_file_of_another_architecture_is_a_clear_error(mobilenet_weights, backbone,
+                                                                alpha):
+    with pytest.raises(models.WeightsError, match="does not match backbone"):
+        models.load_backbone(ModelConfig(backbone=backbone, alpha=alpha, image_size=32,
+                                         weights=mobilenet_weights))
+
+
+def test_imagenet_weights_come_from_the_keras_cache_offline(keras_home, mobilenet_weights):
+    os.makedirs(keras_home / "models")
+    shutil.copy(mobilenet_weights, keras_home / "models")
+    _, provenance = models.load_backbone(ModelConfig(**MOBILENET_25_224, weights="imagenet"))
+    assert provenance["weights"] == "imagenet"
+
+
+def test_unreachable_imagenet_fails_unless_random_fallback_is_allowed(keras_home, caplog):
+    with pytest.raises(models.WeightsError, match="could not be downloaded.*--weights none"):
+        models.load_backbone(ModelConfig(**MOBILENET_025, weights="imagenet"))
+    _, provenance = models.load_backbone(
+        ModelConfig(**MOBILENET_025, weights="imagenet", allow_random_fallback=True))
+    assert provenance["weights"] == "random" and "could not be downloaded" in provenance["detail"]
+    assert "NO PRETRAINED WEIGHTS" in caplog.text
+
+
+def test_unfreeze_top_trains_only_the_top_and_never_batchnorm():
+    backbone = backbones.build(backbones.get("mobilenet"), 32, 0.25, None)
+    trained = models.unfreeze_top(backbone, 10)
+    top = backbone.layers[-10:]
+    assert trained == [layer.name for layer in top if layer.trainable and layer.weights]
+    assert all(not layer.trainable for layer in backbone.layers[:-10])
+    assert all(not layer.trainable for layer in backbone.layers
+               if isinstance(layer, keras.layers.BatchNormalization))
+    with pytest.raises(ValueError, match="the backbone has"):
+        models.unfreeze_top(backbone, len(backbone.layers) + 1)
+
+
+def test_batchnorm_calibration_makes_random_features_usable():
+    spec = backbones.get("mobilenet")
+    images = np.random.default_rng(0).integers(0, 255, (32, 32, 32, 3), dtype=np.uint8)
+    backbone = backbones.build(spec, 32, 0.25, None)
+    before = np.asarray(models.attach(backbone, "tf", 32)(images)).std()
+    models.calibrate_batchnorm(backbone, "tf", 32, images)
+    after = np.asarray(models.attach(backbone, "tf", 32)(images)).std()
+    assert before < 1e-6 < 1e-2 < after
+
+
+def test_never_worse_rule():
+    keep, reason = training.finetuned_is_better({"loss": 0.5, "accuracy": 0.8},
+                                                {"loss": 0.4, "accuracy": 0.8})
+    assert keep and "improved" in reason
+    assert not training.finetuned_is_better({"loss": 0.5, "accuracy": 0.8},
+                                            {"loss": 0.4, "accuracy": 0.7})[0]
+    assert not training.finetuned_is_better({"loss": 0.5, "accuracy": 0.8},
+                                            {"loss": 0.6, "accuracy": 0.9})[0]
+
+
+def _tiny_run(tmp_path, finetune_learning_rate):
+    """A pretrained-style fine-tune of a tiny MobileNet on separable random data."""
+    rng = np.random.default_rng(0)
+    labels = np.arange(48) % 2
+    images = rng.integers(0, 120, (48, 32, 32, 3)).astype(np.uint8)
+    images[labels == 1] += 120
+    config = PipelineConfig.from_dict({
+        "model": {**MOBILENET_025, "weights": "none"},
+        "head": {"learning_rate": 10.0},
+        "finetune": {"epochs": 2, "learning_rate": finetune_learning_rate, "batch_size": 16,
+                     "unfreeze_layers": 20}})
+    spec = backbones.get("mobilenet")
+    backbone = backbones.build(spec, 32, 0.25, None)
+    models.calibrate_batchnorm(backbone, "tf", 32, images)
+    features = np.asarray(models.attach(backbone, "tf", 32)(images))
+    head, _ = training.train_head({"train_features": features, "train_labels": labels,
+                                   "val_features": features, "val_labels": labels}, 2,
+                                  config.with_overrides({"head": {"learning_rate": 1e-2,
+                                                                  "epochs": 30}}))
+    models.save(backbone, str(tmp_path / "backbone.keras"))
+    models.save(head, str(tmp_path / "head.keras"))
+    dataset = tf.data.Dataset.from_tensor_slices((images, labels)).batch(16)
+    return training.fine_tune(str(tmp_path / "backbone.keras"), str(tmp_path / "head.keras"),
+                              dataset, dataset, config, tf.distribute.get_strategy())
+
+
+def test_fine_tuning_that_hurts_val_ships_the_head_only_model(tmp_path):
+    shipped, report = _tiny_run(tmp_path, finetune_learning_rate=5.0)
+    assert report["chosen"] == "head_only" and "did not improve" in report["reason"]
+    assert report["finetuned_val"]["loss"] > report["head_only_val"]["loss"]
+    assert report["trained_layers"]
+    shipped.compile(loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    images = np.random.default_rng(0).integers(0, 120, (48, 32, 32, 3)).astype(np.uint8)
+    assert shipped.predict(images, verbose=0).shape == (48, 2)
+
+
+def test_batchnorm_statistics_do_not_move_while_fine_tuning(tmp_path):
+    shipped, report = _tiny_run(tmp_path, finetune_learning_rate=1e-3)
+    before = keras.models.load_model(tmp_path / "backbone.keras")
+    after = shipped.get_layer("backbone")
+    for old, new in zip(before.layers, after.layers):
+        if isinstance(old, keras.layers.BatchNormalization):
+            np.testing.assert_array_equal(old.moving_mean.numpy(), new.moving_mean.numpy())
+            np.testing.assert_array_equal(old.moving_variance.numpy(),
+                                          new.moving_variance.numpy())

@@ -1,0 +1,100 @@
+"""The whole compiled pipeline through kfp.local, driven by the CLI as a user would."""
+
+import json
+import os
+
+import keras
+import numpy as np
+import pytest
+
+from components.core import export
+from pipelines.cli import main
+from tests.conftest import HYMENOPTERA, MOBILENET_WEIGHTS, require_shared
+
+TINY = ["--backbone", "mobilenet", "--alpha", "0.25", "--image-size", "32", "--weights", "none",
+        "--head-epochs", "5", "--finetune-epochs", "2", "--min-accuracy", "0"]
+
+
+def run_pipeline(capsys, data, output, *flags):
+    code = main(["run", "--data", data, "--output", str(output), *flags])
+    out = capsys.readouterr().out
+    assert code == 0, out[-3000:]
+    with open(os.path.join(output, "summary.json")) as handle:
+        return json.load(handle), out
+
+
+def artifact(summary, step, name):
+    return summary["steps"][step]["outputs"][name]
+
+
+def test_tiny_local_run_writes_every_artifact(capsys, tmp_path, digits_folder):
+    summary, out = run_pipeline(capsys, digits_folder, tmp_path / "out", *TINY)
+    assert "TEST ACCURACY" in out and "tensorrt: skipped" in out
+    assert list(summary["steps"]) == ["ingest", "preprocess", "train-head", "finetune",
+                                      "evaluate", "quantize", "tensorrt"]
+    assert os.path.exists(tmp_path / "out" / "pipeline.yaml")
+
+    manifest = json.load(open(os.path.join(artifact(summary, "ingest", "dataset")["path"],
+                                           "manifest.json")))
+    assert manifest["classes"] == ["digit0", "digit1", "digit2"]
+    assert sum(sum(c.values()) for c in manifest["counts"].values()) == 72
+    features = np.load(os.path.join(artifact(summary, "preprocess", "features")["path"],
+                                    "features.npz"))
+    assert features["train_features"].shape[0] == sum(manifest["counts"]["train"].values())
+    backbone = artifact(summary, "preprocess", "backbone")
+    assert backbone["metadata"]["weights"] == "random"
+
+    model_dir = artifact(summary, "finetune", "model")["path"]
+    model = keras.models.load_model(os.path.join(model_dir, "model.keras"), safe_mode=True)
+    raw = np.random.default_rng(0).integers(0, 255, (4, 50, 41, 3), dtype=np.uint8)
+    probabilities = model.predict(raw, verbose=0)
+    assert probabilities.shape == (4, 3)
+    np.testing.assert_allclose(probabilities.sum(1), 1, atol=1e-5)
+
+    evaluated = summary["steps"]["evaluate"]
+    assert evaluated["returned"] is True
+    metrics = artifact(summary, "evaluate", "metrics")["metadata"]
+    assert 0 <= metrics["accuracy"] <= 1 and metrics["test_examples"] == sum(
+        manifest["counts"]["test"].values())
+    confusion = artifact(summary, "evaluate", "confusion")["metadata"]["confusionMatrix"]
+    assert sum(sum(row["row"]) for row in confusion["rows"]) == metrics["test_examples"]
+
+    tflite_dir = artifact(summary, "quantize", "tflite")["path"]
+    quantization = json.load(open(os.path.join(tflite_dir, "quantization.json")))
+    for variant in export.TFLITE_VARIANTS:
+        path = os.path.join(tflite_dir, f"model_{variant}.tflite")
+        assert os.path.getsize(path) == quantization["variants"][variant]["size_bytes"]
+        tflite_probabilities, _ = export.predict_tflite(path, raw)  # raw size, raw uint8
+        assert tflite_probabilities.shape == (4, 3)
+    assert os.path.isdir(os.path.join(tflite_dir, "saved_model"))
+
+    onnx_dir = artifact(summary, "tensorrt", "onnx")["path"]
+    facts = json.load(open(os.path.join(onnx_dir, "tensorrt.json")))
+    assert facts["tensorrt"]["status"] == "skipped" and "TensorRT" in facts["tensorrt"]["reason"]
+    assert not os.path.exists(os.path.join(onnx_dir, "model.engine"))
+    np.testing.assert_allclose(export.predict_onnx(os.path.join(onnx_dir, "model.onnx"), raw),
+                               probabilities, atol=1e-4)
+
+
+def test_an_unblessed_model_is_not_exported(capsys, tmp_path, digits_folder):
+    summary, out = run_pipeline(capsys, digits_folder, tmp_path / "out", *TINY[:-2],
+                                "--min-accuracy", "1.0", "--finetune-epochs", "0")
+    accuracy = artifact(summary, "evaluate", "metrics")["metadata"]["accuracy"]
+    if accuracy == 1.0:
+        pytest.skip("the tiny model was perfect on the test split: nothing to withhold")
+    assert summary["steps"]["evaluate"]["returned"] is False
+    assert "quantize" not in summary["steps"] and "tensorrt" not in summary["steps"]
+    assert "blessed: False" in out
+
+
+@pytest.mark.slow
+def test_hymenoptera_with_imagenet_weights_beats_the_frozen_feature_baseline(capsys, tmp_path):
+    data = require_shared(HYMENOPTERA)
+    weights = require_shared(MOBILENET_WEIGHTS)
+    summary, out = run_pipeline(capsys, data, tmp_path / "out", "--backbone", "mobilenet",
+                                "--alpha", "0.25", "--image-size", "160", "--weights", weights)
+    manifest = json.load(open(os.path.join(artifact(summary, "ingest", "dataset")["path"],
+                                           "manifest.json")))
+    assert manifest["counts"]["test"] == {"ants": 70, "bees": 83}  # the given val/ is the test
+    accuracy = artifact(summary, "evaluate", "metrics")["metadata"]["accuracy"]
+    assert accuracy > 0.82, out[-2000:]  # nearest centroid on the same frozen features: ~82%

@@ -38,9 +38,12 @@ def test_tiny_local_run_writes_every_artifact(capsys, tmp_path, digits_folder):
                                            "manifest.json")))
     assert manifest["classes"] == ["digit0", "digit1", "digit2"]
     assert sum(sum(c.values()) for c in manifest["counts"].values()) == 72
-    features = np.load(os.path.join(artifact(summary, "preprocess", "features")["path"],
-                                    "features.npz"))
-    assert features["train_features"].shape[0] == sum(manifest["counts"]["train"].values())
+    features_dir = artifact(summary, "preprocess", "features")["path"]
+    features = np.load(os.path.join(features_dir, "features.npz"))
+    views = json.load(open(os.path.join(features_dir, "meta.json")))["views"]
+    assert views == 9  # the image and augment.views=8 augmented views
+    assert features["train_features"].shape[0] == views * sum(manifest["counts"]["train"].values())
+    assert features["val_features"].shape[0] == sum(manifest["counts"]["val"].values())
     backbone = artifact(summary, "preprocess", "backbone")
     assert backbone["metadata"]["weights"] == "random"
 

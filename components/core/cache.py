@@ -15,6 +15,7 @@ import numpy as np
 from components.core import data, storage
 from components.core.config import AugmentConfig
 from components.core.preprocessing import augment, resize_images, to_uint8
+from components.core.progress import Progress
 
 log = logging.getLogger("tlpipe.cache")
 
@@ -32,13 +33,14 @@ def write_resized(dataset_dir: str, output_dir: str, image_size: int) -> dict:
     counts = {}
     with storage.atomic_dir(output_dir) as partial:
         for split in data.SPLITS:
+            progress = Progress(log, f"resized {split} images to {image_size} px",
+                                sum(manifest["counts"][split].values()))
             with tf.io.TFRecordWriter(os.path.join(partial, f"{split}.tfrecord")) as writer:
-                counts[split] = 0
                 for image, label in data.read_split(dataset_dir, split).map(
                         lambda image, label: (_resize_one(image, image_size), label)):
                     writer.write(_resized_example(image.numpy(), int(label)))
-                    counts[split] += 1
-            log.info("resized %s: %d images to %d px", split, counts[split], image_size)
+                    progress.advance()
+            counts[split] = progress.done
         meta = {"image_size": image_size, "classes": manifest["classes"], "counts": counts,
                 "fingerprint": manifest["fingerprint"]}
         storage.write_json(os.path.join(partial, META), meta)
@@ -97,6 +99,8 @@ def compute_features(feature_extractor, images_dir: str, output_dir: str,
     for split in ("train", "val"):
         dataset = read_resized(images_dir, split).batch(BATCH)
         views = 1 + (augment_config.views if split == "train" else 0)
+        count = storage.read_json(os.path.join(images_dir, META))["counts"][split]
+        progress = Progress(log, f"features of {split} ({views} view(s) per image)", views * count)
         features, labels = [], []
         for view in range(views):
             for images, batch_labels in dataset:
@@ -105,6 +109,7 @@ def compute_features(feature_extractor, images_dir: str, output_dir: str,
                                      augment_config.flip)
                 features.append(feature_extractor(images, training=False).numpy())
                 labels.append(batch_labels.numpy())
+                progress.advance(len(labels[-1]))
         arrays[f"{split}_features"] = np.concatenate(features).astype(np.float32)
         arrays[f"{split}_labels"] = np.concatenate(labels)
         log.info("features of %s: %s", split, arrays[f"{split}_features"].shape)

@@ -17,11 +17,11 @@ import hashlib
 import io
 import logging
 import os
-import time
 from dataclasses import dataclass
 from typing import Iterable, Optional
 
 from components.core import storage
+from components.core.progress import Progress
 from components.core.config import DataConfig
 
 log = logging.getLogger("tlpipe.data")
@@ -232,8 +232,8 @@ def check_all(files: list[SourceFile]) -> tuple[list[CheckedImage], list[dict]]:
     Returns (usable images, skipped files as {"path", "reason"}).
     """
     usable, skipped, seen = [], [], {}
-    started = last_log = time.monotonic()
-    for number, source in enumerate(files, 1):
+    progress = Progress(log, "checked files", len(files))
+    for source in files:
         checked, reason = check_image(source)
         if checked is not None:
             first = seen.setdefault((source.label, checked.sha256), source.relpath)
@@ -244,10 +244,7 @@ def check_all(files: list[SourceFile]) -> tuple[list[CheckedImage], list[dict]]:
             log.warning("skipping %s: %s", source.relpath, reason)
         else:
             usable.append(checked)
-        if time.monotonic() - last_log > 10 or number == len(files):
-            last_log = time.monotonic()
-            log.info("checked %d/%d files (%.0f files/s)", number, len(files),
-                     number / max(last_log - started, 1e-9))
+        progress.advance()
     return usable, skipped
 
 

@@ -106,7 +106,7 @@ def run_and_report(source: str, config: configs.PipelineConfig, output: str) -> 
     from pipelines import local_run
 
     data.discover(source)
-    models.preflight(config.model, config.finetune.unfreeze_layers)
+    models.preflight(config.model, config.finetune)
     run_dir = local_run.run(source, config.to_dict(), output)
     summary = local_run.summarize(run_dir)
     with open(os.path.join(output, "summary.json"), "w", encoding="utf-8") as handle:

@@ -120,7 +120,7 @@ def _tiny_run(tmp_path, finetune_learning_rate):
     models.save(head, str(tmp_path / "head.keras"))
     dataset = tf.data.Dataset.from_tensor_slices((images, labels)).batch(16)
     return training.fine_tune(str(tmp_path / "backbone.keras"), str(tmp_path / "head.keras"),
-                              dataset, dataset, config, tf.distribute.get_strategy())
+                              dataset, dataset, config, tf.distribute.get_strategy(), [24, 24])
 
 
 def test_fine_tuning_that_hurts_val_ships_the_head_only_model(tmp_path):
@@ -142,3 +142,44 @@ def test_batchnorm_statistics_do_not_move_while_fine_tuning(tmp_path):
             np.testing.assert_array_equal(old.moving_mean.numpy(), new.moving_mean.numpy())
             np.testing.assert_array_equal(old.moving_variance.numpy(),
                                           new.moving_variance.numpy())
+
+
+def test_unfreeze_by_name_count_fraction_or_backbone_default():
+    backbone = backbones.build(backbones.get("mobilenet"), 32, 0.25, None)
+    total = len(backbone.layers)
+    assert models.unfreeze_count(backbone, "conv_pw_13", 0, 0.0, 0.2) == total - [
+        layer.name for layer in backbone.layers].index("conv_pw_13")
+    assert models.unfreeze_count(backbone, "", 7, 0.5, 0.2) == 7
+    assert models.unfreeze_count(backbone, "", 0, 0.5, 0.2) == round(total * 0.5)
+    assert models.unfreeze_count(backbone, "", 0, 0.0, 0.2) == round(total * 0.2)
+    with pytest.raises(ValueError, match="not a layer of the backbone"):
+        models.unfreeze_count(backbone, "block_99", 0, 0.0, 0.2)
+
+
+def test_balanced_class_weights_give_every_class_the_same_total():
+    assert models.class_weights([90, 10], "none") is None
+    weights = models.class_weights([90, 10], "balanced")
+    assert weights[0] * 90 == pytest.approx(weights[1] * 10) == pytest.approx(50)
+
+
+def test_label_smoothing_loss_matches_keras_and_survives_saving(tmp_path):
+    probabilities = np.array([[0.7, 0.2, 0.1], [0.1, 0.1, 0.8]], np.float32)
+    labels = np.array([0, 2])
+    expected = keras.losses.CategoricalCrossentropy(label_smoothing=0.1)(
+        np.eye(3)[labels], probabilities)
+    loss = models.SparseCrossentropy(0.1)
+    assert float(loss(labels, probabilities)) == pytest.approx(float(expected), rel=1e-5)
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Softmax()])
+    model.compile(loss=loss)
+    model.save(tmp_path / "m.keras")
+    assert models.load(str(tmp_path / "m.keras")).loss.label_smoothing == 0.1
+
+
+def test_warmup_then_cosine_decay_to_zero():
+    schedule = training.warmup_cosine(1e-3, total_steps=100, warmup_share=0.1)
+    assert float(schedule(0)) == 0.0
+    assert float(schedule(5)) == pytest.approx(5e-4)
+    assert float(schedule(10)) == pytest.approx(1e-3)
+    assert float(schedule(55)) == pytest.approx(5e-4, rel=1e-3)
+    assert float(schedule(100)) == pytest.approx(0.0, abs=1e-9)
+    assert float(training.warmup_cosine(1e-3, 100, 0.0)(0)) == pytest.approx(1e-3)

@@ -47,7 +47,14 @@ def test_tiny_local_run_writes_every_artifact(capsys, tmp_path, digits_folder):
     backbone = artifact(summary, "preprocess", "backbone")
     assert backbone["metadata"]["weights"] == "random"
 
+    head_dir = artifact(summary, "train-head", "head")["path"]
     model_dir = artifact(summary, "finetune", "model")["path"]
+    for logs in (os.path.join(head_dir, "tensorboard", "l2=0.1", "train"),
+                 os.path.join(model_dir, "tensorboard", "validation")):
+        assert any(name.startswith("events.out.tfevents") for name in os.listdir(logs))
+    finetune_report = json.load(open(os.path.join(model_dir, "finetune.json")))
+    assert finetune_report["mode"] == "from_scratch" and len(
+        finetune_report["history"]["val_loss"]) == 2
     model = keras.models.load_model(os.path.join(model_dir, "model.keras"), safe_mode=True)
     raw = np.random.default_rng(0).integers(0, 255, (4, 50, 41, 3), dtype=np.uint8)
     probabilities = model.predict(raw, verbose=0)

@@ -42,6 +42,8 @@ def write_resized(dataset_dir: str, output_dir: str, image_size: int) -> dict:
                     progress.advance()
             counts[split] = progress.done
         meta = {"image_size": image_size, "classes": manifest["classes"], "counts": counts,
+                "train_class_counts": [manifest["counts"]["train"][label]
+                                       for label in manifest["classes"]],
                 "fingerprint": manifest["fingerprint"]}
         storage.write_json(os.path.join(partial, META), meta)
     return meta

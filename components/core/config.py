@@ -77,6 +77,20 @@ class AugmentConfig:
 
 
 @dataclass
+class LossConfig:
+    """The loss of both training stages.
+
+    label_smoothing: share of each target's probability spread over all classes, in [0, 0.5)
+        (default 0: plain cross-entropy).
+    class_weight: "none" or "balanced" (each class weighted by N / (classes x its training count),
+        for imbalanced data).
+    """
+
+    label_smoothing: float = 0.0
+    class_weight: str = "none"
+
+
+@dataclass
 class HeadConfig:
     """Training of the new head on cached frozen-backbone features.
 
@@ -101,15 +115,23 @@ class FinetuneConfig:
 
     epochs: maximum epochs, >= 0; 0 skips fine-tuning and ships the head-only model (default 10).
     learning_rate: Adam learning rate, > 0; should be 10-100x below the head's (default 1e-5).
-    unfreeze_layers: layers from the top of the backbone to train (BatchNorm layers always stay
-        frozen); 0 means the backbone's default share (`BackboneSpec.unfreeze_fraction`).
+    warmup_epochs: epochs of linear warm-up from 0 to learning_rate, after which it decays to 0
+        along a cosine over the remaining epochs, in [0, epochs) (default 1).
+    Which layers train (BatchNorm layers always stay frozen), first match wins:
+    unfreeze_from: name of the lowest backbone layer to train; it and every layer above it train.
+    unfreeze_layers: that many layers from the top (default 0: not used).
+    unfreeze_fraction: that share of the backbone's layers from the top, in [0, 1]; 0 (default)
+        means the backbone's own default (`BackboneSpec.unfreeze_fraction`).
     batch_size: global batch size across all workers, >= 1 (default 32).
     patience: epochs without val-loss improvement before stopping, >= 1 (default 3).
     """
 
     epochs: int = 10
     learning_rate: float = 1e-5
+    warmup_epochs: int = 1
+    unfreeze_from: str = ""
     unfreeze_layers: int = 0
+    unfreeze_fraction: float = 0.0
     batch_size: int = 32
     patience: int = 3
 
@@ -138,6 +160,7 @@ class PipelineConfig:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
     head: HeadConfig = field(default_factory=HeadConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
@@ -237,6 +260,15 @@ def problems(config: PipelineConfig) -> list[str]:
     check(tune.epochs >= 0, f"finetune.epochs={tune.epochs}; use 0 (no fine-tuning) or more")
     check(tune.unfreeze_layers >= 0,
           f"finetune.unfreeze_layers={tune.unfreeze_layers}; use 0 (backbone default) or more")
+    check(0 <= tune.unfreeze_fraction <= 1,
+          f"finetune.unfreeze_fraction={tune.unfreeze_fraction}; use a share in [0, 1]")
+    check(0 <= tune.warmup_epochs and (tune.warmup_epochs < tune.epochs or tune.epochs == 0),
+          f"finetune.warmup_epochs={tune.warmup_epochs}; use fewer than finetune.epochs="
+          f"{tune.epochs}")
+    check(0 <= config.loss.label_smoothing < 0.5,
+          f"loss.label_smoothing={config.loss.label_smoothing}; use a value in [0, 0.5)")
+    check(config.loss.class_weight in ("none", "balanced"),
+          f"loss.class_weight={config.loss.class_weight!r}; use none or balanced")
     check(tune.learning_rate < head.learning_rate,
           f"finetune.learning_rate={tune.learning_rate} is not below head.learning_rate="
           f"{head.learning_rate}; fine-tune 10-100x lower than the head or it wrecks the "

@@ -15,7 +15,7 @@ import tempfile
 import keras
 
 from components.core import backbones, storage
-from components.core.config import ModelConfig
+from components.core.config import FinetuneConfig, ModelConfig
 from components.core.preprocessing import RawImagePreprocessing
 
 log = logging.getLogger("tlpipe.model")
@@ -176,14 +176,22 @@ def unfreeze_top(backbone: keras.Model, layers: int) -> list[str]:
     return trained
 
 
-def unfreeze_count(backbone: keras.Model, requested: int, fraction: float) -> int:
-    """`requested` layers, or `fraction` of the backbone's layers (at least 1) when it is 0."""
-    return requested or max(1, int(round(len(backbone.layers) * fraction)))
+def unfreeze_count(backbone: keras.Model, from_layer: str, layers: int, fraction: float,
+                   default_fraction: float) -> int:
+    """How many top layers to train: from `from_layer` (a layer name) up, else `layers`, else
+    `fraction` of the backbone's layers, else `default_fraction` of them (at least 1)."""
+    names = [layer.name for layer in backbone.layers]
+    if from_layer:
+        if from_layer not in names:
+            raise ValueError(f"finetune.unfreeze_from={from_layer!r} is not a layer of the "
+                             f"backbone; its top layers are {names[-8:]}")
+        return len(names) - names.index(from_layer)
+    return layers or max(1, int(round(len(names) * (fraction or default_fraction))))
 
 
-def preflight(config: ModelConfig, unfreeze_layers: int) -> None:
+def preflight(config: ModelConfig, finetune: FinetuneConfig) -> None:
     """Cheap checks that need Keras, run before any data is touched: the backbone builds at the
-    configured size, the unfreeze count fits, and a local weights file matches the backbone."""
+    configured size, the layers to unfreeze exist, and a local weights file matches it."""
     spec = backbones.get(config.backbone)
     size = backbones.resolved_size(spec, config.image_size)
     try:
@@ -191,12 +199,43 @@ def preflight(config: ModelConfig, unfreeze_layers: int) -> None:
     except ValueError as error:
         raise WeightsError(f"Keras cannot build {spec.name} at {size} px (alpha {config.alpha}): "
                            f"{error}; pick another size or backbone") from error
-    if unfreeze_layers > len(backbone.layers):
-        raise ValueError(f"finetune.unfreeze_layers={unfreeze_layers} but {spec.name} has only "
-                         f"{len(backbone.layers)} layers; use at most {len(backbone.layers)}")
+    if finetune.unfreeze_layers > len(backbone.layers):
+        raise ValueError(f"finetune.unfreeze_layers={finetune.unfreeze_layers} but {spec.name} "
+                         f"has only {len(backbone.layers)} layers; use at most "
+                         f"{len(backbone.layers)}")
+    unfreeze_count(backbone, finetune.unfreeze_from, 0, 0.0, spec.unfreeze_fraction)
     if config.weights not in ("imagenet", "none") and not storage.is_gcs(config.weights):
         load_backbone(config)
     keras.backend.clear_session()
+
+
+@keras.saving.register_keras_serializable(package="tlpipe")
+class SparseCrossentropy(keras.losses.Loss):
+    """Cross-entropy of integer labels against probabilities, with optional label smoothing
+    (share in [0, 0.5) of each target spread evenly over the classes)."""
+
+    def __init__(self, label_smoothing: float = 0.0, name: str = "sparse_crossentropy",
+                 **kwargs):
+        super().__init__(name=name, **kwargs)
+        self.label_smoothing = float(label_smoothing)
+
+    def call(self, y_true, y_pred):
+        targets = keras.ops.one_hot(keras.ops.cast(keras.ops.reshape(y_true, (-1,)), "int32"),
+                                    keras.ops.shape(y_pred)[-1])
+        return keras.losses.categorical_crossentropy(targets, y_pred,
+                                                     label_smoothing=self.label_smoothing)
+
+    def get_config(self):
+        return {**super().get_config(), "label_smoothing": self.label_smoothing}
+
+
+def class_weights(counts: list[int], mode: str) -> dict[int, float] | None:
+    """Keras `class_weight` for training counts per class: None for mode "none"; for "balanced",
+    N / (classes x count), so every class carries the same total weight."""
+    if mode == "none":
+        return None
+    total, classes = sum(counts), len(counts)
+    return {index: total / (classes * max(count, 1)) for index, count in enumerate(counts)}
 
 
 def save(model: keras.Model, path: str) -> None:

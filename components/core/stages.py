@@ -20,7 +20,9 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import shutil
 import sys
+import tempfile
 
 import numpy as np
 
@@ -83,8 +85,9 @@ def train_head(features_dir: str, head_dir: str, *, config) -> dict:
 
     classes = storage.read_json(os.path.join(features_dir, cache.META))["classes"]
     features = cache.load_features(features_dir)
-    head, report = training.train_head(features, len(classes), config)
     with storage.atomic_dir(head_dir) as partial:
+        head, report = training.train_head(features, len(classes), config,
+                                           log_dir=os.path.join(partial, "tensorboard"))
         models.save(head, os.path.join(partial, "head.keras"))
         storage.write_json(os.path.join(partial, "history.json"), report)
     return {name: report[name] for name in ("l2", "val_loss", "val_accuracy", "epochs_run")}
@@ -109,13 +112,21 @@ def finetune(images_dir: str, backbone_dir: str, head_dir: str, model_dir: str, 
     train = distribute.distribute_options(train.prefetch(2))
     val = distribute.distribute_options(cache.read_resized(images_dir, "val").batch(batch))
     provenance = storage.read_json(os.path.join(backbone_dir, "provenance.json"))
-    classifier, report = training.fine_tune(
-        os.path.join(backbone_dir, "backbone.keras"), os.path.join(head_dir, "head.keras"),
-        train, val, config, strategy, pretrained=provenance["weights"] != "random")
-    if distribute.is_chief():
-        with storage.atomic_dir(model_dir) as partial:
+    meta = storage.read_json(os.path.join(images_dir, cache.META))
+    chief = distribute.is_chief()  # other workers write to a temporary place that is removed
+    target = model_dir if chief else tempfile.mkdtemp(prefix="tlpipe-worker-")
+    try:
+        with storage.atomic_dir(target) as partial:
+            classifier, report = training.fine_tune(
+                os.path.join(backbone_dir, "backbone.keras"),
+                os.path.join(head_dir, "head.keras"), train, val, config, strategy,
+                meta["train_class_counts"], pretrained=provenance["weights"] != "random",
+                log_dir=os.path.join(partial, "tensorboard"))
             models.save(classifier, os.path.join(partial, "model.keras"))
             storage.write_json(os.path.join(partial, "finetune.json"), report)
+    finally:
+        if not chief:
+            shutil.rmtree(target, ignore_errors=True)
     return {"mode": report["mode"], "chosen": report["chosen"], "reason": report["reason"],
             "head_only_val_accuracy": report["head_only_val"]["accuracy"],
             "finetuned_val_accuracy": (report["finetuned_val"] or {}).get("accuracy", -1.0),

@@ -7,6 +7,7 @@ head-only model on the validation split (lower loss and at least the same accura
 from __future__ import annotations
 
 import logging
+import os
 
 import keras
 import numpy as np
@@ -21,19 +22,23 @@ log = logging.getLogger("tlpipe.training")
 SCRATCH_BATCHNORM_MOMENTUM = 0.9
 
 
-def train_head(features: dict[str, np.ndarray], num_classes: int,
-               config: PipelineConfig) -> tuple[keras.Model, dict]:
+def train_head(features: dict[str, np.ndarray], num_classes: int, config: PipelineConfig,
+               log_dir: str | None = None) -> tuple[keras.Model, dict]:
     """Trains one head per L2 strength in `config.head.l2_candidates` on cached features
     ({train,val}_{features,labels} arrays), each with Adam and early stopping on val loss (best
     weights restored), and keeps the one with the lowest val cross-entropy.
 
     Returns (head, report): report has the chosen "l2", its "val_loss" (cross-entropy, no
     penalty) and "val_accuracy", "epochs_run", its per-epoch "history", and "search" with the
-    figures of every candidate.
+    figures of every candidate. log_dir: where TensorBoard logs go (one folder per candidate).
     """
+    counts = np.bincount(features["train_labels"], minlength=num_classes).tolist()
+    weights = models.class_weights(counts, config.loss.class_weight)
     candidates = []
     for l2 in config.head.l2_candidates:
-        head, history = _fit_head(features, num_classes, config, l2)
+        callbacks = [keras.callbacks.TensorBoard(os.path.join(log_dir, f"l2={l2:g}"))] \
+            if log_dir else []
+        head, history = _fit_head(features, num_classes, config, l2, weights, callbacks)
         loss, accuracy = _scores(head.predict(features["val_features"], verbose=0),
                                  features["val_labels"])
         candidates.append((loss, -accuracy, l2, head, history))
@@ -46,19 +51,22 @@ def train_head(features: dict[str, np.ndarray], num_classes: int,
                               "epochs_run": len(c[4]["loss"])} for c in candidates]}
 
 
-def _fit_head(features, num_classes: int, config: PipelineConfig, l2: float):
+def _fit_head(features, num_classes: int, config: PipelineConfig, l2: float, class_weight,
+              callbacks: list):
     keras.utils.set_random_seed(config.data.seed)
     settings = config.head
     head = models.build_head(features["train_features"], num_classes, config.model.dropout, l2)
     head.compile(optimizer=keras.optimizers.Adam(settings.learning_rate),
-                 loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+                 loss=models.SparseCrossentropy(config.loss.label_smoothing),
+                 metrics=["accuracy"])
     stop = keras.callbacks.EarlyStopping(monitor="val_loss", patience=settings.patience,
                                          restore_best_weights=True)
     history = head.fit(
         features["train_features"], features["train_labels"],
         validation_data=(features["val_features"], features["val_labels"]),
         epochs=settings.epochs, batch_size=settings.batch_size, shuffle=True,
-        callbacks=[stop, _EpochLog(f"head l2={l2:g}", every=25)], verbose=0)
+        class_weight=class_weight,
+        callbacks=[stop, _EpochLog(f"head l2={l2:g}", every=25), *callbacks], verbose=0)
     return head, _history(history)
 
 
@@ -77,10 +85,14 @@ def _scores(probabilities: np.ndarray, labels: np.ndarray) -> tuple[float, float
 
 
 def fine_tune(backbone_path: str, head_path: str, train, val, config: PipelineConfig,
-              strategy, pretrained: bool = True) -> tuple[keras.Model, dict]:
+              strategy, class_counts: list[int], pretrained: bool = True,
+              log_dir: str | None = None) -> tuple[keras.Model, dict]:
     """Fine-tunes the backbone with the head inside `strategy.scope()`.
 
     train, val: batched tf.data datasets of (uint8 images, labels); the batch size is global.
+    class_counts: training images per class (for the step count and class weights).
+    The learning rate warms up linearly for finetune.warmup_epochs, then decays along a cosine
+    to 0 at the last epoch; gradients are clipped to norm 1. log_dir: TensorBoard logs.
     pretrained: True trains the top layers (finetune.unfreeze_layers) at finetune.learning_rate
     with BatchNorm frozen in inference mode. False (random weights: nothing to transfer) trains
     every layer, BatchNorm included, at head.learning_rate: training from scratch.
@@ -94,7 +106,7 @@ def fine_tune(backbone_path: str, head_path: str, train, val, config: PipelineCo
         backbone = models.load(backbone_path)
         head = models.load(head_path)
         head_only = models.attach(backbone, spec.preprocess_mode, size, head)
-        _compile(head_only, config.finetune.learning_rate)
+        _compile(head_only, config.finetune.learning_rate, config.loss.label_smoothing)
     head_only_val = _evaluate(head_only, val)
     report = {"mode": "fine_tune" if pretrained else "from_scratch",
               "head_only_val": head_only_val, "finetuned_val": None, "history": {},
@@ -105,8 +117,9 @@ def fine_tune(backbone_path: str, head_path: str, train, val, config: PipelineCo
     head_weights = _snapshot(head_only)
     with strategy.scope():
         if pretrained:
-            count = models.unfreeze_count(backbone, config.finetune.unfreeze_layers,
-                                          spec.unfreeze_fraction)
+            tune = config.finetune
+            count = models.unfreeze_count(backbone, tune.unfreeze_from, tune.unfreeze_layers,
+                                          tune.unfreeze_fraction, spec.unfreeze_fraction)
             report["trained_layers"] = models.unfreeze_top(backbone, count)
             tuned, learning_rate = head_only, config.finetune.learning_rate
         else:
@@ -118,11 +131,17 @@ def fine_tune(backbone_path: str, head_path: str, train, val, config: PipelineCo
             tuned = models.attach(backbone, spec.preprocess_mode, size, head,
                                   batchnorm_inference=False)
             learning_rate = config.head.learning_rate
-        _compile(tuned, learning_rate)
+        steps = -(-sum(class_counts) // config.finetune.batch_size) * config.finetune.epochs
+        _compile(tuned, warmup_cosine(learning_rate, steps, config.finetune.warmup_epochs /
+                                      config.finetune.epochs), config.loss.label_smoothing)
     stop = keras.callbacks.EarlyStopping(monitor="val_loss", patience=config.finetune.patience,
                                          restore_best_weights=True)
+    callbacks = [stop, _EpochLog("finetune", every=1)]
+    if log_dir:
+        callbacks.append(keras.callbacks.TensorBoard(log_dir))
     history = tuned.fit(train, validation_data=val, epochs=config.finetune.epochs,
-                        callbacks=[stop, _EpochLog("finetune", every=1)], verbose=0)
+                        class_weight=models.class_weights(class_counts, config.loss.class_weight),
+                        callbacks=callbacks, verbose=0)
     report["history"] = _history(history)
     report["finetuned_val"] = _evaluate(tuned, val)
     keep, reason = finetuned_is_better(head_only_val, report["finetuned_val"])
@@ -143,9 +162,18 @@ def finetuned_is_better(head_only: dict, tuned: dict) -> tuple[bool, str]:
     return keep, f"{verdict}: {figures}"
 
 
-def _compile(classifier: keras.Model, learning_rate: float) -> None:
+def warmup_cosine(peak: float, total_steps: int, warmup_share: float):
+    """Learning rate schedule: linear from 0 to `peak` over `warmup_share` (in [0, 1)) of
+    `total_steps`, then cosine decay to 0 at the last step."""
+    warmup = int(round(total_steps * warmup_share))
+    return keras.optimizers.schedules.CosineDecay(
+        initial_learning_rate=0.0 if warmup else peak, decay_steps=max(total_steps - warmup, 1),
+        warmup_target=peak if warmup else None, warmup_steps=warmup)
+
+
+def _compile(classifier: keras.Model, learning_rate, label_smoothing: float) -> None:
     classifier.compile(optimizer=keras.optimizers.Adam(learning_rate, clipnorm=1.0),
-                       loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+                       loss=models.SparseCrossentropy(label_smoothing), metrics=["accuracy"])
 
 
 def _snapshot(model: keras.Model) -> dict:

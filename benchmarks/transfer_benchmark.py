@@ -1,0 +1,278 @@
+"""Side-by-side: the public TensorFlow transfer-learning tutorial's recipe vs tlpipe's training
+steps, on the same split, backbone, weights and image size, in one invocation.
+
+    python benchmarks/transfer_benchmark.py --weights ../shared/weights/mobilenet_2_5_224_tf_no_top.h5
+
+(a) tutorial: the frozen backbone runs every epoch behind RandomFlip + RandomRotation(0.2),
+    Adam 1e-4 for 10 epochs; then the top third of the backbone is unfrozen and trained with
+    RMSprop 1e-5 for 10 more epochs (tensorflow.org/tutorials/images/transfer_learning).
+(b) tlpipe: preprocess (resize once + cached frozen features) and train-head, then finetune,
+    through `components.core.stages`, exactly as the pipeline steps run them.
+Also timed: one frozen-backbone pass over the training set (decode and resize included), and a
+converged linear probe (logistic regression, C chosen on val) on the frozen features.
+
+Every measured stage runs in its own process (TensorFlow already imported), which reports its
+wall time, CPU time and peak resident memory. Results go to benchmarks/RESULTS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import multiprocessing
+import os
+import platform
+import resource
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+SHARED = os.path.join(os.path.dirname(HERE), "..", "shared")
+TUTORIAL_EPOCHS = 10
+
+
+def measured(function, *args):
+    """Runs function(*args) in this (child) process; returns (result, wall s, cpu s, peak MB)."""
+    import tensorflow  # noqa: F401  (import cost is not part of any stage)
+
+    started, cpu = time.perf_counter(), time.process_time()
+    result = function(*args)
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return result, time.perf_counter() - started, time.process_time() - cpu, usage.ru_maxrss / 1024
+
+
+def in_child(function, *args):
+    with multiprocessing.get_context("spawn").Pool(1) as pool:
+        return pool.apply(measured, (function, *args))
+
+
+def frozen_pass(dataset_dir: str, config: dict) -> int:
+    """Decode, resize and run the frozen backbone once over the training split."""
+    from components.core import backbones, data, model as models
+    from components.core.config import PipelineConfig
+    from components.core.preprocessing import resize_images, to_uint8
+
+    settings = PipelineConfig.from_dict(config)
+    spec = backbones.get(settings.model.backbone)
+    size = backbones.resolved_size(spec, settings.model.image_size)
+    backbone, _ = models.load_backbone(settings.model)
+    extractor = models.attach(backbone, spec.preprocess_mode, size)
+    count = 0
+    for images, _ in data.read_split(dataset_dir, "train").map(
+            lambda image, label: (to_uint8(resize_images(image[None], size))[0], label)).batch(64):
+        extractor(images, training=False)
+        count += len(images)
+    return count
+
+
+def tutorial(dataset_dir: str, config: dict) -> dict:
+    """The tutorial's two stages, written out as published (multi-class softmax head)."""
+    import keras
+    import tensorflow as tf
+
+    from components.core import backbones, data, model as models, storage
+    from components.core.config import PipelineConfig
+
+    settings = PipelineConfig.from_dict(config)
+    spec = backbones.get(settings.model.backbone)
+    size = backbones.resolved_size(spec, settings.model.image_size)
+    classes = len(storage.read_json(os.path.join(dataset_dir, data.MANIFEST))["classes"])
+
+    def split(name, shuffle):
+        dataset = data.read_split(dataset_dir, name).map(
+            lambda image, label: (tf.image.resize(image, (size, size)), label))
+        if shuffle:
+            dataset = dataset.shuffle(1000, seed=0)
+        return dataset.batch(32).prefetch(tf.data.AUTOTUNE)
+
+    train, val, test = split("train", True), split("val", False), split("test", False)
+    keras.utils.set_random_seed(0)
+    base, _ = models.load_backbone(settings.model)
+    base.trainable = False
+    augmentation = keras.Sequential([keras.layers.RandomFlip("horizontal"),
+                                     keras.layers.RandomRotation(0.2)])
+    inputs = keras.Input((size, size, 3))
+    x = keras.layers.Rescaling(1 / 127.5, offset=-1)(augmentation(inputs))  # preprocess_input
+    x = base(x, training=False)  # pooling="avg" in the registry: GlobalAveragePooling2D
+    outputs = keras.layers.Dense(classes)(keras.layers.Dropout(0.2)(x))
+    model = keras.Model(inputs, outputs)
+    loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    model.compile(optimizer=keras.optimizers.Adam(1e-4), loss=loss, metrics=["accuracy"])
+    stages = {}
+    started, cpu = time.perf_counter(), time.process_time()
+    model.fit(train, validation_data=val, epochs=TUTORIAL_EPOCHS, verbose=0)
+    stages["head"] = _scores(model, val, test, started, cpu)
+    base.trainable = True
+    for layer in base.layers[:len(base.layers) * 2 // 3]:
+        layer.trainable = False
+    model.compile(optimizer=keras.optimizers.RMSprop(1e-5), loss=loss, metrics=["accuracy"])
+    started, cpu = time.perf_counter(), time.process_time()
+    model.fit(train, validation_data=val, epochs=2 * TUTORIAL_EPOCHS,
+              initial_epoch=TUTORIAL_EPOCHS, verbose=0)
+    stages["finetune"] = _scores(model, val, test, started, cpu)
+    return stages
+
+
+def _scores(model, val, test, started, cpu) -> dict:
+    figures = {"wall": time.perf_counter() - started, "cpu": time.process_time() - cpu}
+    for name, dataset in (("val", val), ("test", test)):
+        figures[name] = model.evaluate(dataset, verbose=0, return_dict=True)["accuracy"]
+    return figures
+
+
+def tlpipe_stage(name: str, args: tuple, config: dict) -> dict:
+    from components.core import stages
+
+    return getattr(stages, name)(*args, config=config)
+
+
+def test_accuracy(model_path: str, backbone_dir: str, head_dir: str, images_dir: str,
+                  config: dict) -> float:
+    """Test accuracy of a .keras classifier, or of backbone + head when model_path is ''."""
+    import numpy as np
+
+    from components.core import backbones, cache, model as models
+    from components.core.config import PipelineConfig
+
+    images, labels = cache.read_arrays(images_dir, "test")
+    if model_path:
+        classifier = models.load(model_path)
+    else:
+        settings = PipelineConfig.from_dict(config)
+        spec = backbones.get(settings.model.backbone)
+        classifier = models.attach(models.load(os.path.join(backbone_dir, "backbone.keras")),
+                                   spec.preprocess_mode,
+                                   backbones.resolved_size(spec, settings.model.image_size),
+                                   models.load(os.path.join(head_dir, "head.keras")))
+    return float(np.mean(classifier.predict(images, verbose=0).argmax(1) == labels))
+
+
+def linear_probe(features_dir: str, backbone_dir: str, images_dir: str, config: dict) -> dict:
+    """Logistic regression on the original-view frozen features, C picked on val."""
+    import numpy as np
+    from sklearn.linear_model import LogisticRegression
+
+    from components.core import backbones, cache, model as models
+    from components.core.config import PipelineConfig
+
+    settings = PipelineConfig.from_dict(config)
+    spec = backbones.get(settings.model.backbone)
+    arrays = cache.load_features(features_dir)
+    originals = len(arrays["train_labels"]) // (1 + settings.augment.views)
+    train_x, train_y = arrays["train_features"][:originals], arrays["train_labels"][:originals]
+    extractor = models.attach(models.load(os.path.join(backbone_dir, "backbone.keras")),
+                              spec.preprocess_mode,
+                              backbones.resolved_size(spec, settings.model.image_size))
+    images, labels = cache.read_arrays(images_dir, "test")
+    test_x = extractor.predict(images, verbose=0)
+    fits = [LogisticRegression(C=c, max_iter=10000).fit(train_x, train_y)
+            for c in (0.001, 0.01, 0.1, 1.0, 10.0)]
+    best = max(fits, key=lambda fit: fit.score(arrays["val_features"], arrays["val_labels"]))
+    return {"C": best.C, "val": best.score(arrays["val_features"], arrays["val_labels"]),
+            "test": best.score(test_x, labels)}
+
+
+def benchmark(name: str, source: str, config: dict, work: str) -> list[str]:
+    from components.core import data
+    from components.core.config import PipelineConfig
+
+    paths = {key: os.path.join(work, name, key)
+             for key in ("dataset", "images", "features", "backbone", "head", "model")}
+    manifest = data.ingest_folder(source, paths["dataset"], PipelineConfig.from_dict(config).data)
+    counts = {split: sum(c.values()) for split, c in manifest["counts"].items()}
+    print(f"[{name}] split {counts}", flush=True)
+    _, frozen_wall, frozen_cpu, frozen_mb = in_child(frozen_pass, paths["dataset"], config)
+    print(f"[{name}] frozen pass {frozen_wall:.1f} s", flush=True)
+    tutorial_stages, _, _, tutorial_mb = in_child(tutorial, paths["dataset"], config)
+    print(f"[{name}] tutorial {tutorial_stages}", flush=True)
+    runs = {}
+    for stage, args in (("preprocess", (paths["dataset"], paths["images"], paths["features"],
+                                        paths["backbone"])),
+                        ("train_head", (paths["features"], paths["head"])),
+                        ("finetune", (paths["images"], paths["backbone"], paths["head"],
+                                      paths["model"]))):
+        runs[stage] = in_child(tlpipe_stage, stage, args, config)
+        print(f"[{name}] tlpipe {stage} {runs[stage][1]:.1f} s", flush=True)
+    head_test = in_child(test_accuracy, "", paths["backbone"], paths["head"], paths["images"],
+                         config)[0]
+    final_test = in_child(test_accuracy, os.path.join(paths["model"], "model.keras"), "", "",
+                          paths["images"], config)[0]
+    probe = in_child(linear_probe, paths["features"], paths["backbone"], paths["images"],
+                     config)[0]
+    head_wall = runs["preprocess"][1] + runs["train_head"][1]
+    head_cpu = runs["preprocess"][2] + runs["train_head"][2]
+    head_mb = max(runs["preprocess"][3], runs["train_head"][3])
+    tuned = runs["finetune"][0]
+    tut_head, tut_tune = tutorial_stages["head"], tutorial_stages["finetune"]
+    return [
+        f"### {name}: {counts['train']} train / {counts['val']} val / {counts['test']} test "
+        f"images, {len(manifest['classes'])} classes",
+        "",
+        "| recipe | stage | wall s | CPU s | peak RSS MB | val acc | test acc |",
+        "|---|---|---:|---:|---:|---:|---:|",
+        f"| frozen backbone | one pass over train (decode + resize + forward) | "
+        f"{frozen_wall:.1f} | {frozen_cpu:.1f} | {frozen_mb:.0f} | | |",
+        f"| tutorial | head ({TUTORIAL_EPOCHS} epochs, backbone every epoch) | "
+        f"{tut_head['wall']:.1f} | {tut_head['cpu']:.1f} | {tutorial_mb:.0f} | "
+        f"{tut_head['val']:.4f} | {tut_head['test']:.4f} |",
+        f"| tutorial | fine-tune top third ({TUTORIAL_EPOCHS} epochs, RMSprop 1e-5) | "
+        f"{tut_tune['wall']:.1f} | {tut_tune['cpu']:.1f} | {tutorial_mb:.0f} | "
+        f"{tut_tune['val']:.4f} | {tut_tune['test']:.4f} |",
+        f"| tlpipe | head: preprocess ({runs['preprocess'][1]:.1f} s) + train-head "
+        f"({runs['train_head'][1]:.1f} s) | {head_wall:.1f} | {head_cpu:.1f} | {head_mb:.0f} | "
+        f"{runs['train_head'][0]['val_accuracy']:.4f} | {head_test:.4f} |",
+        f"| tlpipe | finetune (shipped: {tuned['chosen']}) | {runs['finetune'][1]:.1f} | "
+        f"{runs['finetune'][2]:.1f} | {runs['finetune'][3]:.0f} | "
+        f"{max(tuned['head_only_val_accuracy'], tuned['finetuned_val_accuracy']):.4f} | "
+        f"{final_test:.4f} |",
+        f"| linear probe | logistic regression on frozen features, C={probe['C']:g} | | | | "
+        f"{probe['val']:.4f} | {probe['test']:.4f} |",
+        "",
+        f"- tlpipe head stage / one frozen pass: **{head_wall / frozen_wall:.2f}x** "
+        f"(goal: at most 3x)",
+        f"- tutorial head stage / tlpipe head stage: **{tut_head['wall'] / head_wall:.2f}x** "
+        f"(goal: at least 5x)",
+        f"- final test accuracy {final_test:.4f} vs linear probe {probe['test']:.4f} "
+        f"(goal: at least as good); fine-tuning: {tuned['reason']}",
+        "",
+    ]
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--weights", default=os.path.join(
+        SHARED, "weights", "mobilenet_2_5_224_tf_no_top.h5"),
+        help="MobileNet v1 alpha 0.25 ImageNet weights file (default: ../shared's)")
+    parser.add_argument("--hymenoptera", default=os.path.join(
+        SHARED, "data", "hymenoptera_data"), help="the ants/bees folder (default: ../shared's)")
+    parser.add_argument("--image-size", type=int, default=160)
+    parser.add_argument("--output", default=os.path.join(HERE, "RESULTS.md"))
+    args = parser.parse_args(argv)
+    config = {"model": {"backbone": "mobilenet", "alpha": 0.25, "image_size": args.image_size,
+                        "weights": os.path.abspath(args.weights)}}
+    from pipelines.demo import write_digits
+
+    lines = [
+        "# Transfer-learning benchmark: tutorial recipe vs tlpipe",
+        "",
+        f"Command: `python benchmarks/transfer_benchmark.py --weights {args.weights}"
+        f" --image-size {args.image_size}`  ",
+        f"Run {datetime.date.today()} on {platform.machine()}, {os.cpu_count()} cores, Python "
+        f"{platform.python_version()}; MobileNet v1 alpha 0.25, ImageNet weights from the file, "
+        f"{args.image_size} px, tlpipe default config. Both recipes use the same ingest split "
+        f"(the given val/ folder of hymenoptera is the test split).",
+        "",
+    ]
+    with tempfile.TemporaryDirectory() as work:
+        digits = write_digits(os.path.join(work, "digits-source"))
+        for name, source in (("hymenoptera", args.hymenoptera), ("digits", digits)):
+            lines += benchmark(name, source, config, work)
+    with open(args.output, "w", encoding="utf-8") as handle:
+        handle.write("\n".join(lines))
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -15,6 +15,7 @@ class BackboneSpec:
     """One pretrained backbone.
 
     constructor: attribute of `keras.applications`.
+    module: the `keras.applications` submodule with the model's own `preprocess_input`.
     preprocess_mode: how raw [0, 255] RGB becomes the backbone's input (see
         `components.core.preprocessing.normalize`): "tf" -> [-1, 1], "torch" -> ImageNet
         mean/std, "caffe" -> BGR minus ImageNet mean, "none" -> the model rescales inside itself.
@@ -27,6 +28,7 @@ class BackboneSpec:
 
     name: str
     constructor: str
+    module: str
     preprocess_mode: str
     default_size: int
     min_size: int = 32
@@ -37,28 +39,33 @@ class BackboneSpec:
 MAX_IMAGE_SIZE = 1024
 
 _SPECS = [
-    BackboneSpec("mobilenet", "MobileNet", "tf", 224, alphas=(0.25, 0.5, 0.75, 1.0)),
-    BackboneSpec("mobilenet_v2", "MobileNetV2", "tf", 224,
+    BackboneSpec("mobilenet", "MobileNet", "mobilenet", "tf", 224, alphas=(0.25, 0.5, 0.75, 1.0)),
+    BackboneSpec("mobilenet_v2", "MobileNetV2", "mobilenet_v2", "tf", 224,
                  alphas=(0.35, 0.5, 0.75, 1.0, 1.3, 1.4)),
-    BackboneSpec("mobilenet_v3_small", "MobileNetV3Small", "none", 224, alphas=(0.75, 1.0)),
-    BackboneSpec("mobilenet_v3_large", "MobileNetV3Large", "none", 224, alphas=(0.75, 1.0)),
-    *[BackboneSpec(f"efficientnet_b{i}", f"EfficientNetB{i}", "none", size)
+    BackboneSpec("mobilenet_v3_small", "MobileNetV3Small", "mobilenet_v3", "none", 224,
+                 alphas=(0.75, 1.0)),
+    BackboneSpec("mobilenet_v3_large", "MobileNetV3Large", "mobilenet_v3", "none", 224,
+                 alphas=(0.75, 1.0)),
+    *[BackboneSpec(f"efficientnet_b{i}", f"EfficientNetB{i}", "efficientnet", "none", size)
       for i, size in enumerate((224, 240, 260, 300, 380, 456, 528, 600))],
-    *[BackboneSpec(f"efficientnet_v2_{v.lower()}", f"EfficientNetV2{v}", "none", size)
+    *[BackboneSpec(f"efficientnet_v2_{v.lower()}", f"EfficientNetV2{v}", "efficientnet_v2",
+                   "none", size)
       for v, size in (("B0", 224), ("B1", 240), ("B2", 260), ("B3", 300), ("S", 384),
                       ("M", 480), ("L", 480))],
-    *[BackboneSpec(f"resnet{depth}", f"ResNet{depth}", "caffe", 224) for depth in (50, 101, 152)],
-    *[BackboneSpec(f"resnet{depth}_v2", f"ResNet{depth}V2", "tf", 224)
+    *[BackboneSpec(f"resnet{depth}", f"ResNet{depth}", "resnet", "caffe", 224)
       for depth in (50, 101, 152)],
-    BackboneSpec("xception", "Xception", "tf", 299, min_size=71),
-    BackboneSpec("inception_v3", "InceptionV3", "tf", 299, min_size=75),
-    BackboneSpec("inception_resnet_v2", "InceptionResNetV2", "tf", 299, min_size=75),
-    *[BackboneSpec(f"densenet{depth}", f"DenseNet{depth}", "torch", 224)
+    *[BackboneSpec(f"resnet{depth}_v2", f"ResNet{depth}V2", "resnet_v2", "tf", 224)
+      for depth in (50, 101, 152)],
+    BackboneSpec("xception", "Xception", "xception", "tf", 299, min_size=71),
+    BackboneSpec("inception_v3", "InceptionV3", "inception_v3", "tf", 299, min_size=75),
+    BackboneSpec("inception_resnet_v2", "InceptionResNetV2", "inception_resnet_v2", "tf", 299,
+                 min_size=75),
+    *[BackboneSpec(f"densenet{depth}", f"DenseNet{depth}", "densenet", "torch", 224)
       for depth in (121, 169, 201)],
-    *[BackboneSpec(f"convnext_{size}", f"ConvNeXt{size.capitalize()}", "none", 224)
+    *[BackboneSpec(f"convnext_{size}", f"ConvNeXt{size.capitalize()}", "convnext", "none", 224)
       for size in ("tiny", "small", "base", "large")],
-    BackboneSpec("nasnet_mobile", "NASNetMobile", "tf", 224),
-    BackboneSpec("vgg16", "VGG16", "caffe", 224),
+    BackboneSpec("nasnet_mobile", "NASNetMobile", "nasnet", "tf", 224),
+    BackboneSpec("vgg16", "VGG16", "vgg16", "caffe", 224),
 ]
 
 REGISTRY = {spec.name: spec for spec in _SPECS}

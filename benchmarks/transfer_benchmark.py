@@ -47,8 +47,9 @@ def in_child(function, *args):
         return pool.apply(measured, (function, *args))
 
 
-def frozen_pass(dataset_dir: str, config: dict) -> int:
-    """Decode, resize and run the frozen backbone once over the training split."""
+def frozen_pass(dataset_dir: str, config: dict) -> float:
+    """Seconds for one pass of decode + resize + frozen backbone over the training split (the
+    median of three passes; building the model is not timed)."""
     from components.core import backbones, data, model as models
     from components.core.config import PipelineConfig
     from components.core.preprocessing import resize_images, to_uint8
@@ -58,12 +59,15 @@ def frozen_pass(dataset_dir: str, config: dict) -> int:
     size = backbones.resolved_size(spec, settings.model.image_size)
     backbone, _ = models.load_backbone(settings.model)
     extractor = models.attach(backbone, spec.preprocess_mode, size)
-    count = 0
-    for images, _ in data.read_split(dataset_dir, "train").map(
-            lambda image, label: (to_uint8(resize_images(image[None], size))[0], label)).batch(64):
-        extractor(images, training=False)
-        count += len(images)
-    return count
+    passes = []
+    for _ in range(3):
+        started = time.perf_counter()
+        for images, _ in data.read_split(dataset_dir, "train").map(
+                lambda image, label: (to_uint8(resize_images(image[None], size))[0],
+                                      label)).batch(64):
+            extractor(images, training=False)
+        passes.append(time.perf_counter() - started)
+    return sorted(passes)[1]
 
 
 def tutorial(dataset_dir: str, config: dict) -> dict:
@@ -182,7 +186,7 @@ def benchmark(name: str, source: str, config: dict, work: str) -> list[str]:
     manifest = data.ingest_folder(source, paths["dataset"], PipelineConfig.from_dict(config).data)
     counts = {split: sum(c.values()) for split, c in manifest["counts"].items()}
     print(f"[{name}] split {counts}", flush=True)
-    _, frozen_wall, frozen_cpu, frozen_mb = in_child(frozen_pass, paths["dataset"], config)
+    frozen_wall, _, _, frozen_mb = in_child(frozen_pass, paths["dataset"], config)
     print(f"[{name}] frozen pass {frozen_wall:.1f} s", flush=True)
     tutorial_stages, _, _, tutorial_mb = in_child(tutorial, paths["dataset"], config)
     print(f"[{name}] tutorial {tutorial_stages}", flush=True)
@@ -211,8 +215,8 @@ def benchmark(name: str, source: str, config: dict, work: str) -> list[str]:
         "",
         "| recipe | stage | wall s | CPU s | peak RSS MB | val acc | test acc |",
         "|---|---|---:|---:|---:|---:|---:|",
-        f"| frozen backbone | one pass over train (decode + resize + forward) | "
-        f"{frozen_wall:.1f} | {frozen_cpu:.1f} | {frozen_mb:.0f} | | |",
+        f"| frozen backbone | one pass over train (decode + resize + forward; median of 3) | "
+        f"{frozen_wall:.1f} | | {frozen_mb:.0f} | | |",
         f"| tutorial | head ({TUTORIAL_EPOCHS} epochs, backbone every epoch) | "
         f"{tut_head['wall']:.1f} | {tut_head['cpu']:.1f} | {tutorial_mb:.0f} | "
         f"{tut_head['val']:.4f} | {tut_head['test']:.4f} |",
@@ -256,8 +260,7 @@ def main(argv=None) -> int:
     lines = [
         "# Transfer-learning benchmark: tutorial recipe vs tlpipe",
         "",
-        f"Command: `python benchmarks/transfer_benchmark.py --weights {args.weights}"
-        f" --image-size {args.image_size}`  ",
+        f"Command: `python {' '.join(sys.argv)}`  ",
         f"Run {datetime.date.today()} on {platform.machine()}, {os.cpu_count()} cores, Python "
         f"{platform.python_version()}; MobileNet v1 alpha 0.25, ImageNet weights from the file, "
         f"{args.image_size} px, tlpipe default config. Both recipes use the same ingest split "

@@ -17,7 +17,7 @@ OVERRIDES = {
     "--image-size": ("model", "image_size", int, "input side in pixels (default: backbone's)"),
     "--weights": ("model", "weights", str, "imagenet, none, a weights file or a gs:// URI"),
     "--seed": ("data", "seed", int, "split and training seed"),
-    "--head-epochs": ("head", "epochs", int, "maximum head epochs"),
+    "--head-steps": ("head", "max_steps", int, "maximum full-batch head training steps"),
     "--finetune-epochs": ("finetune", "epochs", int, "maximum fine-tune epochs (0: none)"),
     "--unfreeze-layers": ("finetune", "unfreeze_layers", int,
                           "backbone layers to fine-tune from the top (0: backbone default)"),

@@ -11,8 +11,8 @@ def test_defaults_and_presets_validate():
 
 
 def test_from_dict_coerces_kfp_struct_floats_and_round_trips():
-    config = PipelineConfig.from_dict({"head": {"epochs": 7.0}, "model": {"alpha": 1}})
-    assert config.head.epochs == 7 and isinstance(config.head.epochs, int)
+    config = PipelineConfig.from_dict({"head": {"max_steps": 70.0}, "model": {"alpha": 1}})
+    assert config.head.max_steps == 70 and isinstance(config.head.max_steps, int)
     assert config.model.alpha == 1.0 and isinstance(config.model.alpha, float)
     assert PipelineConfig.from_dict(config.to_dict()) == config
 
@@ -38,17 +38,17 @@ def test_unknown_keys_and_wrong_types_are_rejected():
     with pytest.raises(ConfigError, match="unknown config key head.epoch"):
         PipelineConfig.from_dict({"head": {"epoch": 3}})
     with pytest.raises(ConfigError, match="whole number"):
-        PipelineConfig.from_dict({"head": {"epochs": 2.5}})
+        PipelineConfig.from_dict({"head": {"max_steps": 2.5}})
     with pytest.raises(ConfigError, match="true or false"):
         PipelineConfig.from_dict({"augment": {"flip": "yes"}})
 
 
 def test_yaml_overrides_apply_on_a_preset(tmp_path):
     path = tmp_path / "config.yaml"
-    path.write_text("head:\n  epochs: 5\nmodel:\n  image_size: 48\n")
+    path.write_text("head:\n  max_steps: 50\nmodel:\n  image_size: 48\n")
     config = configs.load_yaml(str(path), configs.preset("demo"))
-    assert (config.head.epochs, config.model.image_size, config.model.backbone) == (
-        5, 48, "mobilenet")
+    assert (config.head.max_steps, config.model.image_size, config.model.backbone) == (
+        50, 48, "mobilenet")
     path.write_text("- not a mapping\n")
     with pytest.raises(ConfigError, match="must hold a mapping"):
         configs.load_yaml(str(path))

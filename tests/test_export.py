@@ -22,7 +22,7 @@ def trained(tmp_path_factory):
     labels = digits.target[keep]
     config = PipelineConfig.from_dict({
         "model": {"backbone": "mobilenet", "alpha": 0.25, "image_size": 32, "weights": "none"},
-        "head": {"epochs": 20, "l2_candidates": [1e-3]},
+        "head": {"l2_candidates": [1e-3]},
         "finetune": {"epochs": 12, "batch_size": 32, "patience": 12}})
     spec = backbones.get("mobilenet")
     backbone = backbones.build(spec, 32, 0.25, None)

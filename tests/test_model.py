@@ -114,8 +114,7 @@ def _tiny_run(tmp_path, finetune_learning_rate):
     features = np.asarray(models.attach(backbone, "tf", 32)(images))
     head, _ = training.train_head({"train_features": features, "train_labels": labels,
                                    "val_features": features, "val_labels": labels}, 2,
-                                  config.with_overrides({"head": {"learning_rate": 1e-2,
-                                                                  "epochs": 30}}))
+                                  config.with_overrides({"head": {"learning_rate": 1e-2}}))
     models.save(backbone, str(tmp_path / "backbone.keras"))
     models.save(head, str(tmp_path / "head.keras"))
     dataset = tf.data.Dataset.from_tensor_slices((images, labels)).batch(16)
@@ -183,3 +182,39 @@ def test_warmup_then_cosine_decay_to_zero():
     assert float(schedule(55)) == pytest.approx(5e-4, rel=1e-3)
     assert float(schedule(100)) == pytest.approx(0.0, abs=1e-9)
     assert float(training.warmup_cosine(1e-3, 100, 0.0)(0)) == pytest.approx(1e-3)
+
+
+def test_head_converges_to_the_scikit_learn_logistic_regression():
+    from sklearn.linear_model import LogisticRegression
+
+    rng = np.random.default_rng(1)
+    centers = rng.normal(0, 1, (3, 16))
+    labels = np.arange(600) % 3
+    features = (centers[labels] + rng.normal(0, 1.5, (600, 16))).astype(np.float32)
+    # val = train: its cross-entropy falls all along the path to the optimum, so the best
+    # checkpoint is the converged one and can be compared with scikit-learn's solution.
+    split = {"train_features": features[:400], "train_labels": labels[:400],
+             "val_features": features[:400], "val_labels": labels[:400]}
+    l2 = 1e-2
+    config = PipelineConfig.from_dict({"head": {"l2_candidates": [l2], "max_steps": 10000,
+                                                "patience": 1000}})
+    head, report = training.train_head(split, 3, config)
+    standardized = np.asarray(head.get_layer("standardize")(features))
+    reference = LogisticRegression(C=1 / (2 * l2 * 400), max_iter=10000, tol=1e-10).fit(
+        standardized[:400], labels[:400])
+    ours = head.predict(features[400:], verbose=0)
+    np.testing.assert_allclose(ours, reference.predict_proba(standardized[400:]), atol=1e-2)
+    assert report["l2"] == l2 and report["search"][0]["val_accuracy"] == report["val_accuracy"]
+
+
+def test_head_search_keeps_the_lowest_val_cross_entropy():
+    rng = np.random.default_rng(2)
+    labels = np.arange(200) % 2
+    features = (rng.normal(0, 1, (200, 64)) + labels[:, None] * 0.3).astype(np.float32)
+    split = {"train_features": features[:60], "train_labels": labels[:60],
+             "val_features": features[60:], "val_labels": labels[60:]}
+    _, report = training.train_head(split, 2, PipelineConfig.from_dict(
+        {"head": {"l2_candidates": [0.0, 1.0]}}))
+    losses = {entry["l2"]: entry["val_loss"] for entry in report["search"]}
+    assert report["l2"] == min(losses, key=losses.get)
+    assert report["val_loss"] == min(losses.values())

@@ -12,7 +12,7 @@ from pipelines.cli import main
 from tests.conftest import HYMENOPTERA, MOBILENET_WEIGHTS, require_shared
 
 TINY = ["--backbone", "mobilenet", "--alpha", "0.25", "--image-size", "32", "--weights", "none",
-        "--head-epochs", "5", "--finetune-epochs", "2", "--min-accuracy", "0"]
+        "--head-steps", "50", "--finetune-epochs", "2", "--min-accuracy", "0"]
 
 
 def run_pipeline(capsys, data, output, *flags):

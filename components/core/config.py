@@ -94,18 +94,18 @@ class LossConfig:
 class HeadConfig:
     """Training of the new head on cached frozen-backbone features.
 
-    epochs: maximum epochs, >= 1 (default 200; early stopping on val loss usually ends far sooner).
-    learning_rate: Adam learning rate, > 0 (default 1e-3).
-    batch_size: >= 1 (default 32).
-    patience: epochs without val-loss improvement before stopping, >= 1 (default 15).
+    max_steps: most full-batch training steps per L2 candidate, >= 10 (default 2000; early
+        stopping on val cross-entropy usually ends far sooner).
+    learning_rate: Adam learning rate, > 0 (default 1e-2).
+    patience: val checks (one every 10 steps) without a lower val cross-entropy before
+        stopping, >= 1 (default 20).
     l2_candidates: L2 penalties on the classification weights, each >= 0; one head is trained
         per value and the one with the lowest val cross-entropy is kept (default 1e-4 to 1e-1).
     """
 
-    epochs: int = 200
-    learning_rate: float = 1e-3
-    batch_size: int = 32
-    patience: int = 15
+    max_steps: int = 2000
+    learning_rate: float = 1e-2
+    patience: int = 20
     l2_candidates: list[float] = field(default_factory=lambda: [1e-4, 1e-3, 1e-2, 1e-1])
 
 
@@ -115,6 +115,8 @@ class FinetuneConfig:
 
     epochs: maximum epochs, >= 0; 0 skips fine-tuning and ships the head-only model (default 10).
     learning_rate: Adam learning rate, > 0; should be 10-100x below the head's (default 1e-5).
+    scratch_learning_rate: the learning rate instead, when the backbone has random weights and
+        the whole network trains from scratch, > 0 (default 1e-3).
     warmup_epochs: epochs of linear warm-up from 0 to learning_rate, after which it decays to 0
         along a cosine over the remaining epochs, in [0, epochs) (default 1).
     Which layers train (BatchNorm layers always stay frozen), first match wins:
@@ -128,6 +130,7 @@ class FinetuneConfig:
 
     epochs: int = 10
     learning_rate: float = 1e-5
+    scratch_learning_rate: float = 1e-3
     warmup_epochs: int = 1
     unfreeze_from: str = ""
     unfreeze_layers: int = 0
@@ -193,7 +196,6 @@ PRESETS = {
         "model": {"backbone": "mobilenet", "alpha": 0.25, "image_size": 32,
                   "allow_random_fallback": True},
         "augment": {"views": 0, "flip": False, "min_crop_scale": 0.85},
-        "head": {"epochs": 100, "patience": 10},
         "finetune": {"epochs": 30, "patience": 8, "learning_rate": 1e-4, "batch_size": 64},
         "export": {"calibration_samples": 100},
     },
@@ -219,7 +221,7 @@ def load_yaml(path: str, base: Optional[PipelineConfig] = None) -> PipelineConfi
     except yaml.YAMLError as error:
         raise ConfigError(f"config file {path} is not valid YAML: {error}")
     if not isinstance(overrides, dict):
-        raise ConfigError(f"config file {path} must hold a mapping such as 'head: {{epochs: 50}}'")
+        raise ConfigError(f"config file {path} must hold a mapping such as 'finetune: {{epochs: 5}}'")
     return (base or PipelineConfig()).with_overrides(overrides)
 
 
@@ -252,9 +254,11 @@ def problems(config: PipelineConfig) -> list[str]:
     for section, stage in (("head", head), ("finetune", tune)):
         check(stage.learning_rate > 0,
               f"{section}.learning_rate={stage.learning_rate}; use a positive value")
-        check(stage.batch_size >= 1, f"{section}.batch_size={stage.batch_size}; use at least 1")
         check(stage.patience >= 1, f"{section}.patience={stage.patience}; use at least 1")
-    check(head.epochs >= 1, f"head.epochs={head.epochs}; use at least 1")
+    check(tune.batch_size >= 1, f"finetune.batch_size={tune.batch_size}; use at least 1")
+    check(tune.scratch_learning_rate > 0,
+          f"finetune.scratch_learning_rate={tune.scratch_learning_rate}; use a positive value")
+    check(head.max_steps >= 10, f"head.max_steps={head.max_steps}; use at least 10")
     check(len(head.l2_candidates) >= 1 and min(head.l2_candidates) >= 0,
           f"head.l2_candidates={head.l2_candidates}; give one or more values >= 0")
     check(tune.epochs >= 0, f"finetune.epochs={tune.epochs}; use 0 (no fine-tuning) or more")

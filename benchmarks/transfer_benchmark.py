@@ -177,39 +177,61 @@ def linear_probe(features_dir: str, backbone_dir: str, images_dir: str, config: 
             "test": best.score(test_x, labels)}
 
 
-def benchmark(name: str, source: str, config: dict, work: str) -> list[str]:
-    from components.core import data
-    from components.core.config import PipelineConfig
-
-    paths = {key: os.path.join(work, name, key)
-             for key in ("dataset", "images", "features", "backbone", "head", "model")}
-    manifest = data.ingest_folder(source, paths["dataset"], PipelineConfig.from_dict(config).data)
-    counts = {split: sum(c.values()) for split, c in manifest["counts"].items()}
-    print(f"[{name}] split {counts}", flush=True)
-    frozen_wall, _, _, frozen_mb = in_child(frozen_pass, paths["dataset"], config)
-    print(f"[{name}] frozen pass {frozen_wall:.1f} s", flush=True)
-    tutorial_stages, _, _, tutorial_mb = in_child(tutorial, paths["dataset"], config)
-    print(f"[{name}] tutorial {tutorial_stages}", flush=True)
+def run_tlpipe(name: str, label: str, config: dict, dataset_dir: str, work: str) -> dict:
+    """tlpipe's preprocess, train-head and finetune steps, each in its own process."""
+    paths = {key: os.path.join(work, name, label, key)
+             for key in ("images", "features", "backbone", "head", "model")}
     runs = {}
-    for stage, args in (("preprocess", (paths["dataset"], paths["images"], paths["features"],
+    for stage, args in (("preprocess", (dataset_dir, paths["images"], paths["features"],
                                         paths["backbone"])),
                         ("train_head", (paths["features"], paths["head"])),
                         ("finetune", (paths["images"], paths["backbone"], paths["head"],
                                       paths["model"]))):
         runs[stage] = in_child(tlpipe_stage, stage, args, config)
-        print(f"[{name}] tlpipe {stage} {runs[stage][1]:.1f} s", flush=True)
-    head_test = in_child(test_accuracy, "", paths["backbone"], paths["head"], paths["images"],
-                         config)[0]
-    final_test = in_child(test_accuracy, os.path.join(paths["model"], "model.keras"), "", "",
-                          paths["images"], config)[0]
-    probe = in_child(linear_probe, paths["features"], paths["backbone"], paths["images"],
-                     config)[0]
-    head_wall = runs["preprocess"][1] + runs["train_head"][1]
-    head_cpu = runs["preprocess"][2] + runs["train_head"][2]
-    head_mb = max(runs["preprocess"][3], runs["train_head"][3])
-    tuned = runs["finetune"][0]
-    tut_head, tut_tune = tutorial_stages["head"], tutorial_stages["finetune"]
+        print(f"[{name}] {label} {stage} {runs[stage][1]:.1f} s", flush=True)
+    return {
+        "paths": paths, "runs": runs,
+        "head_wall": runs["preprocess"][1] + runs["train_head"][1],
+        "head_cpu": runs["preprocess"][2] + runs["train_head"][2],
+        "head_mb": max(runs["preprocess"][3], runs["train_head"][3]),
+        "head_test": in_child(test_accuracy, "", paths["backbone"], paths["head"],
+                              paths["images"], config)[0],
+        "final_test": in_child(test_accuracy, os.path.join(paths["model"], "model.keras"), "",
+                               "", paths["images"], config)[0]}
+
+
+def tlpipe_rows(label: str, result: dict) -> list[str]:
+    runs, tuned = result["runs"], result["runs"]["finetune"][0]
     return [
+        f"| {label} | head: preprocess ({runs['preprocess'][1]:.1f} s) + train-head "
+        f"({runs['train_head'][1]:.1f} s) | {result['head_wall']:.1f} | "
+        f"{result['head_cpu']:.1f} | {result['head_mb']:.0f} | "
+        f"{runs['train_head'][0]['val_accuracy']:.4f} | {result['head_test']:.4f} |",
+        f"| {label} | finetune (shipped: {tuned['chosen']}) | {runs['finetune'][1]:.1f} | "
+        f"{runs['finetune'][2]:.1f} | {runs['finetune'][3]:.0f} | "
+        f"{max(tuned['head_only_val_accuracy'], tuned['finetuned_val_accuracy']):.4f} | "
+        f"{result['final_test']:.4f} |"]
+
+
+def benchmark(name: str, source: str, config: dict, work: str) -> list[str]:
+    from components.core import data
+    from components.core.config import PipelineConfig
+
+    dataset_dir = os.path.join(work, name, "dataset")
+    manifest = data.ingest_folder(source, dataset_dir, PipelineConfig.from_dict(config).data)
+    counts = {split: sum(c.values()) for split, c in manifest["counts"].items()}
+    print(f"[{name}] split {counts}", flush=True)
+    frozen_wall, _, _, frozen_mb = in_child(frozen_pass, dataset_dir, config)
+    print(f"[{name}] frozen pass {frozen_wall:.1f} s", flush=True)
+    tutorial_stages, _, _, tutorial_mb = in_child(tutorial, dataset_dir, config)
+    print(f"[{name}] tutorial {tutorial_stages}", flush=True)
+    default = run_tlpipe(name, "tlpipe", config, dataset_dir, work)
+    no_views = run_tlpipe(name, "tlpipe, augment.views=0",
+                          {**config, "augment": {"views": 0}}, dataset_dir, work)
+    probe = in_child(linear_probe, default["paths"]["features"], default["paths"]["backbone"],
+                     default["paths"]["images"], config)[0]
+    tut_head, tut_tune = tutorial_stages["head"], tutorial_stages["finetune"]
+    lines = [
         f"### {name}: {counts['train']} train / {counts['val']} val / {counts['test']} test "
         f"images, {len(manifest['classes'])} classes",
         "",
@@ -223,24 +245,20 @@ def benchmark(name: str, source: str, config: dict, work: str) -> list[str]:
         f"| tutorial | fine-tune top third ({TUTORIAL_EPOCHS} epochs, RMSprop 1e-5) | "
         f"{tut_tune['wall']:.1f} | {tut_tune['cpu']:.1f} | {tutorial_mb:.0f} | "
         f"{tut_tune['val']:.4f} | {tut_tune['test']:.4f} |",
-        f"| tlpipe | head: preprocess ({runs['preprocess'][1]:.1f} s) + train-head "
-        f"({runs['train_head'][1]:.1f} s) | {head_wall:.1f} | {head_cpu:.1f} | {head_mb:.0f} | "
-        f"{runs['train_head'][0]['val_accuracy']:.4f} | {head_test:.4f} |",
-        f"| tlpipe | finetune (shipped: {tuned['chosen']}) | {runs['finetune'][1]:.1f} | "
-        f"{runs['finetune'][2]:.1f} | {runs['finetune'][3]:.0f} | "
-        f"{max(tuned['head_only_val_accuracy'], tuned['finetuned_val_accuracy']):.4f} | "
-        f"{final_test:.4f} |",
+        *tlpipe_rows("tlpipe (default: augment.views=8)", default),
+        *tlpipe_rows("tlpipe, augment.views=0", no_views),
         f"| linear probe | logistic regression on frozen features, C={probe['C']:g} | | | | "
         f"{probe['val']:.4f} | {probe['test']:.4f} |",
         "",
-        f"- tlpipe head stage / one frozen pass: **{head_wall / frozen_wall:.2f}x** "
-        f"(goal: at most 3x)",
-        f"- tutorial head stage / tlpipe head stage: **{tut_head['wall'] / head_wall:.2f}x** "
-        f"(goal: at least 5x)",
-        f"- final test accuracy {final_test:.4f} vs linear probe {probe['test']:.4f} "
-        f"(goal: at least as good); fine-tuning: {tuned['reason']}",
-        "",
     ]
+    for label, result in (("default", default), ("augment.views=0", no_views)):
+        lines += [
+            f"- tlpipe ({label}): head stage / one frozen pass **"
+            f"{result['head_wall'] / frozen_wall:.2f}x** (goal: at most 3x); tutorial head stage "
+            f"/ tlpipe head stage **{tut_head['wall'] / result['head_wall']:.2f}x** (goal: at "
+            f"least 5x); final test accuracy {result['final_test']:.4f} vs linear probe "
+            f"{probe['test']:.4f}; fine-tuning: {result['runs']['finetune'][0]['reason']}"]
+    return lines + [""]
 
 
 def main(argv=None) -> int:

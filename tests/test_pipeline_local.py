@@ -49,7 +49,7 @@ def test_tiny_local_run_writes_every_artifact(capsys, tmp_path, digits_folder):
 
     head_dir = artifact(summary, "train-head", "head")["path"]
     model_dir = artifact(summary, "finetune", "model")["path"]
-    for logs in (os.path.join(head_dir, "tensorboard", "l2=0.1", "train"),
+    for logs in (os.path.join(head_dir, "tensorboard", "l2=0.1"),
                  os.path.join(model_dir, "tensorboard", "validation")):
         assert any(name.startswith("events.out.tfevents") for name in os.listdir(logs))
     finetune_report = json.load(open(os.path.join(model_dir, "finetune.json")))

@@ -90,7 +90,7 @@ def train_head(features_dir: str, head_dir: str, *, config) -> dict:
                                            log_dir=os.path.join(partial, "tensorboard"))
         models.save(head, os.path.join(partial, "head.keras"))
         storage.write_json(os.path.join(partial, "history.json"), report)
-    return {name: report[name] for name in ("l2", "val_loss", "val_accuracy", "epochs_run")}
+    return {name: report[name] for name in ("l2", "val_loss", "val_accuracy", "steps_run")}
 
 
 @_stage

@@ -1,7 +1,7 @@
 """Side-by-side: the public TensorFlow transfer-learning tutorial's recipe vs tlpipe's training
 steps, on the same split, backbone, weights and image size, in one invocation.
 
-    python benchmarks/transfer_benchmark.py --weights ../shared/weights/mobilenet_2_5_224_tf_no_top.h5
+    python benchmarks/transfer_benchmark.py   # ../shared's weights and ants/bees by default
 
 (a) tutorial: the frozen backbone runs every epoch behind RandomFlip + RandomRotation(0.2),
     Adam 1e-4 for 10 epochs; then the top third of the backbone is unfrozen and trained with
@@ -50,6 +50,8 @@ def in_child(function, *args):
 def frozen_pass(dataset_dir: str, config: dict) -> float:
     """Seconds for one pass of decode + resize + frozen backbone over the training split (the
     median of three passes; building the model is not timed)."""
+    import tensorflow as tf
+
     from components.core import backbones, data, model as models
     from components.core.config import PipelineConfig
     from components.core.preprocessing import resize_images, to_uint8
@@ -59,13 +61,15 @@ def frozen_pass(dataset_dir: str, config: dict) -> float:
     size = backbones.resolved_size(spec, settings.model.image_size)
     backbone, _ = models.load_backbone(settings.model)
     extractor = models.attach(backbone, spec.preprocess_mode, size)
+    extract = tf.function(lambda images: extractor(images, training=False),
+                          reduce_retracing=True)
     passes = []
     for _ in range(3):
         started = time.perf_counter()
         for images, _ in data.read_split(dataset_dir, "train").map(
                 lambda image, label: (to_uint8(resize_images(image[None], size))[0],
                                       label)).batch(64):
-            extractor(images, training=False)
+            extract(images)
         passes.append(time.perf_counter() - started)
     return sorted(passes)[1]
 
@@ -154,7 +158,6 @@ def test_accuracy(model_path: str, backbone_dir: str, head_dir: str, images_dir:
 
 def linear_probe(features_dir: str, backbone_dir: str, images_dir: str, config: dict) -> dict:
     """Logistic regression on the original-view frozen features, C picked on val."""
-    import numpy as np
     from sklearn.linear_model import LogisticRegression
 
     from components.core import backbones, cache, model as models

@@ -56,7 +56,8 @@ def _parser() -> argparse.ArgumentParser:
 
     demo = commands.add_parser("demo", help="run the pipeline on scikit-learn's handwritten "
                                "digits (offline, a few minutes on 2 cores)")
-    demo.add_argument("--output", default="demo-output", help="output folder (default: %(default)s)")
+    demo.add_argument("--output", default="demo-output",
+                      help="output folder (default: %(default)s)")
     demo.set_defaults(handler=_demo)
 
     compile_ = commands.add_parser("compile", help="write the pipeline as KFP v2 YAML")

@@ -97,6 +97,14 @@ def compute_features(feature_extractor, images_dir: str, output_dir: str,
     import tensorflow as tf
 
     generator = tf.random.Generator.from_seed(seed)
+
+    @tf.function(reduce_retracing=True)
+    def extract(images, augmented: bool):  # one graph per value of `augmented`
+        if augmented:
+            images = augment(images, generator, augment_config.min_crop_scale,
+                             augment_config.flip)
+        return feature_extractor(images, training=False)
+
     arrays, started = {}, time.monotonic()
     for split in ("train", "val"):
         dataset = read_resized(images_dir, split).batch(BATCH)
@@ -106,10 +114,7 @@ def compute_features(feature_extractor, images_dir: str, output_dir: str,
         features, labels = [], []
         for view in range(views):
             for images, batch_labels in dataset:
-                if view:
-                    images = augment(images, generator, augment_config.min_crop_scale,
-                                     augment_config.flip)
-                features.append(feature_extractor(images, training=False).numpy())
+                features.append(extract(images, view > 0).numpy())
                 labels.append(batch_labels.numpy())
                 progress.advance(len(labels[-1]))
         arrays[f"{split}_features"] = np.concatenate(features).astype(np.float32)

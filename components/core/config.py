@@ -221,7 +221,8 @@ def load_yaml(path: str, base: Optional[PipelineConfig] = None) -> PipelineConfi
     except yaml.YAMLError as error:
         raise ConfigError(f"config file {path} is not valid YAML: {error}")
     if not isinstance(overrides, dict):
-        raise ConfigError(f"config file {path} must hold a mapping such as 'finetune: {{epochs: 5}}'")
+        raise ConfigError(f"config file {path} must hold a mapping such as "
+                          f"'finetune: {{epochs: 5}}'")
     return (base or PipelineConfig()).with_overrides(overrides)
 
 

@@ -299,7 +299,8 @@ def _label_conflicts(images: list[CheckedImage]) -> list[dict]:
 def _size_summary(images: list[CheckedImage]) -> dict:
     widths = sorted(m.width for m in images)
     heights = sorted(m.height for m in images)
-    return {"min_width": widths[0], "max_width": widths[-1], "median_width": widths[len(widths) // 2],
+    return {"min_width": widths[0], "max_width": widths[-1],
+            "median_width": widths[len(widths) // 2],
             "min_height": heights[0], "max_height": heights[-1],
             "median_height": heights[len(heights) // 2]}
 

@@ -1,4 +1,4 @@
-"""THE image preprocessing definition, used by the model itself, the preprocess step and calibration.
+"""THE image preprocessing definition: used by the model itself, the preprocess step, calibration.
 
 Every exported model takes raw RGB uint8 images of any size: `RawImagePreprocessing` (a layer
 inside the model) resizes them to the backbone's input size and applies the backbone's own

@@ -1,7 +1,8 @@
 """The preprocess step's caches: images resized once to the backbone's input size, and the frozen
 backbone's features of the training and validation images.
 
-Nothing here depends on training hyper-parameters, so KFP caching and re-runs skip it.
+Nothing here depends on the training stages' settings (only on data, model and augment), so it
+is computed once per dataset and backbone, not once per training run.
 """
 
 from __future__ import annotations

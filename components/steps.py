@@ -1,7 +1,8 @@
 """The seven pipeline steps as KFP v2 lightweight Python components.
 
-Each body maps typed artifacts to paths, calls `components.core.stages`, and copies the returned
-facts onto the output artifacts' metadata (what the KFP UI shows). KFP ships only the function
+Each body maps typed artifacts to paths, calls `components.core.stages` with the config sections
+the step uses (only those, so KFP's cache key of a step changes only when its own settings do),
+and copies the returned facts onto the output artifacts' metadata (what the KFP UI shows). KFP ships only the function
 body to the container, so every import is inside it; the images already hold this package.
 """
 
@@ -16,56 +17,60 @@ TENSORRT_IMAGE = f"{IMAGE_REGISTRY}/tlpipe-tensorrt:{__version__}"
 
 
 @dsl.component(base_image=TRAINING_IMAGE, install_kfp_package=False)
-def ingest(source: str, config: dict, dataset: Output[Dataset]):
+def ingest(source: str, data: dict, dataset: Output[Dataset]):
     """Decode and check every image, split train/val/test, write shards and a manifest."""
     from components.core import stages
 
-    dataset.metadata.update(stages.ingest(source, dataset.path, config=config))
+    dataset.metadata.update(stages.ingest(source, dataset.path, config={"data": data}))
 
 
 @dsl.component(base_image=TRAINING_IMAGE, install_kfp_package=False)
-def preprocess(dataset: Input[Dataset], config: dict, images: Output[Dataset],
-               features: Output[Dataset], backbone: Output[Model]):
+def preprocess(dataset: Input[Dataset], data: dict, model: dict, augment: dict,
+               images: Output[Dataset], features: Output[Dataset], backbone: Output[Model]):
     """Resize once to the backbone's size; cache frozen-backbone features of train and val."""
     from components.core import stages
 
     facts = stages.preprocess(dataset.path, images.path, features.path, backbone.path,
-                              config=config)
+                              config={"data": data, "model": model, "augment": augment})
     for artifact in (images, features, backbone):
         artifact.metadata.update(facts)
 
 
 @dsl.component(base_image=TRAINING_IMAGE, install_kfp_package=False)
-def train_head(features: Input[Dataset], config: dict, head: Output[Model],
-               metrics: Output[Metrics]):
+def train_head(features: Input[Dataset], model: dict, loss: dict, head_config: dict,
+               head: Output[Model], metrics: Output[Metrics]):
     """Train the new classification head on the cached features, early stopping on val loss."""
     from components.core import stages
 
-    facts = stages.train_head(features.path, head.path, config=config)
+    facts = stages.train_head(features.path, head.path,
+                              config={"model": model, "loss": loss, "head": head_config})
     head.metadata.update(facts)
     for name, value in facts.items():
         metrics.log_metric(name, value)
 
 
 @dsl.component(base_image=TRAINING_IMAGE, install_kfp_package=False)
-def finetune(images: Input[Dataset], backbone: Input[Model], head: Input[Model], config: dict,
+def finetune(images: Input[Dataset], backbone: Input[Model], head: Input[Model], data: dict,
+             model_config: dict, augment: dict, loss: dict, finetune_config: dict,
              model: Output[Model], metrics: Output[Metrics]):
     """Fine-tune the top of the backbone (MultiWorkerMirroredStrategy); ship the better model."""
     from components.core import stages
 
-    facts = stages.finetune(images.path, backbone.path, head.path, model.path, config=config)
+    facts = stages.finetune(images.path, backbone.path, head.path, model.path, config={
+        "data": data, "model": model_config, "augment": augment, "loss": loss,
+        "finetune": finetune_config})
     model.metadata.update(facts)
     for name in ("head_only_val_accuracy", "finetuned_val_accuracy", "trained_layers"):
         metrics.log_metric(name, facts[name])
 
 
 @dsl.component(base_image=TRAINING_IMAGE, install_kfp_package=False)
-def evaluate(model: Input[Model], images: Input[Dataset], config: dict,
+def evaluate(model: Input[Model], images: Input[Dataset], evaluate_config: dict,
              metrics: Output[Metrics], confusion: Output[ClassificationMetrics]) -> bool:
     """Test-split accuracy, per-class precision/recall/F1, confusion matrix; returns blessed."""
     from components.core import stages
 
-    facts = stages.evaluate(model.path, images.path, config=config)
+    facts = stages.evaluate(model.path, images.path, config={"evaluate": evaluate_config})
     metrics.log_metric("accuracy", facts["accuracy"])
     metrics.log_metric("macro_f1", facts["macro_f1"])
     metrics.log_metric("test_examples", facts["examples"])
@@ -78,12 +83,13 @@ def evaluate(model: Input[Model], images: Input[Dataset], config: dict,
 
 
 @dsl.component(base_image=TRAINING_IMAGE, install_kfp_package=False)
-def quantize(model: Input[Model], images: Input[Dataset], config: dict, tflite: Output[Model],
-             metrics: Output[Metrics]):
+def quantize(model: Input[Model], images: Input[Dataset], data: dict, export: dict,
+             tflite: Output[Model], metrics: Output[Metrics]):
     """SavedModel and TFLite FP16 / dynamic INT8 / full INT8, each evaluated on the test split."""
     from components.core import stages
 
-    facts = stages.quantize(model.path, images.path, tflite.path, config=config)
+    facts = stages.quantize(model.path, images.path, tflite.path,
+                            config={"data": data, "export": export})
     tflite.metadata.update(facts)
     for variant, figures in facts["variants"].items():
         for name, value in figures.items():
@@ -91,12 +97,12 @@ def quantize(model: Input[Model], images: Input[Dataset], config: dict, tflite: 
 
 
 @dsl.component(base_image=TENSORRT_IMAGE, install_kfp_package=False)
-def tensorrt(model: Input[Model], images: Input[Dataset], config: dict, onnx: Output[Model],
+def tensorrt(model: Input[Model], images: Input[Dataset], export: dict, onnx: Output[Model],
              metrics: Output[Metrics]):
     """ONNX export checked with ONNX Runtime; TensorRT engine on a GPU, else skipped with why."""
     from components.core import stages
 
-    facts = stages.tensorrt(model.path, images.path, onnx.path, config=config)
+    facts = stages.tensorrt(model.path, images.path, onnx.path, config={"export": export})
     onnx.metadata.update(facts)
     for name, value in facts["onnx"].items():
         metrics.log_metric(f"onnx_{name}", value)

@@ -15,7 +15,8 @@ from pipelines.transfer_learning import STEP_ORDER, compile_pipeline
 
 def run(source: str, config: dict, output_dir: str) -> str:
     """Compiles to OUTPUT/pipeline.yaml, runs it with artifacts under OUTPUT/runs/, and returns
-    the run's directory. Raises RuntimeError naming the failed step."""
+    the run's directory. config: `PipelineConfig.to_dict()`, one pipeline parameter a section.
+    Raises RuntimeError naming the failed step."""
     from kfp import components, local
 
     output_dir = os.path.abspath(output_dir)
@@ -28,7 +29,7 @@ def run(source: str, config: dict, output_dir: str) -> str:
     before = set(os.listdir(root))
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*non-Python base image.*")
-        pipeline(source=os.path.abspath(source), config=config)
+        pipeline(source=os.path.abspath(source), **config)
     created = sorted(set(os.listdir(root)) - before)
     if not created:
         raise RuntimeError(f"the local run wrote nothing under {root}")

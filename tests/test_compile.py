@@ -3,6 +3,7 @@
 import yaml
 
 from components import __version__, steps
+from components.core.config import PipelineConfig
 from pipelines.cli import main
 from pipelines.transfer_learning import STEP_ORDER
 
@@ -38,7 +39,21 @@ def test_seven_steps_in_order_with_their_images(tmp_path):
     assert sorted(inner) == ["quantize", "tensorrt"]
 
 
-def test_pipeline_parameters_are_the_source_and_a_config_struct(tmp_path):
+def test_pipeline_parameters_are_the_source_and_one_struct_per_config_section(tmp_path):
     parameters = compiled(tmp_path)["root"]["inputDefinitions"]["parameters"]
-    assert parameters["source"]["parameterType"] == "STRING"
-    assert parameters["config"]["parameterType"] == "STRUCT"
+    assert parameters.pop("source")["parameterType"] == "STRING"
+    assert sorted(parameters) == sorted(PipelineConfig().to_dict())
+    assert {p["parameterType"] for p in parameters.values()} == {"STRUCT"}
+
+
+def test_each_step_gets_only_the_config_sections_it_uses(tmp_path):
+    """A step's KFP cache key must not change when another step's settings do."""
+    tasks = compiled(tmp_path)["root"]["dag"]["tasks"]
+    blessed = compiled(tmp_path)["components"]["comp-condition-1"]["dag"]["tasks"]
+    sections = {name: sorted(p for p in task["inputs"].get("parameters", {}) if p != "source")
+                for name, task in {**tasks, **blessed}.items() if name != "condition-1"}
+    assert sections == {
+        "ingest": ["data"], "preprocess": ["augment", "data", "model"],
+        "train-head": ["head_config", "loss", "model"],
+        "finetune": ["augment", "data", "finetune_config", "loss", "model_config"],
+        "evaluate": ["evaluate_config"], "quantize": ["data", "export"], "tensorrt": ["export"]}

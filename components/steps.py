@@ -2,8 +2,9 @@
 
 Each body maps typed artifacts to paths, calls `components.core.stages` with the config sections
 the step uses (only those, so KFP's cache key of a step changes only when its own settings do),
-and copies the returned facts onto the output artifacts' metadata (what the KFP UI shows). KFP ships only the function
-body to the container, so every import is inside it; the images already hold this package.
+and copies the returned facts onto the output artifacts' metadata (what the KFP UI shows). KFP
+ships only the function body to the container, so every import is inside it; the images already
+hold this package.
 """
 
 from kfp import dsl

@@ -196,7 +196,8 @@ PRESETS = {
         "model": {"backbone": "mobilenet", "alpha": 0.25, "image_size": 32,
                   "allow_random_fallback": True},
         "augment": {"views": 0, "flip": False, "min_crop_scale": 0.85},
-        "finetune": {"epochs": 30, "patience": 8, "learning_rate": 1e-4, "batch_size": 64},
+        "finetune": {"epochs": 30, "patience": 8, "learning_rate": 1e-4, "batch_size": 64,
+                     "scratch_learning_rate": 3e-3},
         "export": {"calibration_samples": 100},
     },
 }

@@ -65,6 +65,16 @@ def _parser() -> argparse.ArgumentParser:
                           help="YAML file to write (default: %(default)s)")
     compile_.set_defaults(handler=_compile)
 
+    predict = commands.add_parser(
+        "predict", help="classify image files with an exported model",
+        description="Classify image files with a model the pipeline wrote: model.keras, the "
+        "saved_model folder, a .tflite or model.onnx. Raw images of any size: preprocessing "
+        "is inside the model; class names come from labels.txt beside it.")
+    predict.add_argument("model", help="model file or SavedModel folder")
+    predict.add_argument("images", nargs="+", help="image files")
+    predict.add_argument("--top", type=int, default=3, help="classes to show (default: 3)")
+    predict.set_defaults(handler=_predict)
+
     listing = commands.add_parser("backbones", help="list the backbones and their defaults")
     listing.set_defaults(handler=_backbones)
     return parser
@@ -131,6 +141,15 @@ def _compile(args: argparse.Namespace) -> int:
     from pipelines.transfer_learning import compile_pipeline
 
     print(f"wrote {compile_pipeline(args.output)}")
+    return 0
+
+
+def _predict(args: argparse.Namespace) -> int:
+    from components.core.predict import predict_files
+
+    for result in predict_files(args.model, args.images, args.top):
+        ranked = ", ".join(f"{label} {probability:.3f}" for label, probability in result["top"])
+        print(f"{result['path']}: {ranked}")
     return 0
 
 

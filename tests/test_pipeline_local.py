@@ -88,6 +88,33 @@ def test_tiny_local_run_writes_every_artifact(capsys, tmp_path, digits_folder):
                                probabilities, atol=2e-3)
 
 
+    # `tlpipe predict` runs every shipped format on raw image files, with the class names
+    files = [os.path.join(digits_folder, label, "000.png") for label in manifest["classes"]]
+    formats = {"keras": os.path.join(model_dir, "model.keras"),
+               "saved_model": os.path.join(tflite_dir, "saved_model"),
+               "onnx": os.path.join(onnx_dir, "model.onnx"),
+               **{variant: os.path.join(tflite_dir, f"model_{variant}.tflite")
+                  for variant in export.TFLITE_VARIANTS}}
+    top1 = {}
+    for name, path in formats.items():
+        assert main(["predict", path, *files, "--top", "2"]) == 0
+        lines = capsys.readouterr().out.strip().splitlines()
+        assert [line.split(": ")[0] for line in lines] == files
+        top1[name] = [line.split(": ")[1].split(" ")[0] for line in lines]
+        assert all(label in manifest["classes"] for label in top1[name])
+    for name in ("saved_model", "onnx", "fp16"):
+        assert top1[name] == top1["keras"], (name, top1)
+
+
+def test_predict_rejects_what_it_cannot_run(capsys, tmp_path, digits_folder):
+    image = os.path.join(digits_folder, "digit0", "000.png")
+    assert main(["predict", str(tmp_path / "missing.onnx"), image]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    (tmp_path / "model.engine").write_bytes(b"\0")
+    assert main(["predict", str(tmp_path / "model.engine"), image]) == 2
+    assert "TensorRT engines run only on their GPU node" in capsys.readouterr().err
+
+
 def test_an_unblessed_model_is_not_exported(capsys, tmp_path, digits_folder):
     summary, out = run_pipeline(capsys, digits_folder, tmp_path / "out", *TINY[:-2],
                                 "--min-accuracy", "1.0", "--finetune-epochs", "0")

@@ -141,7 +141,14 @@ def _conversion_needed(image) -> str:
 
 
 def rgb_bytes(path: str) -> bytes:
-    """The image at `path` as PNG-encoded 8-bit RGB, upright per its EXIF orientation.
+    """The image at `path` as PNG-encoded 8-bit RGB (see `rgb_image`)."""
+    buffer = io.BytesIO()
+    rgb_image(path).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def rgb_image(path: str):
+    """The image at `path` as an 8-bit RGB PIL image, upright per its EXIF orientation.
 
     Greyscale and 16-bit images are scaled to 8 bits, alpha is composited on white, CMYK and
     palette images are converted, animations keep their first frame.
@@ -160,10 +167,7 @@ def rgb_bytes(path: str) -> bytes:
             rgba = image.convert("RGBA")
             background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
             image = Image.alpha_composite(background, rgba)
-        rgb = image.convert("RGB")
-    buffer = io.BytesIO()
-    rgb.save(buffer, format="PNG")
-    return buffer.getvalue()
+        return image.convert("RGB")
 
 
 def carve_counts(n: int, fractions: Iterable[float]) -> list[int]:

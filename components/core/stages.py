@@ -10,9 +10,9 @@ Artifact layouts (directories):
     features  meta.json + features.npz                          (cache.compute_features)
     backbone  backbone.keras + provenance.json
     head      head.keras + history.json
-    model     model.keras + finetune.json
-    tflite    saved_model/ + model_<variant>.tflite + quantization.json
-    onnx      model.onnx [+ model.engine] + tensorrt.json
+    model     model.keras + finetune.json + labels.txt
+    tflite    saved_model/ + model_<variant>.tflite + quantization.json + labels.txt
+    onnx      model.onnx [+ model.engine] + tensorrt.json + labels.txt
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ import tempfile
 
 import numpy as np
 
-from components.core import backbones, cache, config as configs, data, storage
+from components.core import backbones, cache, config as configs, data, predict, storage
 
 log = logging.getLogger("tlpipe.stages")
 
@@ -124,6 +124,7 @@ def finetune(images_dir: str, backbone_dir: str, head_dir: str, model_dir: str, 
                 log_dir=os.path.join(partial, "tensorboard"))
             models.save(classifier, os.path.join(partial, "model.keras"))
             storage.write_json(os.path.join(partial, "finetune.json"), report)
+            predict.write_labels(partial, meta["classes"])
     finally:
         if not chief:
             shutil.rmtree(target, ignore_errors=True)
@@ -138,7 +139,7 @@ def evaluate(model_dir: str, images_dir: str, *, config) -> dict:
     """Test-split metrics and the blessing decision."""
     from components.core import evaluation, model as models
 
-    classes = storage.read_json(os.path.join(images_dir, cache.META))["classes"]
+    classes = _classes(images_dir)
     images, labels = cache.read_arrays(images_dir, "test")
     probabilities = models.load(os.path.join(model_dir, "model.keras")).predict(
         images, batch_size=64, verbose=0)
@@ -177,6 +178,7 @@ def quantize(model_dir: str, images_dir: str, tflite_dir: str, *, config) -> dic
             log.info("tflite %s: %s", variant, results[variant])
         storage.write_json(os.path.join(partial, "quantization.json"),
                            {"calibration_images": len(calibration), "variants": results})
+        predict.write_labels(partial, _classes(images_dir))
     return {"calibration_images": len(calibration), "variants": results}
 
 
@@ -206,7 +208,12 @@ def tensorrt(model_dir: str, images_dir: str, onnx_dir: str, *, config) -> dict:
                                      config.export.tensorrt_precision, size)
             facts["tensorrt"] = {"status": "built", **built}
         storage.write_json(os.path.join(partial, "tensorrt.json"), facts)
+        predict.write_labels(partial, _classes(images_dir))
     return facts
+
+
+def _classes(images_dir: str) -> list[str]:
+    return storage.read_json(os.path.join(images_dir, cache.META))["classes"]
 
 
 def _accuracy(probabilities: np.ndarray, labels: np.ndarray) -> float:

@@ -23,7 +23,8 @@ def trained(tmp_path_factory):
     config = PipelineConfig.from_dict({
         "model": {"backbone": "mobilenet", "alpha": 0.25, "image_size": 32, "weights": "none"},
         "head": {"l2_candidates": [1e-3]},
-        "finetune": {"epochs": 12, "batch_size": 32, "patience": 12}})
+        "finetune": {"epochs": 12, "batch_size": 32, "patience": 12,
+                     "scratch_learning_rate": 3e-3}})
     spec = backbones.get("mobilenet")
     backbone = backbones.build(spec, 32, 0.25, None)
     models.calibrate_batchnorm(backbone, "tf", 32, images[:64])
@@ -56,9 +57,10 @@ def test_tflite_variants_agree_with_keras_on_raw_images(trained, variant):
     probabilities, latency = export.predict_tflite(path, test_images)
     figures = export.agreement(reference, probabilities)
     print(variant, figures, f"{os.path.getsize(path)} bytes")
-    # Full INT8 of this tiny from-scratch model agrees on only 0.80-0.91 (measured, varies with
-    # its training): a guard against collapse (chance is 1/3), not the >= 0.95 goal of the
-    # quantization gates (issue 7). Float16 and dynamic-range must reach 0.95.
+    # Full INT8 of this tiny from-scratch model agrees on 0.96-0.98 (measured over three runs;
+    # 0.80-0.91 when it was trained at 1e-3 and undertrained). CPU training is not
+    # bit-reproducible, so int8 keeps a collapse guard (chance is 1/3) rather than the >= 0.95
+    # goal of the quantization gates (issue 7). Float16 and dynamic-range must reach 0.95.
     floor = 0.75 if variant == "int8" else 0.95
     assert figures["top1_agreement"] >= floor
     assert latency.shape == (len(test_images),) and (latency > 0).all()

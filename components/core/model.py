@@ -124,19 +124,25 @@ class Standardize(keras.layers.Layer):
         return (features - self.mean) * self.inverse_std
 
 
-def build_head(train_features, num_classes: int, dropout: float, l2: float = 0.0) -> keras.Model:
-    """features (batch, D) float32 -> class probabilities (batch, num_classes).
-
-    l2: L2 penalty on the classification weights (per weight, added to the mean loss), >= 0.
-    The features are first standardised with the mean and variance of `train_features` (N, D):
-    backbone features range from ~1e-18 (random weights) to ~1e2, and a linear layer trained
-    with Adam converges fast and reliably only on standardised inputs.
-    """
+def fitted_standardize(train_features) -> Standardize:
+    """A `Standardize` layer holding the mean and std of `train_features` (N, D): backbone
+    features range from ~1e-18 (random weights) to ~1e2, and a linear layer trained with Adam
+    converges fast and reliably only on standardised inputs."""
     standardize = Standardize(name="standardize")
     standardize.build((None, train_features.shape[1]))
     standardize.fit(train_features)
+    return standardize
+
+
+def build_head(standardize: Standardize, num_classes: int, dropout: float,
+               l2: float = 0.0) -> keras.Model:
+    """features (batch, D) float32 -> class probabilities (batch, num_classes), the features
+    first standardised by `standardize` (see `fitted_standardize`).
+
+    l2: L2 penalty on the classification weights (per weight, added to the mean loss), >= 0.
+    """
     return keras.Sequential([
-        keras.Input((train_features.shape[1],), name="features"),
+        keras.Input((standardize.mean.shape[0],), name="features"),
         standardize,
         keras.layers.Dropout(dropout, name="dropout"),
         keras.layers.Dense(num_classes, activation="softmax", name="probabilities",

@@ -190,7 +190,7 @@ def tensorrt(model_dir: str, images_dir: str, onnx_dir: str, *, config) -> dict:
 
     model = models.load(os.path.join(model_dir, "model.keras"))
     images, labels = cache.read_arrays(images_dir, "test")
-    size = storage.read_json(os.path.join(images_dir, cache.META))["image_size"]
+    meta = storage.read_json(os.path.join(images_dir, cache.META))
     reference = model.predict(images, batch_size=64, verbose=0)  # also builds the loaded model
     with storage.atomic_dir(onnx_dir) as partial:
         onnx_path = os.path.join(partial, "model.onnx")
@@ -205,10 +205,10 @@ def tensorrt(model_dir: str, images_dir: str, onnx_dir: str, *, config) -> dict:
             facts["tensorrt"] = {"status": "skipped", "reason": reason}
         else:
             built = trt.build_engine(onnx_path, os.path.join(partial, "model.engine"),
-                                     config.export.tensorrt_precision, size)
+                                     config.export.tensorrt_precision, meta["image_size"])
             facts["tensorrt"] = {"status": "built", **built}
         storage.write_json(os.path.join(partial, "tensorrt.json"), facts)
-        predict.write_labels(partial, _classes(images_dir))
+        predict.write_labels(partial, meta["classes"])
     return facts
 
 

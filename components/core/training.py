@@ -39,8 +39,7 @@ def train_head(features: dict[str, np.ndarray], num_classes: int, config: Pipeli
     "search" with the figures of every candidate. log_dir: TensorBoard logs, one folder per
     candidate.
     """
-    head = models.build_head(features["train_features"], num_classes, config.model.dropout)
-    standardize = head.get_layer("standardize")
+    standardize = models.fitted_standardize(features["train_features"])
     train_x = np.asarray(standardize(features["train_features"]))
     val_x = np.asarray(standardize(features["val_features"]))
     counts = np.bincount(features["train_labels"], minlength=num_classes).tolist()
@@ -53,6 +52,8 @@ def train_head(features: dict[str, np.ndarray], num_classes: int, config: Pipeli
         kernel, bias, history = fit_softmax_regression(
             train_x, features["train_labels"], sample_weight, val_x, features["val_labels"],
             num_classes, l2, config, writer)
+        if writer is not None:
+            writer.close()
         best = int(np.argmin(history["val_loss"]))
         candidates.append({"l2": l2, "val_loss": history["val_loss"][best],
                            "val_accuracy": history["val_accuracy"][best],
@@ -62,8 +63,7 @@ def train_head(features: dict[str, np.ndarray], num_classes: int, config: Pipeli
                  candidates[-1]["val_loss"], candidates[-1]["val_accuracy"],
                  history["step"][-1])
     chosen = min(candidates, key=lambda c: (c["val_loss"], -c["val_accuracy"], c["l2"]))
-    head = models.build_head(features["train_features"], num_classes, config.model.dropout,
-                             chosen["l2"])
+    head = models.build_head(standardize, num_classes, config.model.dropout, chosen["l2"])
     head.get_layer("probabilities").set_weights([chosen.pop("kernel"), chosen.pop("bias")])
     search = [{key: c[key] for key in ("l2", "val_loss", "val_accuracy", "steps_run")}
               for c in candidates]

@@ -85,8 +85,9 @@ def evaluate(model: Input[Model], images: Input[Dataset], evaluate_config: dict,
 
 @dsl.component(base_image=TRAINING_IMAGE, install_kfp_package=False)
 def quantize(model: Input[Model], images: Input[Dataset], data: dict, export: dict,
-             tflite: Output[Model], metrics: Output[Metrics]):
-    """SavedModel and TFLite FP16 / dynamic INT8 / full INT8, each evaluated on the test split."""
+             tflite: Output[Model], metrics: Output[Metrics]) -> str:
+    """SavedModel and TFLite float32 / FP16 / dynamic INT8 / full INT8 / 16x8, each evaluated on
+    the test split and gated; returns the recommended variant's file name."""
     from components.core import stages
 
     facts = stages.quantize(model.path, images.path, tflite.path,
@@ -94,17 +95,23 @@ def quantize(model: Input[Model], images: Input[Dataset], data: dict, export: di
     tflite.metadata.update(facts)
     for variant, figures in facts["variants"].items():
         for name, value in figures.items():
-            metrics.log_metric(f"{variant}_{name}", value)
+            if isinstance(value, (int, float)):
+                metrics.log_metric(f"{variant}_{name}", value)
+    metrics.metadata["recommended"] = facts["recommended"]
+    return facts["recommended_file"]
 
 
 @dsl.component(base_image=TENSORRT_IMAGE, install_kfp_package=False)
-def tensorrt(model: Input[Model], images: Input[Dataset], export: dict, onnx: Output[Model],
-             metrics: Output[Metrics]):
+def tensorrt(model: Input[Model], images: Input[Dataset], data: dict, export: dict,
+             onnx: Output[Model], metrics: Output[Metrics]):
     """ONNX export checked with ONNX Runtime; TensorRT engine on a GPU, else skipped with why."""
     from components.core import stages
 
-    facts = stages.tensorrt(model.path, images.path, onnx.path, config={"export": export})
+    facts = stages.tensorrt(model.path, images.path, onnx.path,
+                            config={"data": data, "export": export})
     onnx.metadata.update(facts)
-    for name, value in facts["onnx"].items():
-        metrics.log_metric(f"onnx_{name}", value)
+    for runtime in ("onnx", "tensorrt"):
+        for name, value in facts[runtime].items():
+            if isinstance(value, (int, float)):
+                metrics.log_metric(f"{runtime}_{name}", value)
     metrics.metadata["tensorrt"] = facts["tensorrt"]

@@ -23,6 +23,11 @@ OVERRIDES = {
                           "backbone layers to fine-tune from the top (0: backbone default)"),
     "--min-accuracy": ("evaluate", "min_accuracy", float,
                        "test accuracy needed to bless and export the model"),
+    "--max-accuracy-drop": ("export", "max_accuracy_drop", float,
+                            "percentage points a quantized model may lose against the float "
+                            "model before it is rejected (default: 1)"),
+    "--tensorrt-precision": ("export", "tensorrt_precision", str,
+                             "fp32, fp16 or int8 (calibrated) for the TensorRT engine"),
 }
 
 

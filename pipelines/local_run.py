@@ -74,25 +74,30 @@ def report(summary: dict) -> str:
         lines.append(f"TEST ACCURACY: {metrics['accuracy']:.4f} on {int(metrics['test_examples'])}"
                      f" test images (macro F1 {metrics['macro_f1']:.4f})")
         lines.append(f"blessed: {evaluated['returned']} ({metrics.get('blessing_reason')})")
-    variants = summary.get("quantize", {}).get("outputs", {}).get("tflite", {}).get(
-        "metadata", {}).get("variants", {})
-    for name, figures in variants.items():
-        size = figures.get("size_bytes", 0) / 1e6
-        latency = figures.get("latency_ms_median")
-        timing = f", {latency:.2f} ms/image" if latency is not None else ""
-        lines.append(f"  {name:>13}: test accuracy {figures['test_accuracy']:.4f}, "
-                     f"{size:.2f} MB{timing}")
+    quantized = summary.get("quantize", {}).get("outputs", {}).get("tflite", {}).get(
+        "metadata", {})
+    if quantized:
+        lines.append(f"TFLite (gate: at most {quantized['max_accuracy_drop_points']} points below "
+                     f"float; recommended: {quantized['recommended_file']}):")
+        lines.extend(_format_line(name, figures)
+                     for name, figures in quantized["variants"].items())
     exported = summary.get("tensorrt", {}).get("outputs", {}).get("onnx", {}).get("metadata", {})
     if exported:
-        onnx = exported["onnx"]
-        lines.append(f"  {'onnx':>13}: test accuracy {onnx['test_accuracy']:.4f}, top-1 agreement"
-                     f" with Keras {onnx['top1_agreement']:.4f}, max abs diff "
-                     f"{onnx['max_abs_diff']:.2e}")
+        lines.append(_format_line("onnx", exported["onnx"]))
         engine = exported["tensorrt"]
-        lines.append(f"  {'tensorrt':>13}: {engine['status']}"
-                     f"{': ' + engine['reason'] if engine.get('reason') else ''}")
+        lines.append(_format_line("tensorrt", engine) if engine["status"] == "built" else
+                     f"  {'tensorrt':>13}: skipped: {engine['reason']}")
     lines.append("artifacts:")
     for step, entry in summary.items():
         for name, artifact in entry["outputs"].items():
             lines.append(f"  {step}.{name}: {artifact['path']}")
     return "\n".join(lines)
+
+
+def _format_line(name: str, figures: dict) -> str:
+    """One exported format: test accuracy, agreement with Keras, size, batch-1 CPU latency."""
+    verdict = f" {figures['status'].upper()}" if "status" in figures else ""
+    return (f"  {name:>13}: test accuracy {figures['test_accuracy']:.4f}{verdict}, top-1 "
+            f"agreement {figures['top1_agreement']:.3f}, {figures['size_bytes'] / 1e6:.2f} MB, "
+            f"{figures['latency_ms_median']:.2f} ms/image median, "
+            f"{figures['latency_ms_p90']:.2f} p90")

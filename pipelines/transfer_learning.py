@@ -34,7 +34,7 @@ def transfer_learning(source: str, data: dict = {}, model: dict = {}, augment: d
         steps.quantize(model=tuned.outputs["model"], images=prepared.outputs["images"],
                        data=data, export=export)
         steps.tensorrt(model=tuned.outputs["model"], images=prepared.outputs["images"],
-                       export=export)
+                       data=data, export=export)
 
 
 def compile_pipeline(path: str) -> str:

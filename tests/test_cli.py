@@ -21,6 +21,8 @@ def run_cli(capsys, *args):
     (["--unfreeze-layers", "500", "--backbone", "mobilenet", "--alpha", "0.25",
       "--image-size", "32", "--weights", "none"], "has only 87 layers"),
     (["--config", "/no/such.yaml"], "config file /no/such.yaml does not exist"),
+    (["--max-accuracy-drop", "-1"], "export.max_accuracy_drop=-1.0; use points >= 0"),
+    (["--tensorrt-precision", "int4"], "export.tensorrt_precision='int4'; use fp32, fp16 or int8"),
 ])
 def test_bad_run_input_fails_fast_with_the_fix(capsys, tmp_path, digits_folder, args, message):
     if "--data" not in args:

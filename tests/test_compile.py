@@ -56,4 +56,5 @@ def test_each_step_gets_only_the_config_sections_it_uses(tmp_path):
         "ingest": ["data"], "preprocess": ["augment", "data", "model"],
         "train-head": ["head_config", "loss", "model"],
         "finetune": ["augment", "data", "finetune_config", "loss", "model_config"],
-        "evaluate": ["evaluate_config"], "quantize": ["data", "export"], "tensorrt": ["export"]}
+        "evaluate": ["evaluate_config"], "quantize": ["data", "export"],
+        "tensorrt": ["data", "export"]}

@@ -1,3 +1,5 @@
+import re
+
 import pytest
 
 from components.core import config as configs
@@ -52,3 +54,12 @@ def test_yaml_overrides_apply_on_a_preset(tmp_path):
     path.write_text("- not a mapping\n")
     with pytest.raises(ConfigError, match="must hold a mapping"):
         configs.load_yaml(str(path))
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"export": {"tflite_variants": ["fp16", "int4"]}}, "unknown ['int4']"),
+    ({"export": {"onnx_opset": 11}}, "export.onnx_opset=11; use 13 to 18"),
+])
+def test_export_settings_are_validated(overrides, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        PipelineConfig().with_overrides(overrides).validate()

@@ -26,10 +26,11 @@ def test_training_image_uses_the_pinned_tensorflow():
     assert "USER 1000" in dockerfile
 
 
-def test_tensorrt_image_has_tensorrt_and_the_cpu_extra():
+def test_tensorrt_image_has_tensorrt_cuda_python_and_the_cpu_extra():
     dockerfile = read("images", "Dockerfile.tensorrt")
     assert re.search(r"^FROM \$\{TENSORRT_BASE\}", dockerfile, re.M)
-    assert "nvcr.io/nvidia/tensorrt:" in dockerfile and '".[cpu,export]"' in dockerfile
+    assert "nvcr.io/nvidia/tensorrt:" in dockerfile and '".[cpu,export,cuda]"' in dockerfile
+    assert "from cuda.bindings import runtime" in dockerfile  # the layout tensorrt.py imports
     assert "USER 1000" in dockerfile
 
 

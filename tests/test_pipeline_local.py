@@ -71,17 +71,30 @@ def test_tiny_local_run_writes_every_artifact(capsys, tmp_path, digits_folder):
 
     tflite_dir = artifact(summary, "quantize", "tflite")["path"]
     quantization = json.load(open(os.path.join(tflite_dir, "quantization.json")))
+    assert quantization["float_test_accuracy"] == metrics["accuracy"]
     for variant in export.TFLITE_VARIANTS:
         path = os.path.join(tflite_dir, f"model_{variant}.tflite")
-        assert os.path.getsize(path) == quantization["variants"][variant]["size_bytes"]
+        figures = quantization["variants"][variant]
+        assert os.path.getsize(path) == figures["size_bytes"]
+        assert figures["status"] == ("accepted" if figures["accuracy_drop_points"] <= 1.0
+                                     else "rejected")
+        assert 0 < figures["latency_ms_median"] <= figures["latency_ms_p90"]
         tflite_probabilities, _ = export.predict_tflite(path, raw)  # raw size, raw uint8
         assert tflite_probabilities.shape == (4, 3)
+    # the step's output names the smallest accepted variant, for a deployment to pick up
+    recommended = quantization["recommended_file"]
+    assert summary["steps"]["quantize"]["returned"] == recommended
+    assert f"recommended: {recommended}" in out
+    accepted = [v for v in quantization["variants"].values() if v["status"] == "accepted"]
+    assert os.path.getsize(os.path.join(tflite_dir, recommended)) == min(
+        v["size_bytes"] for v in accepted)
     assert os.path.isdir(os.path.join(tflite_dir, "saved_model"))
 
     onnx_dir = artifact(summary, "tensorrt", "onnx")["path"]
     facts = json.load(open(os.path.join(onnx_dir, "tensorrt.json")))
     assert facts["tensorrt"]["status"] == "skipped" and "TensorRT" in facts["tensorrt"]["reason"]
     assert not os.path.exists(os.path.join(onnx_dir, "model.engine"))
+    assert facts["onnx"]["opset"] == 17 and facts["onnx"]["top1_agreement"] == 1.0
     # ONNX Runtime's and TensorFlow's bilinear resize differ by ~1e-4 at fractional scales (here
     # 50x41 -> 32x32); at the model's own size the step measures ~1e-5.
     np.testing.assert_allclose(export.predict_onnx(os.path.join(onnx_dir, "model.onnx"), raw),
@@ -112,7 +125,7 @@ def test_predict_rejects_what_it_cannot_run(capsys, tmp_path, digits_folder):
     assert "does not exist" in capsys.readouterr().err
     (tmp_path / "model.engine").write_bytes(b"\0")
     assert main(["predict", str(tmp_path / "model.engine"), image]) == 2
-    assert "TensorRT engines run only on their GPU node" in capsys.readouterr().err
+    assert "cannot run the TensorRT engine" in capsys.readouterr().err
 
 
 def test_an_unblessed_model_is_not_exported(capsys, tmp_path, digits_folder):

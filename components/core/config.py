@@ -13,7 +13,7 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-from components.core import backbones
+from components.core import backbones, export
 
 
 class ConfigError(ValueError):
@@ -148,11 +148,23 @@ class EvaluateConfig:
 
 @dataclass
 class ExportConfig:
-    """calibration_samples: training images (class-stratified) used to calibrate full-integer
-    INT8 quantization and TensorRT INT8, >= 1 (default 200).
-    tensorrt_precision: "fp16" or "fp32" (default "fp16")."""
+    """How the blessed model is shipped.
 
+    tflite_variants: quantized TFLite variants to build, each evaluated on the test split; any of
+        "fp16", "dynamic_int8", "int8" (full integer), "int16x8" (int16 activations, int8
+        weights). A float32 TFLite model is always built as the reference and the fallback.
+    calibration_samples: training images (class-stratified) used to calibrate full-integer
+        INT8 / 16x8 quantization and TensorRT INT8, >= 1 (default 200).
+    max_accuracy_drop: percentage points of test accuracy a variant may lose against the float
+        model before it is rejected, >= 0 (default 1.0).
+    onnx_opset: ONNX opset of the exported model, 13-18 (default 17).
+    tensorrt_precision: "fp32", "fp16" (default) or "int8" (calibrated on the same images)."""
+
+    tflite_variants: list[str] = field(
+        default_factory=lambda: ["fp16", "dynamic_int8", "int8", "int16x8"])
     calibration_samples: int = 200
+    max_accuracy_drop: float = 1.0
+    onnx_opset: int = 17
     tensorrt_precision: str = "fp16"
 
 
@@ -284,8 +296,16 @@ def problems(config: PipelineConfig) -> list[str]:
           f"evaluate.min_accuracy={config.evaluate.min_accuracy}; use a value in [0, 1]")
     check(config.export.calibration_samples >= 1,
           f"export.calibration_samples={config.export.calibration_samples}; use at least 1")
-    check(config.export.tensorrt_precision in ("fp16", "fp32"),
-          f"export.tensorrt_precision={config.export.tensorrt_precision!r}; use fp16 or fp32")
+    shipping = config.export
+    unknown = sorted(set(shipping.tflite_variants) - set(export.QUANTIZED_VARIANTS))
+    check(not unknown, f"export.tflite_variants has unknown {unknown}; use any of "
+                       f"{', '.join(export.QUANTIZED_VARIANTS)}")
+    check(shipping.max_accuracy_drop >= 0,
+          f"export.max_accuracy_drop={shipping.max_accuracy_drop}; use points >= 0")
+    check(13 <= shipping.onnx_opset <= 18,
+          f"export.onnx_opset={shipping.onnx_opset}; use 13 to 18 (what tf2onnx supports)")
+    check(shipping.tensorrt_precision in ("fp32", "fp16", "int8"),
+          f"export.tensorrt_precision={shipping.tensorrt_precision!r}; use fp32, fp16 or int8")
     return found
 
 

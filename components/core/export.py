@@ -1,6 +1,7 @@
 """Exported formats of the classifier, all taking raw RGB uint8 images with preprocessing inside:
-SavedModel, TFLite (FP16, dynamic-range INT8, full-integer INT8) and ONNX, each with a runner
-that classifies images so every format can be checked against the Keras model.
+SavedModel, TFLite (float32, FP16, dynamic-range INT8, full-integer INT8, 16x8) and ONNX, each
+with a runner that classifies images so every format can be checked against the Keras model, and
+the accuracy gate that picks the TFLite variant to deploy.
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ from components.core import storage
 
 log = logging.getLogger("tlpipe.export")
 
-TFLITE_VARIANTS = ("fp16", "dynamic_int8", "int8")
+QUANTIZED_VARIANTS = ("fp16", "dynamic_int8", "int8", "int16x8")
+TFLITE_VARIANTS = ("float32", *QUANTIZED_VARIANTS)
 
 
 def export_saved_model(model, path: str) -> None:
@@ -28,23 +30,55 @@ def export_saved_model(model, path: str) -> None:
 def tflite_bytes(saved_model_dir: str, variant: str, calibration_images: np.ndarray) -> bytes:
     """Converts a SavedModel to TFLite.
 
-    variant: "fp16" (float16 weights), "dynamic_int8" (int8 weights, float activations) or
-    "int8" (full integer, uint8 image input, float output; activations calibrated on
-    `calibration_images`, uint8 (N, S, S, 3) training images).
+    variant: "float32" (no quantization), "fp16" (float16 weights), "dynamic_int8" (int8
+    weights, float activations), "int8" (full integer: int8 weights and activations, float
+    output) or "int16x8" (int16 activations, int8 weights). "int8" and "int16x8" calibrate
+    activation ranges on `calibration_images`, uint8 (N, S, S, 3) training images. Every variant
+    keeps the model's raw uint8 image input (the converter quantizes only float inputs, so an
+    int8-input model would need a different input signature than the other formats).
     """
     import tensorflow as tf
 
     if variant not in TFLITE_VARIANTS:
         raise ValueError(f"unknown TFLite variant {variant!r}; use one of {TFLITE_VARIANTS}")
     converter = tf.lite.TFLiteConverter.from_saved_model(saved_model_dir)
-    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    if variant != "float32":
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
     if variant == "fp16":
         converter.target_spec.supported_types = [tf.float16]
-    elif variant == "int8":
+    elif variant in ("int8", "int16x8"):
         converter.representative_dataset = lambda: ([image[None]] for image in calibration_images)
+    if variant == "int8":
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-        converter.inference_input_type = tf.uint8
+    elif variant == "int16x8":
+        converter.target_spec.supported_ops = [
+            tf.lite.OpsSet.EXPERIMENTAL_TFLITE_BUILTINS_ACTIVATIONS_INT16_WEIGHTS_INT8,
+            tf.lite.OpsSet.TFLITE_BUILTINS]  # the uint8 -> float cast of the image input
     return converter.convert()
+
+
+def gate(reference_accuracy: float, variants: dict, max_drop_points: float) -> str:
+    """Marks each of `variants` ({name: {"test_accuracy", "size_bytes", ...}}) "accepted" or
+    "rejected" in place, with its accuracy drop in percentage points below
+    `reference_accuracy` (the float model's test accuracy in [0, 1]); a variant is rejected when
+    it drops more than `max_drop_points`. Returns the recommended variant: the smallest accepted
+    one (ties: the more accurate)."""
+    for figures in variants.values():
+        drop = round((reference_accuracy - figures["test_accuracy"]) * 100, 4)
+        figures["accuracy_drop_points"] = drop
+        figures["status"] = "accepted" if drop <= max_drop_points else "rejected"
+    accepted = [name for name, figures in variants.items() if figures["status"] == "accepted"]
+    if not accepted:
+        raise ValueError(f"every variant lost more than {max_drop_points} points; "
+                         f"raise export.max_accuracy_drop or include the float32 reference")
+    return min(accepted, key=lambda name: (variants[name]["size_bytes"],
+                                           -variants[name]["test_accuracy"]))
+
+
+def latency_summary(latencies_ms: np.ndarray) -> dict:
+    """Median and 90th percentile of per-image latencies (milliseconds)."""
+    return {"latency_ms_median": float(np.median(latencies_ms)),
+            "latency_ms_p90": float(np.percentile(latencies_ms, 90))}
 
 
 def calibration_sample(images: np.ndarray, labels: np.ndarray, count: int,
@@ -76,11 +110,17 @@ def predict_tflite(path: str, images: np.ndarray) -> tuple[np.ndarray, np.ndarra
         interpreter.invoke()
         return _dequantize(interpreter.get_tensor(target["index"])[0], target)
 
-    run(images[0])
+    return timed(run, images)
+
+
+def timed(classify_one, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Runs `classify_one` (uint8 image (H, W, 3) -> probabilities (C,)) on each image after one
+    warm-up call on the first. Returns (probabilities (N, C), latency per image in ms (N,))."""
+    classify_one(images[0])
     outputs, latencies = [], []
     for image in images:
         started = time.perf_counter()
-        outputs.append(run(image))
+        outputs.append(classify_one(image))
         latencies.append((time.perf_counter() - started) * 1000)
     return np.stack(outputs), np.array(latencies)
 
@@ -92,22 +132,29 @@ def _dequantize(values: np.ndarray, detail: dict) -> np.ndarray:
     return values.astype(np.float32)
 
 
-def export_onnx(model, path: str) -> None:
-    """Writes the model as ONNX (dynamic batch and image size) atomically to file `path`."""
+def export_onnx(model, path: str, opset: int = 17) -> None:
+    """Writes the model as ONNX (dynamic batch and image size, ONNX `opset`) atomically to file
+    `path`."""
     with storage.atomic_file(path) as partial:
         onnx_path = partial + ".onnx"
-        model.export(onnx_path, format="onnx", verbose=False)
+        model.export(onnx_path, format="onnx", verbose=False, opset_version=opset)
         os.replace(onnx_path, partial)
 
 
-def predict_onnx(path: str, images: np.ndarray, batch_size: int = 32) -> np.ndarray:
-    """Classifies uint8 images (N, H, W, 3) with ONNX Runtime on the CPU; float32 (N, C)."""
+def onnx_classifier(path: str, batch_size: int = 32):
+    """An ONNX Runtime CPU session for the model at `path`, as a function from uint8 images
+    (N, H, W, 3) to probabilities float32 (N, C), run in batches of `batch_size`."""
     import onnxruntime
 
     session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
     name = session.get_inputs()[0].name
-    return np.concatenate([session.run(None, {name: images[i:i + batch_size]})[0]
-                           for i in range(0, len(images), batch_size)])
+    return lambda images: np.concatenate([session.run(None, {name: images[i:i + batch_size]})[0]
+                                          for i in range(0, len(images), batch_size)])
+
+
+def predict_onnx(path: str, images: np.ndarray) -> np.ndarray:
+    """Classifies uint8 images (N, H, W, 3) with ONNX Runtime on the CPU; float32 (N, C)."""
+    return onnx_classifier(path)(images)
 
 
 def agreement(reference: np.ndarray, candidate: np.ndarray) -> dict:

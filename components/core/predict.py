@@ -12,7 +12,7 @@ from typing import Callable
 import numpy as np
 
 LABELS = "labels.txt"
-FORMATS = ".keras file, SavedModel folder, .tflite file or .onnx file"
+FORMATS = ".keras file, SavedModel folder, .tflite, .onnx or TensorRT .engine file"
 
 
 def write_labels(directory: str, classes: list[str]) -> None:
@@ -50,9 +50,17 @@ def classifier(model_path: str) -> Callable[[np.ndarray], np.ndarray]:
     if model_path.endswith(".onnx"):
         from components.core import export
 
-        return lambda image: export.predict_onnx(model_path, image[None])[0]
-    raise ValueError(f"{model_path} is not a model tlpipe can run here; pass a {FORMATS} "
-                     f"(TensorRT engines run only on their GPU node)")
+        run = export.onnx_classifier(model_path)
+        return lambda image: run(image[None])[0]
+    if model_path.endswith(".engine"):
+        from components.core import tensorrt
+
+        reason = tensorrt.unavailable_reason()
+        if reason:
+            raise ValueError(f"cannot run the TensorRT engine {model_path}: {reason}")
+        engine = tensorrt.EngineClassifier(model_path)
+        return lambda image: engine.predict(image[None])[0]
+    raise ValueError(f"{model_path} is not a model tlpipe can run; pass a {FORMATS}")
 
 
 def predict_files(model_path: str, image_paths: list[str], top: int = 3) -> list[dict]:

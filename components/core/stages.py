@@ -12,7 +12,7 @@ Artifact layouts (directories):
     head      head.keras + history.json
     model     model.keras + finetune.json + labels.txt
     tflite    saved_model/ + model_<variant>.tflite + quantization.json + labels.txt
-    onnx      model.onnx [+ model.engine] + tensorrt.json + labels.txt
+    onnx      model.onnx [+ model.engine [+ .calibration]] + tensorrt.json + labels.txt
 """
 
 from __future__ import annotations
@@ -151,40 +151,51 @@ def evaluate(model_dir: str, images_dir: str, *, config) -> dict:
 
 @_stage
 def quantize(model_dir: str, images_dir: str, tflite_dir: str, *, config) -> dict:
-    """SavedModel + TFLite FP16 / dynamic INT8 / full INT8, each evaluated on the test split."""
+    """SavedModel, a float32 TFLite reference and the configured quantized TFLite variants, each
+    evaluated on the test split and gated against the float model; names the recommended
+    variant (the smallest within export.max_accuracy_drop points)."""
     from components.core import export, model as models
 
+    shipping = config.export
     model = models.load(os.path.join(model_dir, "model.keras"))
     test_images, test_labels = cache.read_arrays(images_dir, "test")
-    train_images, train_labels = cache.read_arrays(images_dir, "train")
-    calibration = export.calibration_sample(train_images, train_labels,
-                                            config.export.calibration_samples, config.data.seed)
+    calibration = _calibration_images(images_dir, config)
     reference = model.predict(test_images, batch_size=64, verbose=0)
-    results = {"float32": {"test_accuracy": _accuracy(reference, test_labels)}}
+    float_accuracy = _accuracy(reference, test_labels)
+    variants = {}
     with storage.atomic_dir(tflite_dir) as partial:
         saved_model = os.path.join(partial, "saved_model")
         export.export_saved_model(model, saved_model)
-        results["float32"]["size_bytes"] = _tree_size(saved_model)
-        for variant in export.TFLITE_VARIANTS:
+        for variant in ("float32", *shipping.tflite_variants):
             path = os.path.join(partial, f"model_{variant}.tflite")
             with open(path, "wb") as handle:
                 handle.write(export.tflite_bytes(saved_model, variant, calibration))
             probabilities, latency = export.predict_tflite(path, test_images)
-            results[variant] = {
-                "size_bytes": os.path.getsize(path),
-                "test_accuracy": _accuracy(probabilities, test_labels),
-                "latency_ms_median": float(np.median(latency)),
-                **export.agreement(reference, probabilities)}
-            log.info("tflite %s: %s", variant, results[variant])
-        storage.write_json(os.path.join(partial, "quantization.json"),
-                           {"calibration_images": len(calibration), "variants": results})
+            variants[variant] = {"file": os.path.basename(path),
+                                 "size_bytes": os.path.getsize(path),
+                                 "test_accuracy": _accuracy(probabilities, test_labels),
+                                 **export.latency_summary(latency),
+                                 **export.agreement(reference, probabilities)}
+        recommended = export.gate(float_accuracy, variants, shipping.max_accuracy_drop)
+        for variant, figures in variants.items():
+            log.info("tflite %s: %s", variant, figures)
+        facts = {"float_test_accuracy": float_accuracy,
+                 "saved_model_size_bytes": _tree_size(saved_model),
+                 "calibration_images": len(calibration),
+                 "max_accuracy_drop_points": shipping.max_accuracy_drop,
+                 "recommended": recommended, "recommended_file": variants[recommended]["file"],
+                 "variants": variants}
+        log.info("recommended TFLite variant: %s (smallest within %s points of float32 %.4f)",
+                 recommended, shipping.max_accuracy_drop, float_accuracy)
+        storage.write_json(os.path.join(partial, "quantization.json"), facts)
         predict.write_labels(partial, _classes(images_dir))
-    return {"calibration_images": len(calibration), "variants": results}
+    return facts
 
 
 @_stage
 def tensorrt(model_dir: str, images_dir: str, onnx_dir: str, *, config) -> dict:
-    """ONNX export checked with ONNX Runtime; a TensorRT engine where TensorRT and a GPU exist,
+    """ONNX export (export.onnx_opset) checked with ONNX Runtime against Keras; a TensorRT engine
+    (export.tensorrt_precision) evaluated on the test split where TensorRT and a GPU exist,
     otherwise status "skipped" with the reason."""
     from components.core import export, model as models, tensorrt as trt
 
@@ -194,22 +205,47 @@ def tensorrt(model_dir: str, images_dir: str, onnx_dir: str, *, config) -> dict:
     reference = model.predict(images, batch_size=64, verbose=0)  # also builds the loaded model
     with storage.atomic_dir(onnx_dir) as partial:
         onnx_path = os.path.join(partial, "model.onnx")
-        export.export_onnx(model, onnx_path)
-        onnx_probabilities = export.predict_onnx(onnx_path, images)
-        parity = export.agreement(reference, onnx_probabilities)
-        facts = {"onnx": {"size_bytes": os.path.getsize(onnx_path),
-                          "test_accuracy": _accuracy(onnx_probabilities, labels), **parity}}
+        export.export_onnx(model, onnx_path, config.export.onnx_opset)
+        facts = {"onnx": _runtime_figures(
+            export.onnx_classifier(onnx_path), images, labels, reference,
+            size_bytes=os.path.getsize(onnx_path), opset=config.export.onnx_opset)}
         reason = trt.unavailable_reason()
         if reason:
             log.warning("TensorRT engine skipped: %s", reason)
             facts["tensorrt"] = {"status": "skipped", "reason": reason}
         else:
-            built = trt.build_engine(onnx_path, os.path.join(partial, "model.engine"),
-                                     config.export.tensorrt_precision, meta["image_size"])
-            facts["tensorrt"] = {"status": "built", **built}
+            precision = config.export.tensorrt_precision
+            engine_path = os.path.join(partial, "model.engine")
+            calibration = _calibration_images(images_dir, config) if precision == "int8" else None
+            built = trt.build_engine(onnx_path, engine_path, precision, meta["image_size"],
+                                     calibration)
+            facts["tensorrt"] = {"status": "built", **built, **_runtime_figures(
+                trt.EngineClassifier(engine_path).predict, images, labels, reference,
+                size_bytes=os.path.getsize(engine_path))}
         storage.write_json(os.path.join(partial, "tensorrt.json"), facts)
         predict.write_labels(partial, meta["classes"])
     return facts
+
+
+def _runtime_figures(classify, images: np.ndarray, labels: np.ndarray, reference: np.ndarray,
+                     **facts) -> dict:
+    """Test accuracy, agreement with the Keras `reference` and batch-1 latency of `classify`
+    (uint8 images (N, H, W, 3) -> probabilities (N, C)), merged with `facts`."""
+    from components.core import export
+
+    probabilities = classify(images)
+    _, latency = export.timed(lambda image: classify(image[None])[0], images)
+    return {**facts, "test_accuracy": _accuracy(probabilities, labels),
+            **export.agreement(reference, probabilities), **export.latency_summary(latency)}
+
+
+def _calibration_images(images_dir: str, config) -> np.ndarray:
+    """export.calibration_samples class-stratified training images (never val or test)."""
+    from components.core import export
+
+    train_images, train_labels = cache.read_arrays(images_dir, "train")
+    return export.calibration_sample(train_images, train_labels,
+                                     config.export.calibration_samples, config.data.seed)
 
 
 def _classes(images_dir: str) -> list[str]:

@@ -81,6 +81,24 @@ def test_full_integer_model_takes_raw_uint8_and_is_smallest(trained):
     assert os.path.getsize(path) < len(fp16)
 
 
+def test_int8_input_model_takes_shifted_pixels_and_agrees_with_keras(trained):
+    classifier, folder, test_images, _, train_images, train_labels = trained
+    from ai_edge_litert.interpreter import Interpreter
+
+    float_input = str(folder / "float_input")
+    export.export_float_input_saved_model(classifier, float_input)
+    sample = export.calibration_sample(train_images, train_labels, 200, seed=0)
+    path = str(folder / "int8_input.tflite")
+    with open(path, "wb") as handle:
+        handle.write(export.tflite_bytes(float_input, "int8", sample, int8_input=True))
+    source = Interpreter(model_path=path).get_input_details()[0]
+    assert source["dtype"] == np.int8 and source["quantization"] == (1.0, -128)
+    probabilities, _ = export.predict_tflite(path, test_images)  # fed pixel - 128
+    figures = export.agreement(classifier.predict(test_images, verbose=0), probabilities)
+    print("int8 input", figures)
+    assert figures["top1_agreement"] >= 0.95
+
+
 @pytest.mark.parametrize("opset", [13, 18])
 def test_onnx_matches_keras_at_the_chosen_opset_with_any_batch(trained, tmp_path, opset):
     import onnx
@@ -169,3 +187,16 @@ def test_calibration_sample_is_class_stratified():
 def test_unknown_variant_is_an_error(trained):
     with pytest.raises(ValueError, match="unknown TFLite variant"):
         export.tflite_bytes(str(trained[1] / "saved_model"), "int4", np.zeros((1, 32, 32, 3)))
+
+
+def test_calibration_images_come_from_the_training_split_only(monkeypatch):
+    from components.core import cache, stages
+
+    splits = {name: (np.full((12, 2, 2, 3), value, np.uint8), np.arange(12) % 3)
+              for value, name in enumerate(("train", "val", "test"))}
+    read = []
+    monkeypatch.setattr(cache, "read_arrays",
+                        lambda directory, split: read.append(split) or splits[split])
+    config = PipelineConfig.from_dict({"export": {"calibration_samples": 6}})
+    images = stages._calibration_images("images", config)
+    assert read == ["train"] and images.shape == (6, 2, 2, 3) and (images == 0).all()

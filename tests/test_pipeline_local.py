@@ -6,6 +6,7 @@ import os
 import keras
 import numpy as np
 import pytest
+from ai_edge_litert.interpreter import Interpreter
 
 from components.core import export
 from pipelines.cli import main
@@ -28,7 +29,10 @@ def artifact(summary, step, name):
 
 
 def test_tiny_local_run_writes_every_artifact(capsys, tmp_path, digits_folder):
-    summary, out = run_pipeline(capsys, digits_folder, tmp_path / "out", *TINY)
+    settings = tmp_path / "config.yaml"
+    settings.write_text("export: {int8_input: int8, onnx_opset: 16}\n")
+    summary, out = run_pipeline(capsys, digits_folder, tmp_path / "out", *TINY,
+                                "--config", str(settings))
     assert "TEST ACCURACY" in out and "tensorrt: skipped" in out
     assert list(summary["steps"]) == ["ingest", "preprocess", "train-head", "finetune",
                                       "evaluate", "quantize", "tensorrt"]
@@ -81,6 +85,9 @@ def test_tiny_local_run_writes_every_artifact(capsys, tmp_path, digits_folder):
         assert 0 < figures["latency_ms_median"] <= figures["latency_ms_p90"]
         tflite_probabilities, _ = export.predict_tflite(path, raw)  # raw size, raw uint8
         assert tflite_probabilities.shape == (4, 3)
+    int8_model = Interpreter(model_path=os.path.join(tflite_dir, "model_int8.tflite"))
+    assert int8_model.get_input_details()[0]["dtype"] == np.int8  # export.int8_input: int8
+    assert quantization["int8_input"] == "int8"
     # the step's output names the smallest accepted variant, for a deployment to pick up
     recommended = quantization["recommended_file"]
     assert summary["steps"]["quantize"]["returned"] == recommended
@@ -94,7 +101,7 @@ def test_tiny_local_run_writes_every_artifact(capsys, tmp_path, digits_folder):
     facts = json.load(open(os.path.join(onnx_dir, "tensorrt.json")))
     assert facts["tensorrt"]["status"] == "skipped" and "TensorRT" in facts["tensorrt"]["reason"]
     assert not os.path.exists(os.path.join(onnx_dir, "model.engine"))
-    assert facts["onnx"]["opset"] == 17 and facts["onnx"]["top1_agreement"] == 1.0
+    assert facts["onnx"]["opset"] == 16 and facts["onnx"]["top1_agreement"] == 1.0
     # ONNX Runtime's and TensorFlow's bilinear resize differ by ~1e-4 at fractional scales (here
     # 50x41 -> 32x32); at the model's own size the step measures ~1e-5.
     np.testing.assert_allclose(export.predict_onnx(os.path.join(onnx_dir, "model.onnx"), raw),

@@ -153,6 +153,8 @@ class ExportConfig:
     tflite_variants: quantized TFLite variants to build, each evaluated on the test split; any of
         "fp16", "dynamic_int8", "int8" (full integer), "int16x8" (int16 activations, int8
         weights). A float32 TFLite model is always built as the reference and the fallback.
+    int8_input: input of the full-integer "int8" model: "uint8" raw pixels like every other
+        format (default), or "int8" pixels - 128 for accelerators that take only int8.
     calibration_samples: training images (class-stratified) used to calibrate full-integer
         INT8 / 16x8 quantization and TensorRT INT8, >= 1 (default 200).
     max_accuracy_drop: percentage points of test accuracy a variant may lose against the float
@@ -162,6 +164,7 @@ class ExportConfig:
 
     tflite_variants: list[str] = field(
         default_factory=lambda: ["fp16", "dynamic_int8", "int8", "int16x8"])
+    int8_input: str = "uint8"
     calibration_samples: int = 200
     max_accuracy_drop: float = 1.0
     onnx_opset: int = 17
@@ -300,6 +303,8 @@ def problems(config: PipelineConfig) -> list[str]:
     unknown = sorted(set(shipping.tflite_variants) - set(export.QUANTIZED_VARIANTS))
     check(not unknown, f"export.tflite_variants has unknown {unknown}; use any of "
                        f"{', '.join(export.QUANTIZED_VARIANTS)}")
+    check(shipping.int8_input in ("uint8", "int8"),
+          f"export.int8_input={shipping.int8_input!r}; use uint8 or int8")
     check(shipping.max_accuracy_drop >= 0,
           f"export.max_accuracy_drop={shipping.max_accuracy_drop}; use points >= 0")
     check(13 <= shipping.onnx_opset <= 18,

@@ -27,15 +27,38 @@ def export_saved_model(model, path: str) -> None:
         model.export(partial, format="tf_saved_model", verbose=False)
 
 
-def tflite_bytes(saved_model_dir: str, variant: str, calibration_images: np.ndarray) -> bytes:
+def export_float_input_saved_model(model, path: str) -> None:
+    """Writes a SavedModel of `model` (a classifier built by `model.attach`: image input, then a
+    chain of layers) whose input is float32 pixels in [0, 255] instead of uint8, atomically to
+    `path`. Only for converting an int8-input TFLite model: the converter quantizes float inputs
+    only, and a float -> uint8 cast inside the graph cannot be quantized."""
+    import keras
+    import tensorflow as tf
+
+    def serve(pixels):
+        for layer in model.layers[1:]:
+            pixels = layer(pixels, training=False)
+        return pixels
+
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    archive.add_endpoint("serve", serve, input_signature=[
+        tf.TensorSpec((None, None, None, 3), tf.float32, name="image")])
+    with storage.atomic_dir(path) as partial:
+        archive.write_out(partial, verbose=False)
+
+
+def tflite_bytes(saved_model_dir: str, variant: str, calibration_images: np.ndarray,
+                 int8_input: bool = False) -> bytes:
     """Converts a SavedModel to TFLite.
 
     variant: "float32" (no quantization), "fp16" (float16 weights), "dynamic_int8" (int8
     weights, float activations), "int8" (full integer: int8 weights and activations, float
     output) or "int16x8" (int16 activations, int8 weights). "int8" and "int16x8" calibrate
     activation ranges on `calibration_images`, uint8 (N, S, S, 3) training images. Every variant
-    keeps the model's raw uint8 image input (the converter quantizes only float inputs, so an
-    int8-input model would need a different input signature than the other formats).
+    takes the model's raw uint8 image input, except "int8" with `int8_input`: then
+    `saved_model_dir` must come from `export_float_input_saved_model` and the model takes int8
+    `pixel - 128` (input scale 1, zero point -128), for accelerators that take only int8.
     """
     import tensorflow as tf
 
@@ -47,9 +70,13 @@ def tflite_bytes(saved_model_dir: str, variant: str, calibration_images: np.ndar
     if variant == "fp16":
         converter.target_spec.supported_types = [tf.float16]
     elif variant in ("int8", "int16x8"):
-        converter.representative_dataset = lambda: ([image[None]] for image in calibration_images)
+        dtype = np.float32 if int8_input else np.uint8
+        converter.representative_dataset = lambda: (
+            [image[None].astype(dtype)] for image in calibration_images)
     if variant == "int8":
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        if int8_input:
+            converter.inference_input_type = tf.int8
     elif variant == "int16x8":
         converter.target_spec.supported_ops = [
             tf.lite.OpsSet.EXPERIMENTAL_TFLITE_BUILTINS_ACTIVATIONS_INT16_WEIGHTS_INT8,
@@ -106,7 +133,7 @@ def predict_tflite(path: str, images: np.ndarray) -> tuple[np.ndarray, np.ndarra
     target = interpreter.get_output_details()[0]
 
     def run(image):
-        interpreter.set_tensor(source["index"], image[None].astype(source["dtype"]))
+        interpreter.set_tensor(source["index"], _input_values(image[None], source))
         interpreter.invoke()
         return _dequantize(interpreter.get_tensor(target["index"])[0], target)
 
@@ -123,6 +150,15 @@ def timed(classify_one, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         outputs.append(classify_one(image))
         latencies.append((time.perf_counter() - started) * 1000)
     return np.stack(outputs), np.array(latencies)
+
+
+def _input_values(images: np.ndarray, detail: dict) -> np.ndarray:
+    """uint8 pixels in the interpreter's input type: as they are, or quantized with the input's
+    scale and zero point for an int8 input (pixel - 128 for the int8-input model)."""
+    scale, zero_point = detail["quantization"]
+    if detail["dtype"] == np.int8:
+        return np.clip(np.round(images / scale + zero_point), -128, 127).astype(np.int8)
+    return images.astype(detail["dtype"])
 
 
 def _dequantize(values: np.ndarray, detail: dict) -> np.ndarray:

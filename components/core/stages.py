@@ -163,13 +163,18 @@ def quantize(model_dir: str, images_dir: str, tflite_dir: str, *, config) -> dic
     reference = model.predict(test_images, batch_size=64, verbose=0)
     float_accuracy = _accuracy(reference, test_labels)
     variants = {}
-    with storage.atomic_dir(tflite_dir) as partial:
+    with storage.atomic_dir(tflite_dir) as partial, tempfile.TemporaryDirectory() as scratch:
         saved_model = os.path.join(partial, "saved_model")
         export.export_saved_model(model, saved_model)
-        for variant in ("float32", *shipping.tflite_variants):
+        sources = dict.fromkeys(("float32", *shipping.tflite_variants), saved_model)
+        if shipping.int8_input == "int8" and "int8" in sources:
+            sources["int8"] = os.path.join(scratch, "float_input")
+            export.export_float_input_saved_model(model, sources["int8"])
+        for variant, source in sources.items():
             path = os.path.join(partial, f"model_{variant}.tflite")
             with open(path, "wb") as handle:
-                handle.write(export.tflite_bytes(saved_model, variant, calibration))
+                handle.write(export.tflite_bytes(source, variant, calibration,
+                                                 int8_input=source != saved_model))
             probabilities, latency = export.predict_tflite(path, test_images)
             variants[variant] = {"file": os.path.basename(path),
                                  "size_bytes": os.path.getsize(path),
@@ -181,7 +186,7 @@ def quantize(model_dir: str, images_dir: str, tflite_dir: str, *, config) -> dic
             log.info("tflite %s: %s", variant, figures)
         facts = {"float_test_accuracy": float_accuracy,
                  "saved_model_size_bytes": _tree_size(saved_model),
-                 "calibration_images": len(calibration),
+                 "calibration_images": len(calibration), "int8_input": shipping.int8_input,
                  "max_accuracy_drop_points": shipping.max_accuracy_drop,
                  "recommended": recommended, "recommended_file": variants[recommended]["file"],
                  "variants": variants}

@@ -1,4 +1,4 @@
-"""The seven pipeline steps as KFP v2 lightweight Python components.
+"""The eight pipeline steps as KFP v2 lightweight Python components.
 
 Each body maps typed artifacts to paths, calls `components.core.stages` with the config sections
 the step uses (only those, so KFP's cache key of a step changes only when its own settings do),
@@ -18,11 +18,21 @@ TENSORRT_IMAGE = f"{IMAGE_REGISTRY}/tlpipe-tensorrt:{__version__}"
 
 
 @dsl.component(base_image=TRAINING_IMAGE, install_kfp_package=False)
-def ingest(source: str, data: dict, dataset: Output[Dataset]):
+def fingerprint(source: str) -> str:
+    """List the source (no file is read) and return its fingerprint: the ingest step's cache key
+    on a cluster, so unchanged data is not ingested again. Never cached itself."""
+    from components.core import stages
+
+    return stages.fingerprint(source)
+
+
+@dsl.component(base_image=TRAINING_IMAGE, install_kfp_package=False)
+def ingest(source: str, source_fingerprint: str, data: dict, dataset: Output[Dataset]):
     """Decode and check every image, split train/val/test, write shards and a manifest."""
     from components.core import stages
 
     dataset.metadata.update(stages.ingest(source, dataset.path, config={"data": data}))
+    dataset.metadata["source_fingerprint"] = source_fingerprint
 
 
 @dsl.component(base_image=TRAINING_IMAGE, install_kfp_package=False)

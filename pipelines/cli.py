@@ -1,5 +1,5 @@
-"""`tlpipe`: run the pipeline locally, run the offline demo, compile it for a cluster, list
-backbones."""
+"""`tlpipe`: run the pipeline locally, run the offline demo, compile it for a cluster, submit
+and schedule runs there, classify images with a shipped model, list backbones."""
 
 from __future__ import annotations
 
@@ -57,6 +57,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--data", required=True,
                      help="folder of class subfolders, or of train/ [val/] [test/] subfolders")
     _add_run_options(run, default_output="runs")
+    _add_settings_option(run)
     run.set_defaults(handler=_run)
 
     demo = commands.add_parser("demo", help="run the pipeline on scikit-learn's handwritten "
@@ -68,7 +69,53 @@ def _parser() -> argparse.ArgumentParser:
     compile_ = commands.add_parser("compile", help="write the pipeline as KFP v2 YAML")
     compile_.add_argument("-o", "--output", default="pipeline.yaml",
                           help="YAML file to write (default: %(default)s)")
+    _add_settings_option(compile_)
     compile_.set_defaults(handler=_compile)
+
+    submit = commands.add_parser(
+        "submit", help="start a run on a KFP cluster",
+        description="Compile the pipeline (with --settings) and start a run of it on a Kubeflow "
+                    "Pipelines cluster; prints the run id and its UI link.")
+    _add_cluster_options(submit, experiment=True)
+    submit.add_argument("--data", required=True,
+                        help="image source as the step pods see it (a mounted path)")
+    submit.add_argument("--run-name", help="run name (default: KFP's)")
+    _add_settings_option(submit)
+    _add_config_options(submit)
+    submit.set_defaults(handler=_submit)
+
+    runs = commands.add_parser("runs", help="list runs on a KFP cluster, newest first")
+    _add_cluster_options(runs, experiment=True, listing=True)
+    runs.set_defaults(handler=_runs)
+
+    schedule = commands.add_parser(
+        "schedule", help="schedule recurring retraining on a KFP cluster",
+        description="Create an enabled recurring run: the pipeline with --settings and the "
+                    "config, on a six-field cron schedule (seconds first).")
+    _add_cluster_options(schedule, experiment=True)
+    schedule.add_argument("--data", required=True,
+                          help="image source as the step pods see it (a mounted path)")
+    schedule.add_argument("--cron", required=True,
+                          help='six fields, seconds first: "0 0 3 * * 1" is Mondays 03:00')
+    schedule.add_argument("--name", default="tlpipe-retraining",
+                          help="recurring run name (default: %(default)s)")
+    schedule.add_argument("--max-concurrency", type=int, default=1,
+                          help="runs of this schedule at once (default: %(default)s)")
+    schedule.add_argument("--catchup", action="store_true",
+                          help="after a pause, also start the runs that were missed (default: "
+                               "no catch-up)")
+    _add_settings_option(schedule)
+    _add_config_options(schedule)
+    schedule.set_defaults(handler=_schedule)
+
+    schedules = commands.add_parser("schedules", help="list recurring runs on a KFP cluster")
+    _add_cluster_options(schedules, experiment=True, listing=True)
+    schedules.set_defaults(handler=_schedules)
+
+    unschedule = commands.add_parser("unschedule", help="disable a recurring run")
+    _add_cluster_options(unschedule)
+    unschedule.add_argument("recurring_run_id", help="id shown by `tlpipe schedules`")
+    unschedule.set_defaults(handler=_unschedule)
 
     predict = commands.add_parser(
         "predict", help="classify image files with an exported model",
@@ -86,14 +133,41 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _add_run_options(parser: argparse.ArgumentParser, default_output: str) -> None:
-    parser.add_argument("--config", help="YAML file of config overrides (see README)")
-    parser.add_argument("--preset", default="default", choices=sorted(configs.PRESETS),
-                        help="config preset the file and flags apply on (default: %(default)s)")
     parser.add_argument("--output", default=default_output,
                         help="folder for the compiled pipeline and the run's artifacts "
                              "(default: %(default)s)")
+    _add_config_options(parser)
+
+
+def _add_config_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", help="YAML file of config overrides (see README)")
+    parser.add_argument("--preset", default="default", choices=sorted(configs.PRESETS),
+                        help="config preset the file and flags apply on (default: %(default)s)")
     for flag, (_, _, kind, text) in OVERRIDES.items():
         parser.add_argument(flag, type=kind, help=text)
+
+
+def _add_settings_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--settings", help="deployment settings YAML: images, pipeline root, "
+                                           "GPUs, resources, node selectors, tolerations, "
+                                           "secrets, retries, caching, time-outs (see README)")
+
+
+def _add_cluster_options(parser: argparse.ArgumentParser, experiment: bool = False,
+                         listing: bool = False) -> None:
+    from pipelines import cluster
+
+    parser.add_argument("--host", help=f"KFP API endpoint, e.g. https://kfp.example.com/pipeline "
+                                       f"(default: ${cluster.HOST_ENV}, else your kubeconfig); "
+                                       f"token: ${cluster.TOKEN_ENV} or the pod's service "
+                                       f"account")
+    parser.add_argument("--namespace", help="KFP namespace (multi-user clusters)")
+    if experiment:
+        parser.add_argument("--experiment", default=None if listing else "tlpipe",
+                            help="experiment name" + ("" if listing else " (default: tlpipe)"))
+    if listing:
+        parser.add_argument("--limit", type=int, default=20,
+                            help="how many to show (default: %(default)s)")
 
 
 def build_config(args: argparse.Namespace) -> configs.PipelineConfig:
@@ -113,17 +187,18 @@ def build_config(args: argparse.Namespace) -> configs.PipelineConfig:
 
 
 def _run(args: argparse.Namespace) -> int:
-    return run_and_report(args.data, build_config(args), args.output)
+    return run_and_report(args.data, build_config(args), args.output, _settings(args))
 
 
-def run_and_report(source: str, config: configs.PipelineConfig, output: str) -> int:
+def run_and_report(source: str, config: configs.PipelineConfig, output: str,
+                   settings=None) -> int:
     """Checks the data and model cheaply, runs the pipeline, prints and saves the summary."""
     from components.core import model as models
     from pipelines import local_run
 
     data.discover(source)
     models.preflight(config.model, config.finetune)
-    run_dir = local_run.run(source, config.to_dict(), output)
+    run_dir = local_run.run(source, config.to_dict(), output, settings)
     summary = local_run.summarize(run_dir)
     with open(os.path.join(output, "summary.json"), "w", encoding="utf-8") as handle:
         json.dump({"run_dir": run_dir, "steps": summary}, handle, indent=2)
@@ -145,7 +220,60 @@ def _demo(args: argparse.Namespace) -> int:
 def _compile(args: argparse.Namespace) -> int:
     from pipelines.transfer_learning import compile_pipeline
 
-    print(f"wrote {compile_pipeline(args.output)}")
+    print(f"wrote {compile_pipeline(args.output, _settings(args))}")
+    return 0
+
+
+def _settings(args: argparse.Namespace):
+    from pipelines import settings
+    from pipelines.transfer_learning import STEP_ORDER
+
+    return settings.load(args.settings, STEP_ORDER)
+
+
+def _submit(args: argparse.Namespace) -> int:
+    from pipelines import cluster
+
+    config, deployment = build_config(args), _settings(args)
+    created = cluster.submit(args.host, args.namespace, args.experiment, args.run_name,
+                             args.data, config, deployment)
+    print(f"run {created['run_id']}: {created['url']}")
+    return 0
+
+
+def _runs(args: argparse.Namespace) -> int:
+    from pipelines import cluster
+
+    for run in cluster.runs(args.host, args.namespace, args.experiment, args.limit):
+        print(f"{run['run_id']}  {run['state'] or '-':<10} {run['created_at']}  {run['name']}")
+    return 0
+
+
+def _schedule(args: argparse.Namespace) -> int:
+    from pipelines import cluster
+
+    cluster.validate_cron(args.cron)
+    config, deployment = build_config(args), _settings(args)
+    created = cluster.schedule(args.host, args.namespace, args.experiment, args.name, args.cron,
+                               args.max_concurrency, args.catchup, args.data, config, deployment)
+    print(f"recurring run {created['recurring_run_id']} ({args.cron}): {created['url']}")
+    return 0
+
+
+def _schedules(args: argparse.Namespace) -> int:
+    from pipelines import cluster
+
+    for job in cluster.schedules(args.host, args.namespace, args.experiment, args.limit):
+        print(f"{job['recurring_run_id']}  {job['status'] or '-':<9} {job['cron']:<16} "
+              f"max {job['max_concurrency']}  {job['name']}")
+    return 0
+
+
+def _unschedule(args: argparse.Namespace) -> int:
+    from pipelines import cluster
+
+    cluster.unschedule(args.host, args.namespace, args.recurring_run_id)
+    print(f"disabled recurring run {args.recurring_run_id}")
     return 0
 
 

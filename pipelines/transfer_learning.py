@@ -1,43 +1,67 @@
-"""The transfer-learning pipeline: ingest -> preprocess -> train_head -> finetune -> evaluate,
-then, for a blessed model only, quantize and tensorrt. No environment is read at import time."""
+"""The transfer-learning pipeline: fingerprint -> ingest -> preprocess -> train_head -> finetune
+-> evaluate, then, for a blessed model only, quantize and tensorrt. Deployment settings (images,
+resources, placement, secrets, retries, caching, time-outs) are applied when it is built. No
+environment is read at import time."""
 
 from kfp import compiler, dsl
 
 from components import steps
+from pipelines import settings as deployment
 
 PIPELINE_NAME = "tlpipe-transfer-learning"
-STEP_ORDER = ("ingest", "preprocess", "train-head", "finetune", "evaluate", "quantize",
-              "tensorrt")
+STEP_ORDER = ("fingerprint", "ingest", "preprocess", "train-head", "finetune", "evaluate",
+              "quantize", "tensorrt")
+IMAGE_NAMES = {"tensorrt": "tlpipe-tensorrt"}  # every other step: tlpipe-train
 
 
-@dsl.pipeline(name=PIPELINE_NAME,
-              description="Transfer learning from a pretrained keras.applications backbone: "
-                          "head on cached features, fine-tuning, evaluation, TFLite/ONNX/TensorRT.")
-def transfer_learning(source: str, data: dict = {}, model: dict = {}, augment: dict = {},
-                      loss: dict = {}, head: dict = {}, finetune: dict = {},
-                      evaluate: dict = {}, export: dict = {}):
-    """source: a folder of class subfolders (or train/val/test subfolders of class folders).
-    The other parameters are the sections of `components.core.config.PipelineConfig` (overrides
-    of its defaults); each step receives only the sections it uses."""
-    ingested = steps.ingest(source=source, data=data)
-    prepared = steps.preprocess(dataset=ingested.outputs["dataset"], data=data, model=model,
-                                augment=augment)
-    trained = steps.train_head(features=prepared.outputs["features"], model=model, loss=loss,
-                               head_config=head)
-    tuned = steps.finetune(images=prepared.outputs["images"],
-                           backbone=prepared.outputs["backbone"], head=trained.outputs["head"],
-                           data=data, model_config=model, augment=augment, loss=loss,
-                           finetune_config=finetune)
-    evaluated = steps.evaluate(model=tuned.outputs["model"], images=prepared.outputs["images"],
-                               evaluate_config=evaluate)
-    with dsl.If(evaluated.outputs["Output"] == True, name="blessed"):  # noqa: E712 (KFP condition)
-        steps.quantize(model=tuned.outputs["model"], images=prepared.outputs["images"],
-                       data=data, export=export)
-        steps.tensorrt(model=tuned.outputs["model"], images=prepared.outputs["images"],
-                       data=data, export=export)
+def build_pipeline(settings: deployment.Settings | None = None):
+    """The pipeline function with `settings` (default: `Settings()`) applied to every step."""
+    settings = settings or deployment.Settings()
+
+    def configure(task, step: str):
+        deployment.apply(task, settings.step(step),
+                         settings.image(IMAGE_NAMES.get(step, "tlpipe-train")))
+        return task
+
+    @dsl.pipeline(name=PIPELINE_NAME, pipeline_root=settings.pipeline_root or None,
+                  description="Transfer learning from a pretrained keras.applications backbone: "
+                              "head on cached features, fine-tuning, evaluation, "
+                              "TFLite/ONNX/TensorRT.")
+    def transfer_learning(source: str, data: dict = {}, model: dict = {}, augment: dict = {},
+                          loss: dict = {}, head: dict = {}, finetune: dict = {},
+                          evaluate: dict = {}, export: dict = {}):
+        """source: a folder of class subfolders (or train/val/test subfolders of class folders).
+        The other parameters are the sections of `components.core.config.PipelineConfig`
+        (overrides of its defaults); each step receives only the sections it uses."""
+        listed = configure(steps.fingerprint(source=source), "fingerprint")
+        ingested = configure(steps.ingest(source=source, source_fingerprint=listed.output,
+                                          data=data), "ingest")
+        prepared = configure(steps.preprocess(dataset=ingested.outputs["dataset"], data=data,
+                                              model=model, augment=augment), "preprocess")
+        trained = configure(steps.train_head(features=prepared.outputs["features"], model=model,
+                                             loss=loss, head_config=head), "train-head")
+        tuned = configure(steps.finetune(
+            images=prepared.outputs["images"], backbone=prepared.outputs["backbone"],
+            head=trained.outputs["head"], data=data, model_config=model, augment=augment,
+            loss=loss, finetune_config=finetune), "finetune")
+        evaluated = configure(steps.evaluate(model=tuned.outputs["model"],
+                                             images=prepared.outputs["images"],
+                                             evaluate_config=evaluate), "evaluate")
+        with dsl.If(evaluated.outputs["Output"] == True, name="blessed"):  # noqa: E712
+            configure(steps.quantize(model=tuned.outputs["model"],
+                                     images=prepared.outputs["images"], data=data,
+                                     export=export), "quantize")
+            configure(steps.tensorrt(model=tuned.outputs["model"],
+                                     images=prepared.outputs["images"], data=data,
+                                     export=export), "tensorrt")
+
+    return transfer_learning
 
 
-def compile_pipeline(path: str) -> str:
-    """Writes the pipeline as KFP v2 YAML to `path`; returns `path`."""
-    compiler.Compiler().compile(transfer_learning, package_path=path)
+transfer_learning = build_pipeline()
+
+
+def compile_pipeline(path: str, settings: deployment.Settings | None = None) -> str:
+    """Writes the pipeline (with `settings` applied) as KFP v2 YAML to `path`; returns `path`."""
+    compiler.Compiler().compile(build_pipeline(settings), package_path=path)
     return path

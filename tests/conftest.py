@@ -11,6 +11,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 SHARED = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", "shared"))
 MOBILENET_WEIGHTS = os.path.join(SHARED, "weights", "mobilenet_2_5_224_tf_no_top.h5")
 HYMENOPTERA = os.path.join(SHARED, "data", "hymenoptera_data")
+GOLDEN = os.path.join(os.path.dirname(os.path.abspath(__file__)), "golden")
+GOLDEN_SETTINGS = os.path.join(GOLDEN, "settings.yaml")
 
 
 def require_shared(path: str) -> str:

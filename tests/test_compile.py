@@ -1,4 +1,4 @@
-"""The compiled pipeline: seven steps, their order, their images, the blessing condition."""
+"""The compiled pipeline: eight steps, their order, their images, the blessing condition."""
 
 import yaml
 
@@ -14,7 +14,7 @@ def compiled(tmp_path):
     return yaml.safe_load(path.read_text())
 
 
-def test_seven_steps_in_order_with_their_images(tmp_path):
+def test_eight_steps_in_order_with_their_images(tmp_path):
     spec = compiled(tmp_path)
     executors = spec["deploymentSpec"]["executors"]
     images = {name.replace("exec-", ""): executor["container"]["image"]
@@ -27,6 +27,7 @@ def test_seven_steps_in_order_with_their_images(tmp_path):
         assert "pip install" not in " ".join(executor["container"]["command"])
 
     tasks = spec["root"]["dag"]["tasks"]
+    assert tasks["ingest"]["dependentTasks"] == ["fingerprint"]
     assert tasks["preprocess"]["dependentTasks"] == ["ingest"]
     assert tasks["train-head"]["dependentTasks"] == ["preprocess"]
     assert sorted(tasks["finetune"]["dependentTasks"]) == ["preprocess", "train-head"]
@@ -37,6 +38,10 @@ def test_seven_steps_in_order_with_their_images(tmp_path):
         blessed["triggerPolicy"]["condition"]
     inner = spec["components"][blessed["componentRef"]["name"]]["dag"]["tasks"]
     assert sorted(inner) == ["quantize", "tensorrt"]
+    # the fingerprint step always runs; ingest is cached on its output, the others on theirs
+    assert tasks["fingerprint"]["cachingOptions"] == {}
+    assert all(tasks[name]["cachingOptions"] == {"enableCache": True}
+               for name in STEP_ORDER[1:6])
 
 
 def test_pipeline_parameters_are_the_source_and_one_struct_per_config_section(tmp_path):
@@ -53,7 +58,8 @@ def test_each_step_gets_only_the_config_sections_it_uses(tmp_path):
     sections = {name: sorted(p for p in task["inputs"].get("parameters", {}) if p != "source")
                 for name, task in {**tasks, **blessed}.items() if name != "condition-1"}
     assert sections == {
-        "ingest": ["data"], "preprocess": ["augment", "data", "model"],
+        "fingerprint": [], "ingest": ["data", "source_fingerprint"],
+        "preprocess": ["augment", "data", "model"],
         "train-head": ["head_config", "loss", "model"],
         "finetune": ["augment", "data", "finetune_config", "loss", "model_config"],
         "evaluate": ["evaluate_config"], "quantize": ["data", "export"],

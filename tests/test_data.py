@@ -141,3 +141,18 @@ def test_carve_counts():
     assert data.carve_counts(2, [0.15, 0.15]) == [1, 0]
     assert data.carve_counts(1, [0.15, 0.15]) == [0, 0]
     assert data.carve_counts(10, [0.0]) == [0]
+
+
+def test_listing_fingerprint_changes_only_when_the_files_do(digits_folder):
+    before = data.listing_fingerprint(digits_folder)
+    assert data.listing_fingerprint(digits_folder) == before
+    added = os.path.join(digits_folder, "digit1", "new.png")
+    save(photo(7), added)
+    with_new = data.listing_fingerprint(digits_folder)
+    assert with_new != before
+    os.utime(added, ns=(1, 1))  # rewritten in place: same name and size, new time
+    assert data.listing_fingerprint(digits_folder) != with_new
+    os.remove(added)
+    assert data.listing_fingerprint(digits_folder) == before
+    with pytest.raises(data.DataError, match="does not exist"):
+        data.listing_fingerprint(os.path.join(digits_folder, "missing"))

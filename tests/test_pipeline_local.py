@@ -10,7 +10,7 @@ from ai_edge_litert.interpreter import Interpreter
 
 from components.core import export
 from pipelines.cli import main
-from tests.conftest import HYMENOPTERA, MOBILENET_WEIGHTS, require_shared
+from tests.conftest import GOLDEN_SETTINGS, HYMENOPTERA, MOBILENET_WEIGHTS, require_shared
 
 TINY = ["--backbone", "mobilenet", "--alpha", "0.25", "--image-size", "32", "--weights", "none",
         "--head-steps", "50", "--finetune-epochs", "2", "--min-accuracy", "0"]
@@ -31,12 +31,15 @@ def artifact(summary, step, name):
 def test_tiny_local_run_writes_every_artifact(capsys, tmp_path, digits_folder):
     settings = tmp_path / "config.yaml"
     settings.write_text("export: {int8_input: int8, onnx_opset: 16}\n")
+    # the YAML a cluster gets, deployment settings included, is what runs here
     summary, out = run_pipeline(capsys, digits_folder, tmp_path / "out", *TINY,
-                                "--config", str(settings))
+                                "--config", str(settings), "--settings", GOLDEN_SETTINGS)
     assert "TEST ACCURACY" in out and "tensorrt: skipped" in out
-    assert list(summary["steps"]) == ["ingest", "preprocess", "train-head", "finetune",
-                                      "evaluate", "quantize", "tensorrt"]
-    assert os.path.exists(tmp_path / "out" / "pipeline.yaml")
+    assert list(summary["steps"]) == ["fingerprint", "ingest", "preprocess", "train-head",
+                                      "finetune", "evaluate", "quantize", "tensorrt"]
+    compiled = (tmp_path / "out" / "pipeline.yaml").read_text()
+    assert "registry.example.com/ml/tlpipe-train:1.2.3" in compiled
+    assert "nvidia-tesla-t4" in compiled
 
     manifest = json.load(open(os.path.join(artifact(summary, "ingest", "dataset")["path"],
                                            "manifest.json")))

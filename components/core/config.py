@@ -191,7 +191,7 @@ class PipelineConfig:
     def from_dict(cls, values: dict) -> "PipelineConfig":
         """Builds a config from nested dicts; unknown keys are errors, numbers are coerced to the
         field's type (KFP struct parameters turn every number into a float)."""
-        return _build(cls, values or {}, "")
+        return from_mapping(cls, values or {})
 
     def validate(self) -> "PipelineConfig":
         """Raises ConfigError naming the first invalid field and its fix; returns self."""
@@ -314,7 +314,10 @@ def problems(config: PipelineConfig) -> list[str]:
     return found
 
 
-def _build(cls, values: dict, prefix: str):
+def from_mapping(cls, values: dict, prefix: str = ""):
+    """Builds dataclass `cls` from a mapping: unknown keys are ConfigErrors naming the known ones,
+    values are coerced to the fields' types (bool, int, float, str, list[T], dict[str, str],
+    nested dataclasses); `prefix` names where the mapping sits in error messages."""
     if not isinstance(values, dict):
         raise ConfigError(f"{prefix.rstrip('.') or 'config'} must be a mapping, got {values!r}")
     hints = typing.get_type_hints(cls)
@@ -323,14 +326,8 @@ def _build(cls, values: dict, prefix: str):
     if unknown:
         raise ConfigError(f"unknown config key {prefix}{unknown[0]}; known keys here: "
                           f"{', '.join(sorted(names))}")
-    kwargs = {}
-    for name, value in values.items():
-        kind = hints[name]
-        if dataclasses.is_dataclass(kind):
-            kwargs[name] = _build(kind, value, f"{prefix}{name}.")
-        else:
-            kwargs[name] = _coerce(value, kind, f"{prefix}{name}")
-    return cls(**kwargs)
+    return cls(**{name: _coerce(value, hints[name], f"{prefix}{name}")
+                  for name, value in values.items()})
 
 
 def _coerce(value: Any, kind: type, name: str) -> Any:
@@ -346,11 +343,17 @@ def _coerce(value: Any, kind: type, name: str) -> Any:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
         raise ConfigError(f"{name}={value!r} must be a number")
+    if dataclasses.is_dataclass(kind):
+        return from_mapping(kind, value, f"{name}.")
     if typing.get_origin(kind) is list:
         if isinstance(value, (list, tuple)):
             item = typing.get_args(kind)[0]
             return [_coerce(v, item, f"{name}[{i}]") for i, v in enumerate(value)]
         raise ConfigError(f"{name}={value!r} must be a list")
+    if typing.get_origin(kind) is dict:
+        if isinstance(value, dict):
+            return {str(key): _coerce(item, str, f"{name}.{key}") for key, item in value.items()}
+        raise ConfigError(f"{name}={value!r} must be a mapping")
     if kind is str:
         if isinstance(value, str):
             return value

@@ -95,6 +95,18 @@ def discover(root: str) -> tuple[list[str], list[SourceFile]]:
     return classes, sorted(files, key=lambda f: f.relpath)
 
 
+def listing_fingerprint(root: str) -> str:
+    """A cheap fingerprint of what `root` holds now (sha256 hex of each candidate file's relative
+    path, size and modification time; no file is read). It changes when a file is added,
+    removed, renamed or rewritten, so a cluster can key the ingest step's cache on it."""
+    _, files = discover(root)
+    digest = hashlib.sha256()
+    for source in files:
+        stat = os.stat(source.path)
+        digest.update(f"{source.relpath}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+    return digest.hexdigest()
+
+
 def _visible_subdirs(folder: str) -> list[str]:
     return sorted(name for name in os.listdir(folder)
                   if not name.startswith(".") and os.path.isdir(os.path.join(folder, name)))

@@ -44,6 +44,11 @@ def _stage(function):
     return wrapper
 
 
+def fingerprint(source: str) -> str:
+    """The source's listing fingerprint (see data.listing_fingerprint); checks its layout."""
+    return data.listing_fingerprint(source)
+
+
 @_stage
 def ingest(source: str, dataset_dir: str, *, config) -> dict:
     """Source folder -> dataset artifact. Returns artifact metadata."""

@@ -1,0 +1,259 @@
+"""Deployment settings for running the pipeline on a cluster, from one YAML file: step images,
+pipeline root, and per step the CPU/memory, GPUs, node selectors, tolerations, secrets, retries,
+caching and time-out. Validated with errors that name the key and the fix; applied to the
+pipeline's tasks when it is compiled (`apply`). Secrets are referenced by Kubernetes Secret name
+and key only: their values never pass through tlpipe or the compiled YAML.
+
+Example (every key optional):
+
+    registry: registry.example.com/ml       # step images: <registry>/tlpipe-train:<tag>, ...
+    tag: 0.1.0                              # default: the package version
+    pipeline_root: gs://my-bucket/tlpipe    # where KFP stores artifacts
+    defaults: {cpu_request: "2", memory_request: 8Gi}      # every step, unless it overrides
+    steps:
+      ingest:
+        retries: 3
+        secrets: [{name: gcs-reader, mount_path: /secrets/gcs}]
+      finetune:
+        gpus: 1
+        node_selector: {cloud.google.com/gke-accelerator: nvidia-tesla-t4}
+        tolerations: [{key: nvidia.com/gpu, operator: Exists, effect: NoSchedule}]
+        timeout_seconds: 21600
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Optional
+
+from components import __version__
+from components.steps import IMAGE_REGISTRY
+from components.core.config import ConfigError, from_mapping
+
+# Kubernetes resource quantity (e.g. "500m", "2", "1.5", "16Gi").
+QUANTITY = re.compile(r"^[0-9]+(\.[0-9]+)?(m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?$")
+DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+LABEL_KEY = re.compile(r"^([a-z0-9]([-a-z0-9.]*[a-z0-9])?/)?[A-Za-z0-9]([-A-Za-z0-9_.]*"
+                       r"[A-Za-z0-9])?$")
+LABEL_VALUE = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?)?$")
+ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+IMAGE_TAG = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
+ROOT_SCHEMES = ("gs://", "s3://", "minio://")
+# Steps whose inputs are not the data itself: re-running them must not be skipped by the cache.
+ALWAYS_RUN = ("fingerprint",)
+
+
+@dataclass
+class Toleration:
+    """A Kubernetes toleration. operator: "Equal" (default, with value) or "Exists" (no value);
+    effect: "", "NoSchedule", "PreferNoSchedule" or "NoExecute"."""
+
+    key: str = ""
+    operator: str = "Equal"
+    value: str = ""
+    effect: str = ""
+
+
+@dataclass
+class SecretRef:
+    """A Kubernetes Secret given to a step, by name: either as environment variables
+    (`env`: {secret key: variable name}) or as files under `mount_path` (an absolute path)."""
+
+    name: str = ""
+    env: dict[str, str] = field(default_factory=dict)
+    mount_path: str = ""
+
+
+@dataclass
+class StepSettings:
+    """Where and how one step's pod runs. Quantities are Kubernetes quantities ("500m", "4",
+    "16Gi"); "" leaves the cluster's default. gpus: accelerators of `gpu_type` (default
+    "nvidia.com/gpu") the step needs, >= 0. retries: attempts after a failure, 0-10, waiting
+    backoff_seconds, then x backoff_factor (>= 1) each time, at most max_backoff_seconds.
+    timeout_seconds: 0 (none) or the step's deadline. caching: reuse an earlier identical run
+    of the step (same image, code and inputs)."""
+
+    cpu_request: str = ""
+    cpu_limit: str = ""
+    memory_request: str = ""
+    memory_limit: str = ""
+    gpus: int = 0
+    gpu_type: str = "nvidia.com/gpu"
+    node_selector: dict[str, str] = field(default_factory=dict)
+    tolerations: list[Toleration] = field(default_factory=list)
+    secrets: list[SecretRef] = field(default_factory=list)
+    retries: int = 0
+    backoff_seconds: int = 30
+    backoff_factor: float = 2.0
+    max_backoff_seconds: int = 3600
+    timeout_seconds: int = 0
+    caching: bool = True
+
+
+@dataclass
+class Settings:
+    """A deployment: step images <registry>/tlpipe-train:<tag> and <registry>/tlpipe-tensorrt:
+    <tag>, the pipeline root (gs://, s3:// or minio://; "" for the cluster's default) and each
+    step's settings (`defaults` overlaid by its entry in `steps`)."""
+
+    registry: str = IMAGE_REGISTRY
+    tag: str = __version__
+    pipeline_root: str = ""
+    steps: dict[str, StepSettings] = field(default_factory=dict)
+
+    def step(self, name: str) -> StepSettings:
+        return self.steps.get(name) or StepSettings(caching=name not in ALWAYS_RUN)
+
+    def image(self, name: str) -> str:
+        return f"{self.registry}/{name}:{self.tag}"
+
+
+def load(path: Optional[str], step_names: tuple[str, ...]) -> Settings:
+    """Reads and validates a settings YAML file (None: defaults). ConfigError names the bad key
+    and the fix; `step_names` are the pipeline's steps."""
+    import yaml
+
+    if path is None:
+        return Settings()
+    try:
+        with open(path, encoding="utf-8") as handle:
+            raw = yaml.safe_load(handle) or {}
+    except FileNotFoundError:
+        raise ConfigError(f"settings file {path} does not exist; pass the path of a YAML file")
+    except yaml.YAMLError as error:
+        raise ConfigError(f"settings file {path} is not valid YAML: {error}")
+    return parse(raw, step_names, origin=path)
+
+
+def parse(raw: dict, step_names: tuple[str, ...], origin: str = "settings") -> Settings:
+    """Settings from a mapping shaped like the YAML file; validated (see `problems`)."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{origin} must hold a mapping such as 'registry: ghcr.io/me'")
+    raw = dict(raw)
+    defaults = raw.pop("defaults", {}) or {}
+    per_step = raw.pop("steps", {}) or {}
+    if not isinstance(defaults, dict) or not isinstance(per_step, dict):
+        raise ConfigError(f"{origin}: defaults and steps must be mappings")
+    unknown = sorted(set(per_step) - set(step_names))
+    if unknown:
+        raise ConfigError(f"{origin}: unknown step {unknown[0]!r} under steps; the steps are "
+                          f"{', '.join(step_names)}")
+    steps = {}
+    for name in step_names:
+        own = per_step.get(name) or {}
+        merged = {**defaults, **own}
+        if name in ALWAYS_RUN and "caching" not in own:
+            merged["caching"] = False
+        steps[name] = from_mapping(StepSettings, merged, f"steps.{name}.")
+    settings = from_mapping(Settings, raw)
+    settings.steps = steps
+    found = problems(settings)
+    if found:
+        raise ConfigError(f"{origin}: {found[0]}")
+    return settings
+
+
+def problems(settings: Settings) -> list[str]:
+    """Every invalid value, each naming the key and the fix."""
+    found = []
+
+    def check(ok: bool, message: str) -> None:
+        if not ok:
+            found.append(message)
+
+    check(bool(settings.registry) and "://" not in settings.registry
+          and not settings.registry.endswith("/"),
+          f"registry={settings.registry!r}; give host[/path] without a scheme or trailing /, "
+          f"e.g. registry.example.com/ml")
+    check(bool(IMAGE_TAG.match(settings.tag)), f"tag={settings.tag!r} is not a valid image tag")
+    check(not settings.pipeline_root or settings.pipeline_root.startswith(ROOT_SCHEMES),
+          f"pipeline_root={settings.pipeline_root!r}; use a {', '.join(ROOT_SCHEMES)} URI")
+    for name, step in settings.steps.items():
+        found.extend(f"steps.{name}.{message}" for message in _step_problems(name, step))
+    return found
+
+
+def _step_problems(name: str, step: StepSettings) -> list[str]:
+    found = []
+
+    def check(ok: bool, message: str) -> None:
+        if not ok:
+            found.append(message)
+
+    for key in ("cpu_request", "cpu_limit", "memory_request", "memory_limit"):
+        value = getattr(step, key)
+        check(not value or bool(QUANTITY.match(value)),
+              f"{key}={value!r} is not a Kubernetes quantity; use e.g. \"500m\", \"4\", \"16Gi\"")
+    check(step.gpus >= 0, f"gpus={step.gpus}; use 0 or more")
+    check(step.gpus == 0 or bool(step.gpu_type), "gpu_type is empty; use e.g. nvidia.com/gpu")
+    for key, value in step.node_selector.items():
+        check(bool(LABEL_KEY.match(key)) and bool(LABEL_VALUE.match(value)),
+              f"node_selector {key!r}: {value!r} is not a valid node label")
+    for index, toleration in enumerate(step.tolerations):
+        where = f"tolerations[{index}]"
+        check(toleration.operator in ("Equal", "Exists"),
+              f"{where}.operator={toleration.operator!r}; use Equal or Exists")
+        check(toleration.operator != "Exists" or not toleration.value,
+              f"{where} has operator Exists and a value; drop the value or use Equal")
+        check(toleration.effect in ("", "NoSchedule", "PreferNoSchedule", "NoExecute"),
+              f"{where}.effect={toleration.effect!r}; use NoSchedule, PreferNoSchedule, "
+              f"NoExecute or leave it out")
+    for index, secret in enumerate(step.secrets):
+        where = f"secrets[{index}]"
+        check(bool(DNS_SUBDOMAIN.match(secret.name)),
+              f"{where}.name={secret.name!r}; give the name of a Kubernetes Secret (never its "
+              f"value)")
+        check(bool(secret.env) != bool(secret.mount_path),
+              f"{where}: give either env ({{secret key: VARIABLE}}) or mount_path, not both "
+              f"or neither")
+        check(not secret.mount_path or secret.mount_path.startswith("/"),
+              f"{where}.mount_path={secret.mount_path!r}; use an absolute path")
+        check(all(ENV_NAME.match(variable) for variable in secret.env.values()),
+              f"{where}.env has an invalid variable name in {sorted(secret.env.values())}")
+    check(0 <= step.retries <= 10, f"retries={step.retries}; use 0 to 10")
+    check(step.backoff_seconds >= 0 and step.max_backoff_seconds >= step.backoff_seconds,
+          f"backoff_seconds={step.backoff_seconds}, max_backoff_seconds="
+          f"{step.max_backoff_seconds}; use 0 <= backoff_seconds <= max_backoff_seconds")
+    check(step.backoff_factor >= 1, f"backoff_factor={step.backoff_factor}; use 1 or more")
+    check(step.timeout_seconds >= 0, f"timeout_seconds={step.timeout_seconds}; use 0 (none) "
+                                     f"or more")
+    check(not (name in ALWAYS_RUN and step.caching),
+          f"caching=true: the {name} step must always run (it is what tells whether the data "
+          f"changed); leave caching out for it")
+    return found
+
+
+def apply(task, step: StepSettings, image: str) -> None:
+    """Sets `image` and everything in `step` on a KFP pipeline task."""
+    from kfp import kubernetes
+
+    task.set_container_image(image)
+    task.set_caching_options(step.caching)
+    for key, setter in (("cpu_request", task.set_cpu_request), ("cpu_limit", task.set_cpu_limit),
+                        ("memory_request", task.set_memory_request),
+                        ("memory_limit", task.set_memory_limit)):
+        if getattr(step, key):
+            setter(getattr(step, key))
+    if step.gpus:
+        task.set_accelerator_type(step.gpu_type).set_accelerator_limit(step.gpus)
+    for key, value in step.node_selector.items():
+        kubernetes.add_node_selector(task, label_key=key, label_value=value)
+    for toleration in step.tolerations:
+        kubernetes.add_toleration(task, key=toleration.key or None,
+                                  operator=toleration.operator,
+                                  value=toleration.value or None,
+                                  effect=toleration.effect or None)
+    for secret in step.secrets:
+        if secret.env:
+            kubernetes.use_secret_as_env(task, secret_name=secret.name,
+                                         secret_key_to_env=secret.env)
+        else:
+            kubernetes.use_secret_as_volume(task, secret_name=secret.name,
+                                            mount_path=secret.mount_path)
+    if step.retries:
+        task.set_retry(num_retries=step.retries, backoff_duration=f"{step.backoff_seconds}s",
+                       backoff_factor=step.backoff_factor,
+                       backoff_max_duration=f"{step.max_backoff_seconds}s")
+    if step.timeout_seconds:
+        kubernetes.set_timeout(task, step.timeout_seconds)

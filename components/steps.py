@@ -1,4 +1,4 @@
-"""The eight pipeline steps as KFP v2 lightweight Python components.
+"""The nine pipeline steps as KFP v2 lightweight Python components.
 
 Each body maps typed artifacts to paths, calls `components.core.stages` with the config sections
 the step uses (only those, so KFP's cache key of a step changes only when its own settings do),
@@ -8,7 +8,8 @@ hold this package.
 """
 
 from kfp import dsl
-from kfp.dsl import ClassificationMetrics, Dataset, Input, Metrics, Model, Output
+from kfp.dsl import (HTML, ClassificationMetrics, Dataset, Input, Markdown, Metrics, Model,
+                     Output)
 
 from components import __version__
 
@@ -76,20 +77,38 @@ def finetune(images: Input[Dataset], backbone: Input[Model], head: Input[Model],
 
 
 @dsl.component(base_image=TRAINING_IMAGE, install_kfp_package=False)
-def evaluate(model: Input[Model], images: Input[Dataset], evaluate_config: dict,
-             metrics: Output[Metrics], confusion: Output[ClassificationMetrics]) -> bool:
-    """Test-split accuracy, per-class precision/recall/F1, confusion matrix; returns blessed."""
+def evaluate(model: Input[Model], images: Input[Dataset], dataset: Input[Dataset],
+             backbone: Input[Model], head: Input[Model], data: dict, model_config: dict,
+             evaluate_config: dict, metrics: Output[Metrics],
+             confusion: Output[ClassificationMetrics], evaluation: Output[Dataset],
+             report: Output[HTML], model_card: Output[Markdown]) -> bool:
+    """Test-split metrics, confusion matrix (and ROC for two classes), blessing against the
+    thresholds and the baseline model; HTML report and model card. Returns blessed."""
     from components.core import stages
 
-    facts = stages.evaluate(model.path, images.path, config={"evaluate": evaluate_config})
-    metrics.log_metric("accuracy", facts["accuracy"])
-    metrics.log_metric("macro_f1", facts["macro_f1"])
-    metrics.log_metric("test_examples", facts["examples"])
-    for name, scores in facts["per_class"].items():
-        for score in ("precision", "recall", "f1"):
-            metrics.log_metric(f"{score}_{name}", scores[score])
+    facts = stages.evaluate(model.path, images.path, dataset.path, backbone.path, head.path,
+                            evaluation.path, report.path, model_card.path,
+                            config={"data": data, "model": model_config,
+                                    "evaluate": evaluate_config})
+    scores = facts["metrics"]
+    for name in ("accuracy", "macro_f1", "weighted_f1", "roc_auc_ovr", "log_loss",
+                 "expected_calibration_error", "top_3_accuracy", "top_5_accuracy"):
+        if scores.get(name) is not None:
+            metrics.log_metric(name, scores[name])
+    metrics.log_metric("test_examples", scores["examples"])
+    for bound, value in zip(("low", "high"), facts["intervals"]["accuracy"]):
+        metrics.log_metric(f"accuracy_95ci_{bound}", value)
+    for name, per_class in scores["per_class"].items():
+        for score in ("precision", "recall", "f1", "roc_auc"):
+            if per_class[score] is not None:
+                metrics.log_metric(f"{score}_{name}", per_class[score])
     metrics.metadata["blessing_reason"] = facts["blessing_reason"]
-    confusion.log_confusion_matrix(facts["classes"], facts["confusion_matrix"])
+    confusion.log_confusion_matrix(facts["classes"], scores["confusion_matrix"])
+    if facts["roc"]:  # two classes: the ROC curve of the second against the first
+        confusion.log_roc_curve(facts["roc"]["fpr"], facts["roc"]["tpr"],
+                                facts["roc"]["thresholds"])
+    evaluation.metadata.update({"blessed": facts["blessed"],
+                                "blessing_reason": facts["blessing_reason"]})
     return facts["blessed"]
 
 
@@ -125,3 +144,13 @@ def tensorrt(model: Input[Model], images: Input[Dataset], data: dict, export: di
             if isinstance(value, (int, float)):
                 metrics.log_metric(f"{runtime}_{name}", value)
     metrics.metadata["tensorrt"] = facts["tensorrt"]
+
+
+@dsl.component(base_image=TRAINING_IMAGE, install_kfp_package=False)
+def report(evaluation: Input[Dataset], tflite: Input[Model], onnx: Input[Model],
+           html: Output[HTML], model_card: Output[Markdown]):
+    """The evaluation report and model card with every exported format (blessed runs only)."""
+    from components.core import stages
+
+    html.metadata.update(stages.report(evaluation.path, tflite.path, onnx.path, html.path,
+                                       model_card.path))

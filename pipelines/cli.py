@@ -23,6 +23,9 @@ OVERRIDES = {
                           "backbone layers to fine-tune from the top (0: backbone default)"),
     "--min-accuracy": ("evaluate", "min_accuracy", float,
                        "test accuracy needed to bless and export the model"),
+    "--baseline": ("evaluate", "baseline_model", str,
+                   "model in production to compare with: an earlier run's model.keras (local or "
+                   "gs://); bless only if not worse by more than evaluate.baseline_margin"),
     "--max-accuracy-drop": ("export", "max_accuracy_drop", float,
                             "percentage points a quantized model may lose against the float "
                             "model before it is rejected (default: 1)"),
@@ -127,6 +130,17 @@ def _parser() -> argparse.ArgumentParser:
     predict.add_argument("--top", type=int, default=3, help="classes to show (default: 3)")
     predict.set_defaults(handler=_predict)
 
+    summary = commands.add_parser(
+        "report", help="print the evaluation summary of a local run",
+        description="Print a local run's verdict, test metrics with confidence intervals, "
+                    "per-class scores and exported formats, and where its HTML report and "
+                    "model card are.")
+    summary.add_argument("run", help="the run's output folder (holding summary.json) or its "
+                                     "runs/<pipeline>-<time> folder")
+    summary.add_argument("--open", action="store_true",
+                         help="also open the HTML report in the default browser")
+    summary.set_defaults(handler=_report)
+
     listing = commands.add_parser("backbones", help="list the backbones and their defaults")
     listing.set_defaults(handler=_backbones)
     return parser
@@ -183,6 +197,12 @@ def build_config(args: argparse.Namespace) -> configs.PipelineConfig:
     config = config.with_overrides(overrides).validate()
     if os.path.isfile(config.model.weights):  # steps may run in another working directory
         config.model.weights = os.path.abspath(config.model.weights)
+    baseline = config.evaluate.baseline_model
+    if baseline and not baseline.startswith("gs://"):
+        if not (os.path.isfile(baseline) and baseline.endswith(".keras")):
+            raise configs.ConfigError(f"baseline model {baseline} is not a .keras file; give the "
+                                      f"model/model.keras of an earlier run")
+        config.evaluate.baseline_model = os.path.abspath(baseline)
     return config
 
 
@@ -196,8 +216,9 @@ def run_and_report(source: str, config: configs.PipelineConfig, output: str,
     from components.core import model as models
     from pipelines import local_run
 
-    data.discover(source)
+    classes, _ = data.discover(source)
     models.preflight(config.model, config.finetune)
+    _check_baseline_classes(config.evaluate.baseline_model, classes)
     run_dir = local_run.run(source, config.to_dict(), output, settings)
     summary = local_run.summarize(run_dir)
     with open(os.path.join(output, "summary.json"), "w", encoding="utf-8") as handle:
@@ -205,8 +226,22 @@ def run_and_report(source: str, config: configs.PipelineConfig, output: str,
     print("\n" + "=" * 78)
     print(f"run: {run_dir}")
     print(local_run.report(summary))
+    if "evaluate" in summary:
+        html, card = publish_report(run_dir, output)
+        print(f"report: {os.path.abspath(html)}\nmodel card: {os.path.abspath(card)}")
     print(f"summary: {os.path.abspath(os.path.join(output, 'summary.json'))}")
     return 0
+
+
+def _check_baseline_classes(baseline: str, classes: list[str]) -> None:
+    """A local baseline's labels.txt (written beside every shipped model) must list `classes`."""
+    from components.core.predict import labels_for
+
+    labels = labels_for(baseline) if baseline and not baseline.startswith("gs://") else None
+    if labels is not None and labels != classes:
+        raise configs.ConfigError(f"baseline {baseline} classifies {labels} but the data has "
+                                  f"classes {classes}; give a baseline trained on the same "
+                                  f"classes")
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -274,6 +309,46 @@ def _unschedule(args: argparse.Namespace) -> int:
 
     cluster.unschedule(args.host, args.namespace, args.recurring_run_id)
     print(f"disabled recurring run {args.recurring_run_id}")
+    return 0
+
+
+def publish_report(run_dir: str, destination: str) -> tuple[str, str]:
+    """Copies a run's newest HTML report and model card (the report step's when the model was
+    exported, else the evaluate step's) to destination/report.html and model_card.md."""
+    import shutil
+
+    final = os.path.join(run_dir, "report")
+    source = final if os.path.isdir(final) else os.path.join(run_dir, "evaluate")
+    copies = (os.path.join(destination, "report.html"), os.path.join(destination,
+                                                                      "model_card.md"))
+    for name, copy in zip(("html" if source == final else "report", "model_card"), copies):
+        shutil.copyfile(os.path.join(source, name), copy)
+    return copies
+
+
+def _report(args: argparse.Namespace) -> int:
+    from components.core import report, stages
+
+    run_dir = args.run
+    if os.path.isfile(os.path.join(run_dir, "summary.json")):
+        with open(os.path.join(run_dir, "summary.json"), encoding="utf-8") as handle:
+            run_dir = json.load(handle)["run_dir"]
+    evaluation_dir = os.path.join(run_dir, "evaluate", "evaluation")
+    if not os.path.isdir(evaluation_dir):
+        raise ValueError(f"{args.run} holds no evaluated run (no evaluate/evaluation/ under "
+                         f"{run_dir}); pass the --output folder of `tlpipe run` or its "
+                         f"runs/<pipeline>-<time> folder")
+    exported = [os.path.join(run_dir, "quantize", "tflite"), os.path.join(run_dir, "tensorrt",
+                                                                         "onnx")]
+    record = stages.read_evaluation(evaluation_dir, *(
+        exported if all(os.path.isdir(path) for path in exported) else ()))
+    print(report.summary_text(record))
+    html, card = publish_report(run_dir, run_dir)
+    print(f"report: {html}\nmodel card: {card}")
+    if args.open:
+        import webbrowser
+
+        webbrowser.open(f"file://{os.path.abspath(html)}")
     return 0
 
 

@@ -1,5 +1,6 @@
 """The transfer-learning pipeline: fingerprint -> ingest -> preprocess -> train_head -> finetune
--> evaluate, then, for a blessed model only, quantize and tensorrt. Deployment settings (images,
+-> evaluate, then, for a blessed model only, quantize and tensorrt, and the report with every
+exported format. Deployment settings (images,
 resources, placement, secrets, retries, caching, time-outs) are applied when it is built. No
 environment is read at import time."""
 
@@ -10,7 +11,7 @@ from pipelines import settings as deployment
 
 PIPELINE_NAME = "tlpipe-transfer-learning"
 STEP_ORDER = ("fingerprint", "ingest", "preprocess", "train-head", "finetune", "evaluate",
-              "quantize", "tensorrt")
+              "quantize", "tensorrt", "report")
 IMAGE_NAMES = {"tensorrt": "tlpipe-tensorrt"}  # every other step: tlpipe-train
 
 
@@ -44,16 +45,21 @@ def build_pipeline(settings: deployment.Settings | None = None):
             images=prepared.outputs["images"], backbone=prepared.outputs["backbone"],
             head=trained.outputs["head"], data=data, model_config=model, augment=augment,
             loss=loss, finetune_config=finetune), "finetune")
-        evaluated = configure(steps.evaluate(model=tuned.outputs["model"],
-                                             images=prepared.outputs["images"],
-                                             evaluate_config=evaluate), "evaluate")
+        evaluated = configure(steps.evaluate(
+            model=tuned.outputs["model"], images=prepared.outputs["images"],
+            dataset=ingested.outputs["dataset"], backbone=prepared.outputs["backbone"],
+            head=trained.outputs["head"], data=data, model_config=model,
+            evaluate_config=evaluate), "evaluate")
         with dsl.If(evaluated.outputs["Output"] == True, name="blessed"):  # noqa: E712
-            configure(steps.quantize(model=tuned.outputs["model"],
-                                     images=prepared.outputs["images"], data=data,
-                                     export=export), "quantize")
-            configure(steps.tensorrt(model=tuned.outputs["model"],
-                                     images=prepared.outputs["images"], data=data,
-                                     export=export), "tensorrt")
+            quantized = configure(steps.quantize(model=tuned.outputs["model"],
+                                                 images=prepared.outputs["images"], data=data,
+                                                 export=export), "quantize")
+            converted = configure(steps.tensorrt(model=tuned.outputs["model"],
+                                                 images=prepared.outputs["images"], data=data,
+                                                 export=export), "tensorrt")
+            configure(steps.report(evaluation=evaluated.outputs["evaluation"],
+                                   tflite=quantized.outputs["tflite"],
+                                   onnx=converted.outputs["onnx"]), "report")
 
     return transfer_learning
 

@@ -1,4 +1,4 @@
-"""The compiled pipeline: eight steps, their order, their images, the blessing condition."""
+"""The compiled pipeline: nine steps, their order, their images, the blessing condition."""
 
 import yaml
 
@@ -14,7 +14,7 @@ def compiled(tmp_path):
     return yaml.safe_load(path.read_text())
 
 
-def test_eight_steps_in_order_with_their_images(tmp_path):
+def test_nine_steps_in_order_with_their_images(tmp_path):
     spec = compiled(tmp_path)
     executors = spec["deploymentSpec"]["executors"]
     images = {name.replace("exec-", ""): executor["container"]["image"]
@@ -31,13 +31,15 @@ def test_eight_steps_in_order_with_their_images(tmp_path):
     assert tasks["preprocess"]["dependentTasks"] == ["ingest"]
     assert tasks["train-head"]["dependentTasks"] == ["preprocess"]
     assert sorted(tasks["finetune"]["dependentTasks"]) == ["preprocess", "train-head"]
-    assert sorted(tasks["evaluate"]["dependentTasks"]) == ["finetune", "preprocess"]
+    assert sorted(tasks["evaluate"]["dependentTasks"]) == ["finetune", "ingest", "preprocess",
+                                                           "train-head"]
     blessed = tasks["condition-1"]
     assert "evaluate" in blessed["dependentTasks"]
     assert "pipelinechannel--evaluate-Output" in \
         blessed["triggerPolicy"]["condition"]
     inner = spec["components"][blessed["componentRef"]["name"]]["dag"]["tasks"]
-    assert sorted(inner) == ["quantize", "tensorrt"]
+    assert sorted(inner) == ["quantize", "report", "tensorrt"]
+    assert sorted(inner["report"]["dependentTasks"]) == ["quantize", "tensorrt"]
     # the fingerprint step always runs; ingest is cached on its output, the others on theirs
     assert tasks["fingerprint"]["cachingOptions"] == {}
     assert all(tasks[name]["cachingOptions"] == {"enableCache": True}
@@ -62,5 +64,5 @@ def test_each_step_gets_only_the_config_sections_it_uses(tmp_path):
         "preprocess": ["augment", "data", "model"],
         "train-head": ["head_config", "loss", "model"],
         "finetune": ["augment", "data", "finetune_config", "loss", "model_config"],
-        "evaluate": ["evaluate_config"], "quantize": ["data", "export"],
-        "tensorrt": ["data", "export"]}
+        "evaluate": ["data", "evaluate_config", "model_config"], "quantize": ["data", "export"],
+        "tensorrt": ["data", "export"], "report": []}

@@ -36,7 +36,7 @@ def test_tiny_local_run_writes_every_artifact(capsys, tmp_path, digits_folder):
                                 "--config", str(settings), "--settings", GOLDEN_SETTINGS)
     assert "TEST ACCURACY" in out and "tensorrt: skipped" in out
     assert list(summary["steps"]) == ["fingerprint", "ingest", "preprocess", "train-head",
-                                      "finetune", "evaluate", "quantize", "tensorrt"]
+                                      "finetune", "evaluate", "quantize", "tensorrt", "report"]
     compiled = (tmp_path / "out" / "pipeline.yaml").read_text()
     assert "registry.example.com/ml/tlpipe-train:1.2.3" in compiled
     assert "nvidia-tesla-t4" in compiled
@@ -111,6 +111,19 @@ def test_tiny_local_run_writes_every_artifact(capsys, tmp_path, digits_folder):
                                probabilities, atol=2e-3)
 
 
+    # the report step's HTML report and model card list every exported format; `tlpipe run`
+    # copies them beside summary.json and `tlpipe report` prints the same summary
+    page = (tmp_path / "out" / "report.html").read_text()
+    assert page == open(artifact(summary, "report", "html")["path"]).read()
+    assert all(f"tflite {variant}" in page for variant in export.TFLITE_VARIANTS)
+    assert "(recommended)" in page and "TensorRT or cuda-python is not installed" in page
+    card = (tmp_path / "out" / "model_card.md").read_text()
+    assert "RANDOM initialisation" in card and "| tflite int8 |" in card
+    assert main(["report", str(tmp_path / "out")]) == 0
+    printed = capsys.readouterr().out
+    assert printed.startswith("BLESSED") and "tflite int16x8" in printed
+    assert f"on {int(metrics['test_examples'])} images" in printed
+
     # `tlpipe predict` runs every shipped format on raw image files, with the class names
     files = [os.path.join(digits_folder, label, "000.png") for label in manifest["classes"]]
     formats = {"keras": os.path.join(model_dir, "model.keras"),
@@ -118,15 +131,20 @@ def test_tiny_local_run_writes_every_artifact(capsys, tmp_path, digits_folder):
                "onnx": os.path.join(onnx_dir, "model.onnx"),
                **{variant: os.path.join(tflite_dir, f"model_{variant}.tflite")
                   for variant in export.TFLITE_VARIANTS}}
-    top1 = {}
+    ranked = {}  # format -> per file [(label, probability), (label, probability)]
     for name, path in formats.items():
         assert main(["predict", path, *files, "--top", "2"]) == 0
         lines = capsys.readouterr().out.strip().splitlines()
         assert [line.split(": ")[0] for line in lines] == files
-        top1[name] = [line.split(": ")[1].split(" ")[0] for line in lines]
-        assert all(label in manifest["classes"] for label in top1[name])
-    for name in ("saved_model", "onnx", "fp16"):
-        assert top1[name] == top1["keras"], (name, top1)
+        ranked[name] = [[(pair.split()[0], float(pair.split()[1]))
+                         for pair in line.split(": ")[1].split(", ")] for line in lines]
+        assert all(label in manifest["classes"] for top in ranked[name] for label, _ in top)
+    for name in ("saved_model", "onnx", "float32", "fp16"):
+        for keras_top, other_top in zip(ranked["keras"], ranked[name]):
+            keras_gap = keras_top[0][1] - keras_top[1][1]
+            # float formats agree exactly; fp16 may flip only a near-tie of this tiny model
+            assert other_top[0][0] == keras_top[0][0] or (name == "fp16" and keras_gap < 0.02), (
+                name, ranked)
 
 
 def test_predict_rejects_what_it_cannot_run(capsys, tmp_path, digits_folder):
@@ -145,8 +163,47 @@ def test_an_unblessed_model_is_not_exported(capsys, tmp_path, digits_folder):
     if accuracy == 1.0:
         pytest.skip("the tiny model was perfect on the test split: nothing to withhold")
     assert summary["steps"]["evaluate"]["returned"] is False
-    assert "quantize" not in summary["steps"] and "tensorrt" not in summary["steps"]
+    assert {"quantize", "tensorrt", "report"}.isdisjoint(summary["steps"])
     assert "blessed: False" in out
+    # the evaluate step's report says why, and has no exported formats
+    page = (tmp_path / "out" / "report.html").read_text()
+    assert "NOT BLESSED" in page and "No exported formats yet" in page
+    assert "FAILED: test accuracy" in page
+
+    # that model as the baseline of the next run: scored on the same test images, and the
+    # candidate blessed exactly when the baseline rules say so
+    baseline = os.path.join(artifact(summary, "finetune", "model")["path"], "model.keras")
+    summary, out = run_pipeline(capsys, digits_folder, tmp_path / "next", *TINY,
+                                "--baseline", baseline)
+    record = json.load(open(os.path.join(artifact(summary, "evaluate", "evaluation")["path"],
+                                         "evaluation.json")))
+    assert record["baseline"]["uri"] == baseline
+    assert record["baseline"]["metrics"]["accuracy"] == accuracy
+    candidate = record["metrics"]
+    drops = [(record["baseline"]["metrics"]["per_class"][c]["recall"] - s["recall"]) * 100
+             for c, s in candidate["per_class"].items()]
+    expected = candidate["accuracy"] >= accuracy and max(drops) <= 5.0  # margin 0, drop 5
+    assert record["blessed"] is expected and summary["steps"]["evaluate"]["returned"] is expected
+    assert ("quantize" in summary["steps"]) is expected
+    assert [c["rule"] for c in record["checks"]] == ["min_accuracy", "min_class_recall",
+                                                     "baseline_margin", "max_recall_drop"]
+
+
+def test_a_baseline_of_other_classes_is_refused(capsys, tmp_path, digits_folder):
+    from components.core import predict
+
+    model_path = tmp_path / "old" / "model.keras"
+    model_path.parent.mkdir()
+    model_path.write_bytes(b"")
+    predict.write_labels(str(model_path.parent), ["cat", "dog"])
+    for baseline, message in ((model_path, "classifies ['cat', 'dog'] but the data has "
+                                           "classes ['digit0', 'digit1', 'digit2']"),
+                              (tmp_path / "missing.keras", "is not a .keras file")):
+        code = main(["run", "--data", digits_folder, "--output", str(tmp_path / "out"), *TINY,
+                     "--baseline", str(baseline)])
+        err = capsys.readouterr().err
+        assert code == 2 and message in err, err
+        assert not os.path.exists(tmp_path / "out" / "runs")
 
 
 @pytest.mark.slow

@@ -141,9 +141,27 @@ class FinetuneConfig:
 
 @dataclass
 class EvaluateConfig:
-    """min_accuracy: test accuracy in [0, 1] a model needs to be blessed (exported). Default 0.5."""
+    """Blessing rules (TFX Evaluator style) and what the report shows.
+
+    min_accuracy: test accuracy in [0, 1] a model needs to be blessed (exported). Default 0.5.
+    min_class_recall: lowest recall in [0, 1] any class may have (default 0: no rule).
+    baseline_model: the model in production to compare with (a .keras file of an earlier run,
+        local or gs://, with labels.txt beside it); "" for none (default).
+    baseline_margin: percentage points the candidate's accuracy may trail the baseline's, >= 0
+        (default 0: not worse).
+    max_recall_drop: percentage points any class's recall may fall below the baseline's, >= 0
+        (default 5).
+    wrong_examples: most confidently wrong test images shown in the report, 0-100 (default 12).
+    bootstrap_samples: resamples for the model card's confidence intervals, 100-100000
+        (default 1000)."""
 
     min_accuracy: float = 0.5
+    min_class_recall: float = 0.0
+    baseline_model: str = ""
+    baseline_margin: float = 0.0
+    max_recall_drop: float = 5.0
+    wrong_examples: int = 12
+    bootstrap_samples: int = 1000
 
 
 @dataclass
@@ -295,8 +313,17 @@ def problems(config: PipelineConfig) -> list[str]:
           f"{head.learning_rate}; fine-tune 10-100x lower than the head or it wrecks the "
           f"pretrained features")
 
-    check(0 <= config.evaluate.min_accuracy <= 1,
-          f"evaluate.min_accuracy={config.evaluate.min_accuracy}; use a value in [0, 1]")
+    judge = config.evaluate
+    for name in ("min_accuracy", "min_class_recall"):
+        check(0 <= getattr(judge, name) <= 1,
+              f"evaluate.{name}={getattr(judge, name)}; use a value in [0, 1]")
+    for name in ("baseline_margin", "max_recall_drop"):
+        check(getattr(judge, name) >= 0,
+              f"evaluate.{name}={getattr(judge, name)}; use percentage points >= 0")
+    check(0 <= judge.wrong_examples <= 100,
+          f"evaluate.wrong_examples={judge.wrong_examples}; use 0 to 100")
+    check(100 <= judge.bootstrap_samples <= 100000,
+          f"evaluate.bootstrap_samples={judge.bootstrap_samples}; use 100 to 100000")
     check(config.export.calibration_samples >= 1,
           f"export.calibration_samples={config.export.calibration_samples}; use at least 1")
     shipping = config.export

@@ -11,6 +11,7 @@ Artifact layouts (directories):
     backbone  backbone.keras + provenance.json
     head      head.keras + history.json
     model     model.keras + finetune.json + labels.txt
+    evaluation evaluation.json (metrics, intervals, blessing, provenance, curves, thumbnails)
     tflite    saved_model/ + model_<variant>.tflite + quantization.json + labels.txt
     onnx      model.onnx [+ model.engine [+ .calibration]] + tensorrt.json + labels.txt
 """
@@ -140,18 +141,111 @@ def finetune(images_dir: str, backbone_dir: str, head_dir: str, model_dir: str, 
 
 
 @_stage
-def evaluate(model_dir: str, images_dir: str, *, config) -> dict:
-    """Test-split metrics and the blessing decision."""
-    from components.core import evaluation, model as models
+def evaluate(model_dir: str, images_dir: str, dataset_dir: str, backbone_dir: str,
+             head_dir: str, evaluation_dir: str, report_path: str, card_path: str, *,
+             config) -> dict:
+    """Test-split metrics with bootstrap intervals, the blessing decision (absolute rules and the
+    baseline model, if any, on the same images), and the evaluation record, HTML report and
+    model card. Returns the evaluation record without thumbnails."""
+    from components.core import evaluation, model as models, report
 
+    judge = config.evaluate
     classes = _classes(images_dir)
     images, labels = cache.read_arrays(images_dir, "test")
+    baseline_model = _baseline(judge.baseline_model, classes) if judge.baseline_model else None
     probabilities = models.load(os.path.join(model_dir, "model.keras")).predict(
         images, batch_size=64, verbose=0)
     metrics = evaluation.classification_metrics(labels, probabilities, classes)
-    blessed, reason = evaluation.bless(metrics["accuracy"], config.evaluate.min_accuracy)
+    baseline = None
+    if baseline_model is not None:
+        baseline = {"uri": judge.baseline_model, "metrics": evaluation.classification_metrics(
+            labels, baseline_model.predict(images, batch_size=64, verbose=0), classes)}
+    blessed, checks = evaluation.bless(metrics, judge, baseline and baseline["metrics"])
+    reason = evaluation.blessing_reason(blessed, checks)
     log.info("test accuracy %.4f on %d images; %s", metrics["accuracy"], len(labels), reason)
-    return {**metrics, "classes": classes, "blessed": blessed, "blessing_reason": reason}
+    intervals = evaluation.bootstrap_intervals(labels, probabilities, judge.bootstrap_samples,
+                                               seed=config.data.seed)
+    provenance = storage.read_json(os.path.join(backbone_dir, "provenance.json"))
+    record = {
+        "classes": classes, "metrics": metrics,
+        "intervals": {**intervals, "samples": judge.bootstrap_samples},
+        "blessed": blessed, "checks": checks, "blessing_reason": reason, "baseline": baseline,
+        "roc": (evaluation.roc_curve(probabilities[:, 1], labels == 1)
+                if len(classes) == 2 else None),
+        "data": storage.read_json(os.path.join(dataset_dir, "manifest.json")),
+        "model": {"backbone": config.model.backbone,
+                  "image_size": storage.read_json(os.path.join(images_dir, cache.META))[
+                      "image_size"], **provenance},
+        "training": {"head": storage.read_json(os.path.join(head_dir, "history.json")),
+                     "finetune": storage.read_json(os.path.join(model_dir, "finetune.json"))},
+        "wrong": [{"index": i, "true": classes[labels[i]],
+                   "predicted": classes[int(probabilities[i].argmax())],
+                   "confidence": float(probabilities[i].max()),
+                   "thumbnail": report.thumbnail(images[i])}
+                  for i in evaluation.most_confidently_wrong(labels, probabilities,
+                                                              judge.wrong_examples)],
+        "exports": None}
+    with storage.atomic_dir(evaluation_dir) as partial:
+        storage.write_json(os.path.join(partial, EVALUATION), record)
+    _write_report(record, report_path, card_path)
+    return {key: value for key, value in record.items() if key != "wrong"}
+
+
+def report(evaluation_dir: str, tflite_dir: str, onnx_dir: str, report_path: str,
+           card_path: str) -> dict:
+    """The evaluate step's report and model card, completed with every exported format."""
+    record = read_evaluation(evaluation_dir, tflite_dir, onnx_dir)
+    _write_report(record, report_path, card_path)
+    return {"formats": len(record["exports"]["tflite"]) + 2,
+            "recommended": record["exports"]["recommended"]}
+
+
+def read_evaluation(evaluation_dir: str, tflite_dir: str | None = None,
+                    onnx_dir: str | None = None) -> dict:
+    """The evaluate step's record, with the exported formats when both export artifacts are
+    given (the quantize and tensorrt steps' facts)."""
+    record = storage.read_json(os.path.join(evaluation_dir, EVALUATION))
+    if tflite_dir and onnx_dir:
+        quantized = storage.read_json(os.path.join(tflite_dir, "quantization.json"))
+        converted = storage.read_json(os.path.join(onnx_dir, "tensorrt.json"))
+        record["exports"] = {"saved_model_size_bytes": quantized["saved_model_size_bytes"],
+                             "recommended": quantized["recommended"],
+                             "tflite": quantized["variants"], **converted}
+    return record
+
+
+EVALUATION = "evaluation.json"
+
+
+def _write_report(record: dict, report_path: str, card_path: str) -> None:
+    from components.core import report
+
+    for path, text in ((report_path, report.render_html(record)),
+                       (card_path, report.render_model_card(record))):
+        with storage.atomic_file(path) as partial:
+            with open(partial, "w", encoding="utf-8") as handle:
+                handle.write(text)
+
+
+def _baseline(uri: str, classes: list[str]):
+    """The production model to compare with, checked to classify the same classes."""
+    from components.core import model as models
+
+    with tempfile.TemporaryDirectory(prefix="tlpipe-baseline-") as scratch:
+        path = storage.fetch(uri, scratch)
+        if not (os.path.isfile(path) and path.endswith(".keras")):
+            raise configs.ConfigError(f"evaluate.baseline_model={uri!r} is not a .keras file; "
+                                      f"give the model/model.keras of an earlier run")
+        labels = predict.labels_for(path)
+        if labels is not None and labels != classes:
+            raise configs.ConfigError(f"baseline {uri} classifies {labels} but this run's "
+                                      f"classes are {classes}; give a baseline trained on the "
+                                      f"same classes")
+        baseline = models.load(path)
+    if baseline.output_shape[-1] != len(classes):
+        raise configs.ConfigError(f"baseline {uri} has {baseline.output_shape[-1]} outputs for "
+                                  f"{len(classes)} classes; give a baseline of the same task")
+    return baseline
 
 
 @_stage

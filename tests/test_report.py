@@ -1,0 +1,124 @@
+"""The HTML report, the model card and the terminal summary, rendered from an evaluation record
+of real predictions on real images; the HTML also in headless Chromium."""
+
+import re
+
+import numpy as np
+import pytest
+from sklearn.datasets import load_digits
+
+from components.core import evaluation, report
+from components.core.config import EvaluateConfig
+from tests import chromium
+
+
+@pytest.fixture(scope="module")
+def record():
+    """What the evaluate step records, for 3 digit classes with 80% right predictions, plus the
+    exported formats the report step adds."""
+    digits = load_digits()
+    keep = digits.target < 3
+    images = np.repeat(np.round(digits.images[keep] * 255 / 16).astype(np.uint8)[..., None],
+                       3, -1)[:120]
+    labels = digits.target[keep][:120]
+    rng = np.random.default_rng(0)
+    probabilities = rng.dirichlet(np.ones(3), len(labels))
+    probabilities[np.arange(96), labels[:96]] += 3
+    probabilities /= probabilities.sum(1, keepdims=True)
+    classes = ["zero", "one", "two"]
+    metrics = evaluation.classification_metrics(labels, probabilities, classes)
+    blessed, checks = evaluation.bless(metrics, EvaluateConfig(min_accuracy=0.7))
+    return {
+        "classes": classes, "metrics": metrics,
+        "intervals": {**evaluation.bootstrap_intervals(labels, probabilities, 200),
+                      "samples": 200},
+        "blessed": blessed, "checks": checks,
+        "blessing_reason": evaluation.blessing_reason(blessed, checks), "baseline": None,
+        "roc": None,
+        "data": {"source": "/data/digits <&>", "fingerprint": "abc123",
+                 "counts": {"train": {c: 40 for c in classes}, "test": {c: 40 for c in classes}},
+                 "skipped": [{"path": "zero/bad.jpg", "reason": "truncated JPEG"}],
+                 "converted": [{"path": "one/x.gif", "conversion": "P GIF -> RGB PNG"}]},
+        "model": {"backbone": "mobilenet", "image_size": 32, "weights": "imagenet",
+                  "detail": "keras download"},
+        "training": {"head": {"history": {"step": [10, 20, 30], "train_loss": [1.0, 0.6, 0.4],
+                                          "val_loss": [1.1, 0.8, 0.7]}, "l2": 0.01,
+                              "steps_run": 30},
+                     "finetune": {"history": {"loss": [0.5, 0.4], "val_loss": [0.7, 0.65],
+                                              "accuracy": [0.8, 0.85],
+                                              "val_accuracy": [0.75, 0.8]},
+                                  "mode": "fine_tune", "chosen": "finetuned", "reason": "better",
+                                  "trained_layers": ["a", "b"]}},
+        "wrong": [{"index": i, "true": classes[labels[i]],
+                   "predicted": classes[int(probabilities[i].argmax())],
+                   "confidence": float(probabilities[i].max()),
+                   "thumbnail": report.thumbnail(images[i])}
+                  for i in evaluation.most_confidently_wrong(labels, probabilities, 6)],
+        "exports": {"saved_model_size_bytes": 2_600_000, "recommended": "fp16",
+                    "tflite": {"float32": {"test_accuracy": 0.8, "size_bytes": 870_000,
+                                           "latency_ms_median": 0.6, "latency_ms_p90": 0.7,
+                                           "status": "accepted"},
+                               "fp16": {"test_accuracy": 0.8, "size_bytes": 470_000,
+                                        "latency_ms_median": 0.7, "latency_ms_p90": 0.8,
+                                        "status": "accepted"},
+                               "int8": {"test_accuracy": 0.75, "size_bytes": 320_000,
+                                        "latency_ms_median": 0.6, "latency_ms_p90": 0.7,
+                                        "status": "rejected"}},
+                    "onnx": {"test_accuracy": 0.8, "size_bytes": 880_000,
+                             "latency_ms_median": 0.5, "latency_ms_p90": 0.6},
+                    "tensorrt": {"status": "skipped", "reason": "no GPU"}},
+    }
+
+
+def test_html_is_self_contained_and_escaped(record):
+    page = report.render_html(record)
+    assert "<script" not in page.lower()
+    assert not re.search(r"""(src|href)=['"]?(https?:)?//""", page)  # nothing fetched
+    assert "/data/digits &lt;&amp;&gt;" in page  # user text escaped
+    assert page.count("data:image/png;base64,") == len(record["wrong"]) == 6
+    assert page.count("<svg") == 4  # three training curves and the reliability diagram
+    assert "tflite fp16" in page and "(recommended)" in page and "skipped: no GPU" in page
+    assert "BLESSED" in page
+
+
+def test_model_card_states_data_provenance_results_and_limits(record):
+    card = report.render_model_card(record)
+    low, high = record["intervals"]["accuracy"]
+    assert f"{100 * low:.1f}-{100 * high:.1f}%" in card and "200 resamples" in card
+    assert "ImageNet-pretrained" in card and "`zero/bad.jpg`: truncated JPEG" in card
+    assert "| tflite int8 | 75.0% | 0.32 MB | 0.60 / 0.70 ms | rejected |" in card
+    assert "## Intended use" in card and "## Known limits" in card
+    random_card = report.render_model_card({**record, "model": {**record["model"],
+                                                                 "weights": "random"}})
+    assert "RANDOM initialisation" in random_card and "No pretrained weights" in random_card
+
+
+def test_summary_text_has_verdict_metrics_and_formats(record):
+    text = report.summary_text(record)
+    assert text.startswith("BLESSED") and "95% CI" in text
+    assert "tflite int8: 75.0%, 0.32 MB, rejected" in text
+
+
+def test_report_renders_in_headless_chromium_without_errors(record, tmp_path):
+    reason = chromium.unavailable_reason()
+    if reason:
+        pytest.skip(reason)
+    path = tmp_path / "report.html"
+    path.write_text(report.render_html(record), encoding="utf-8")
+    driver = chromium.open_page(str(path))
+    try:
+        errors = [entry for entry in driver.get_log("browser") if entry["level"] == "SEVERE"]
+        assert errors == []
+        assert driver.title == "tlpipe evaluation report"
+        images = driver.find_elements("css selector", "img")
+        assert len(images) == 6 and all(
+            driver.execute_script("return arguments[0].complete && arguments[0].naturalWidth",
+                                  image) > 0 for image in images)
+        tables = driver.find_elements("css selector", "table")
+        assert len(tables) == 3  # confusion matrix, per class, exported formats
+        confusion = tables[0].find_elements("css selector", "td")
+        assert sum(int(cell.text) for cell in confusion) == record["metrics"]["examples"]
+        assert len(driver.find_elements("css selector", "svg")) == 4
+        assert "NOT BLESSED" not in driver.find_element("css selector", ".verdict").text
+    finally:
+        driver.quit()

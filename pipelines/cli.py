@@ -327,7 +327,7 @@ def publish_report(run_dir: str, destination: str) -> tuple[str, str]:
 
 
 def _report(args: argparse.Namespace) -> int:
-    from components.core import report, stages
+    from components.core import report
 
     run_dir = args.run
     if os.path.isfile(os.path.join(run_dir, "summary.json")):
@@ -340,7 +340,7 @@ def _report(args: argparse.Namespace) -> int:
                          f"runs/<pipeline>-<time> folder")
     exported = [os.path.join(run_dir, "quantize", "tflite"), os.path.join(run_dir, "tensorrt",
                                                                          "onnx")]
-    record = stages.read_evaluation(evaluation_dir, *(
+    record = report.read_evaluation(evaluation_dir, *(
         exported if all(os.path.isdir(path) for path in exported) else ()))
     print(report.summary_text(record))
     html, card = publish_report(run_dir, run_dir)

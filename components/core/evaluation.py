@@ -210,4 +210,4 @@ def bless(candidate: dict, evaluate_config, baseline: dict | None = None) -> tup
 def blessing_reason(blessed: bool, checks: list) -> str:
     """One line: the failed checks when not blessed, else all checks."""
     shown = checks if blessed else [c for c in checks if not c["passed"]]
-    return ("blessed: " if blessed else "not blessed: ") + "; ".join(c["detail"] for c in shown)
+    return "; ".join(c["detail"] for c in shown)

@@ -9,10 +9,29 @@ from __future__ import annotations
 import base64
 import html
 import io
+import os
 
 import numpy as np
 
+from components.core import storage
+from components.core.export import TFLITE_VARIANTS
+
+EVALUATION = "evaluation.json"
 COLOURS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b")
+
+
+def read_evaluation(evaluation_dir: str, tflite_dir: str | None = None,
+                    onnx_dir: str | None = None) -> dict:
+    """The evaluate step's record, with the exported formats when both export artifacts are
+    given (the quantize and tensorrt steps' facts)."""
+    record = storage.read_json(os.path.join(evaluation_dir, EVALUATION))
+    if tflite_dir and onnx_dir:
+        quantized = storage.read_json(os.path.join(tflite_dir, "quantization.json"))
+        converted = storage.read_json(os.path.join(onnx_dir, "tensorrt.json"))
+        record["exports"] = {"saved_model_size_bytes": quantized["saved_model_size_bytes"],
+                             "recommended": quantized["recommended"],
+                             "tflite": quantized["variants"], **converted}
+    return record
 
 
 def thumbnail(image: np.ndarray, side: int = 96) -> str:
@@ -116,7 +135,8 @@ def formats_rows(evaluation: dict) -> list[dict]:
     rows = [{"format": "keras (float32)", "test_accuracy": evaluation["metrics"]["accuracy"],
              "size_bytes": exports.get("saved_model_size_bytes"), "latency_ms_median": None,
              "latency_ms_p90": None, "status": "reference"}]
-    for name, figures in (exports.get("tflite") or {}).items():
+    tflite = exports.get("tflite") or {}
+    for name, figures in sorted(tflite.items(), key=lambda item: TFLITE_VARIANTS.index(item[0])):
         recommended = " (recommended)" if name == exports.get("recommended") else ""
         rows.append({"format": f"tflite {name}", **figures,
                      "status": figures.get("status", "") + recommended})
@@ -326,6 +346,6 @@ def summary_text(evaluation: dict) -> str:
                      f"{_percent(scores['recall'])}, support {scores['support']}")
     for row in formats_rows(evaluation)[1:]:
         size = f"{row['size_bytes'] / 1e6:.2f} MB" if row.get("size_bytes") else "-"
-        lines.append(f"  {row['format']:>16}: {_percent(row.get('test_accuracy'))}, {size}, "
-                     f"{row['status']}")
+        lines.append(f"  {row['format']:>19}: {_percent(row.get('test_accuracy'))}, {size}, "
+                     f"{row['status']}" + (f" ({row['reason']})" if row.get("reason") else ""))
     return "\n".join(lines)

@@ -186,7 +186,7 @@ def evaluate(model_dir: str, images_dir: str, dataset_dir: str, backbone_dir: st
                                                               judge.wrong_examples)],
         "exports": None}
     with storage.atomic_dir(evaluation_dir) as partial:
-        storage.write_json(os.path.join(partial, EVALUATION), record)
+        storage.write_json(os.path.join(partial, report.EVALUATION), record)
     _write_report(record, report_path, card_path)
     return {key: value for key, value in record.items() if key != "wrong"}
 
@@ -194,27 +194,12 @@ def evaluate(model_dir: str, images_dir: str, dataset_dir: str, backbone_dir: st
 def report(evaluation_dir: str, tflite_dir: str, onnx_dir: str, report_path: str,
            card_path: str) -> dict:
     """The evaluate step's report and model card, completed with every exported format."""
-    record = read_evaluation(evaluation_dir, tflite_dir, onnx_dir)
+    from components.core import report as reporting
+
+    record = reporting.read_evaluation(evaluation_dir, tflite_dir, onnx_dir)
     _write_report(record, report_path, card_path)
     return {"formats": len(record["exports"]["tflite"]) + 2,
             "recommended": record["exports"]["recommended"]}
-
-
-def read_evaluation(evaluation_dir: str, tflite_dir: str | None = None,
-                    onnx_dir: str | None = None) -> dict:
-    """The evaluate step's record, with the exported formats when both export artifacts are
-    given (the quantize and tensorrt steps' facts)."""
-    record = storage.read_json(os.path.join(evaluation_dir, EVALUATION))
-    if tflite_dir and onnx_dir:
-        quantized = storage.read_json(os.path.join(tflite_dir, "quantization.json"))
-        converted = storage.read_json(os.path.join(onnx_dir, "tensorrt.json"))
-        record["exports"] = {"saved_model_size_bytes": quantized["saved_model_size_bytes"],
-                             "recommended": quantized["recommended"],
-                             "tflite": quantized["variants"], **converted}
-    return record
-
-
-EVALUATION = "evaluation.json"
 
 
 def _write_report(record: dict, report_path: str, card_path: str) -> None:

@@ -8,7 +8,7 @@ import json
 import os
 import sys
 
-from components.core import backbones, config as configs, data
+from components.core import backbones, config as configs, data, sources
 
 # Flags that override one config field: flag -> (section, field, type, help).
 OVERRIDES = {
@@ -58,7 +58,9 @@ def _parser() -> argparse.ArgumentParser:
                               description="Compile the pipeline and run it on this machine with "
                               "kfp.local; prints the test accuracy and where every artifact is.")
     run.add_argument("--data", required=True,
-                     help="folder of class subfolders, or of train/ [val/] [test/] subfolders")
+                     help="images: a folder of class subfolders (or of train/ [val/] [test/] "
+                          "subfolders), gs://bucket/prefix of the same, a .zip/.tar/.tar.gz "
+                          "archive of it (local or gs://), or tfds:NAME?split=S&data_dir=D")
     _add_run_options(run, default_output="runs")
     _add_settings_option(run)
     run.set_defaults(handler=_run)
@@ -81,7 +83,8 @@ def _parser() -> argparse.ArgumentParser:
                     "Pipelines cluster; prints the run id and its UI link.")
     _add_cluster_options(submit, experiment=True)
     submit.add_argument("--data", required=True,
-                        help="image source as the step pods see it (a mounted path)")
+                        help="image source as the step pods see it: gs://bucket/prefix, an "
+                             "archive, tfds:NAME?split=S, or a mounted path")
     submit.add_argument("--run-name", help="run name (default: KFP's)")
     _add_settings_option(submit)
     _add_config_options(submit)
@@ -97,7 +100,8 @@ def _parser() -> argparse.ArgumentParser:
                     "config, on a six-field cron schedule (seconds first).")
     _add_cluster_options(schedule, experiment=True)
     schedule.add_argument("--data", required=True,
-                          help="image source as the step pods see it (a mounted path)")
+                          help="image source as the step pods see it: gs://bucket/prefix, an "
+                               "archive, tfds:NAME?split=S, or a mounted path")
     schedule.add_argument("--cron", required=True,
                           help='six fields, seconds first: "0 0 3 * * 1" is Mondays 03:00')
     schedule.add_argument("--name", default="tlpipe-retraining",
@@ -216,9 +220,10 @@ def run_and_report(source: str, config: configs.PipelineConfig, output: str,
     from components.core import model as models
     from pipelines import local_run
 
-    classes, _ = data.discover(source)
+    checked = sources.check(source)
     models.preflight(config.model, config.finetune)
-    _check_baseline_classes(config.evaluate.baseline_model, classes)
+    if checked.kind == "folder":
+        _check_baseline_classes(config.evaluate.baseline_model, data.discover(source)[0])
     run_dir = local_run.run(source, config.to_dict(), output, settings)
     summary = local_run.summarize(run_dir)
     with open(os.path.join(output, "summary.json"), "w", encoding="utf-8") as handle:

@@ -31,7 +31,7 @@ def run(source: str, config: dict, output_dir: str, settings=None) -> str:
     before = set(os.listdir(root))
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*non-Python base image.*")
-        pipeline(source=os.path.abspath(source), **config)
+        pipeline(source=_absolute(source), **config)
     created = sorted(set(os.listdir(root)) - before)
     if not created:
         raise RuntimeError(f"the local run wrote nothing under {root}")
@@ -103,3 +103,8 @@ def _format_line(name: str, figures: dict) -> str:
             f"agreement {figures['top1_agreement']:.3f}, {figures['size_bytes'] / 1e6:.2f} MB, "
             f"{figures['latency_ms_median']:.2f} ms/image median, "
             f"{figures['latency_ms_p90']:.2f} p90")
+
+
+def _absolute(source: str) -> str:
+    """Local paths made absolute (the steps run in other working directories); URIs as given."""
+    return source if source.startswith(("gs://", "tfds:")) else os.path.abspath(source)

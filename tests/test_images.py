@@ -26,7 +26,7 @@ def test_training_image_uses_the_pinned_tensorflow():
     dockerfile = read("images", "Dockerfile.train")
     assert f"ARG TF_VERSION={pinned}" in dockerfile
     assert "FROM tensorflow/tensorflow:${TF_VERSION}-gpu" in dockerfile
-    assert 'pip install ".[export]"' in dockerfile  # TensorFlow comes from the base image
+    assert 'pip install ".[export,tfds]"' in dockerfile  # TensorFlow comes from the base image
     assert "USER 1000" in dockerfile
 
 

@@ -264,8 +264,9 @@ def check_all(files: list[SourceFile]) -> tuple[list[CheckedImage], list[dict]]:
     return usable, skipped
 
 
-def ingest_folder(root: str, output_dir: str, config: DataConfig) -> dict:
+def ingest_folder(root: str, output_dir: str, config: DataConfig, source: str = "") -> dict:
     """Checks, splits and shards a local image folder into `output_dir` (written atomically).
+    `source`: the URI the folder came from, recorded in the manifest (default: the folder).
 
     Output: `<split>-NNNNN.tfrecord` shards of tf.train.Example records (image: 8-bit RGB JPEG or
     PNG bytes, label: class index, sha256, source: relative path) and `manifest.json`.
@@ -283,7 +284,7 @@ def ingest_folder(root: str, output_dir: str, config: DataConfig) -> dict:
             raise DataError(f"the {split} split of {root} is empty; add images (at least 3 per "
                             f"class) or give a {split}/ folder")
     manifest = {
-        "source": os.path.abspath(root),
+        "source": source or os.path.abspath(root),
         "classes": classes,
         "counts": {split: {label: sum(m.source.label == label for m in splits[split])
                            for label in classes} for split in SPLITS},

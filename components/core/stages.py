@@ -27,7 +27,7 @@ import tempfile
 
 import numpy as np
 
-from components.core import backbones, cache, config as configs, data, predict, storage
+from components.core import backbones, cache, config as configs, data, predict, sources, storage
 
 log = logging.getLogger("tlpipe.stages")
 
@@ -46,14 +46,22 @@ def _stage(function):
 
 
 def fingerprint(source: str) -> str:
-    """The source's listing fingerprint (see data.listing_fingerprint); checks its layout."""
-    return data.listing_fingerprint(source)
+    """What the source holds now (see sources.fingerprint); checks it can be read."""
+    return sources.fingerprint(source)
 
 
 @_stage
 def ingest(source: str, dataset_dir: str, *, config) -> dict:
-    """Source folder -> dataset artifact. Returns artifact metadata."""
-    manifest = data.ingest_folder(source, dataset_dir, config.data)
+    """Source URI (folder, gs:// prefix, archive, TFDS) -> dataset artifact, committed only if
+    the source did not change while it was read. Returns artifact metadata."""
+    before = sources.fingerprint(source)
+    with tempfile.TemporaryDirectory(prefix="tlpipe-source-") as workdir, \
+            storage.atomic_dir(dataset_dir) as partial:
+        folder = sources.materialize(source, workdir)
+        manifest = data.ingest_folder(folder, partial, config.data, source=source)
+        if sources.fingerprint(source) != before:
+            raise data.DataError(f"{source} changed while it was read; nothing was written: "
+                                 f"run again once it is stable")
     return {"classes": manifest["classes"], "fingerprint": manifest["fingerprint"],
             "counts": {split: sum(c.values()) for split, c in manifest["counts"].items()},
             "skipped": len(manifest["skipped"]), "converted": len(manifest["converted"])}

@@ -28,11 +28,14 @@ def fingerprint(source: str) -> str:
 
 
 @dsl.component(base_image=TRAINING_IMAGE, install_kfp_package=False)
-def ingest(source: str, source_fingerprint: str, data: dict, dataset: Output[Dataset]):
-    """Decode and check every image, split train/val/test, write shards and a manifest."""
+def ingest(source: str, source_fingerprint: str, data: dict, dataset: Output[Dataset],
+           data_report: Output[Markdown]):
+    """Fetch the source, decode and check every image, split train/val/test, write shards, a
+    manifest and the validation report."""
     from components.core import stages
 
-    dataset.metadata.update(stages.ingest(source, dataset.path, config={"data": data}))
+    dataset.metadata.update(stages.ingest(source, dataset.path, data_report.path,
+                                          config={"data": data}))
     dataset.metadata["source_fingerprint"] = source_fingerprint
 
 

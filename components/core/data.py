@@ -17,6 +17,7 @@ import hashlib
 import io
 import logging
 import os
+import re
 from dataclasses import dataclass
 from typing import Iterable, Optional
 
@@ -27,6 +28,7 @@ from components.core.config import DataConfig
 log = logging.getLogger("tlpipe.data")
 
 SPLITS = ("train", "val", "test")
+PLAIN_NAME = re.compile(r"^[A-Za-z0-9._-]+$")  # file names that need no quoting anywhere
 SPLIT_FOLDER_NAMES = {"train": "train", "val": "val", "validation": "val", "test": "test"}
 MANIFEST = "manifest.json"
 STORED_AS_IS = ("JPEG", "PNG")  # formats TensorFlow decodes; other formats are re-encoded as PNG
@@ -182,28 +184,25 @@ def rgb_image(path: str):
         return image.convert("RGB")
 
 
-def carve_counts(n: int, fractions: Iterable[float]) -> list[int]:
-    """How many of `n` items each fraction takes: rounded, at least 1 for a positive fraction
-    while at least one item is left for training. E.g. carve_counts(10, [0.15, 0.15]) == [2, 2]."""
-    counts, left = [], n
-    for fraction in fractions:
-        take = max(int(round(n * fraction)), 1 if fraction > 0 else 0)
-        take = max(0, min(take, left - 1))
-        counts.append(take)
-        left -= take
-    return counts
-
-
 def split_key(seed: int, sha256: str) -> str:
-    """The order key that decides a file's split within its class: a hash of seed and content."""
+    """A hash of seed and content: what decides a file's split within its class."""
     return hashlib.sha256(f"{seed}:{sha256}".encode()).hexdigest()
+
+
+def split_point(seed: int, sha256: str) -> float:
+    """The file's position in [0, 1) for splitting, a function of its content and the seed only."""
+    return int(split_key(seed, sha256)[:15], 16) / 16**15
 
 
 def assign_splits(images: list[CheckedImage], classes: list[str],
                   config: DataConfig) -> dict[str, list[CheckedImage]]:
-    """Stratified, seeded train/val/test assignment honouring given split folders (see module doc).
+    """Seeded train/val/test assignment honouring given split folders (see module doc).
 
-    Returns {split: images sorted by (label, relpath)}.
+    A carved file goes to test when its split_point is below data.test_fraction, to val when it
+    is below test_fraction + val_fraction, else to train: adding files never moves the old
+    ones, so recurring retraining compares like with like. The one exception keeps training
+    possible: a class left with no training image gets back its carved image with the highest
+    point. Returns {split: images sorted by (label, relpath)}.
     """
     given = {image.source.given_split for image in images}
     splits = {split: [] for split in SPLITS}
@@ -222,15 +221,29 @@ def assign_splits(images: list[CheckedImage], classes: list[str],
             else:
                 splits["test"].extend(given_val)
                 carve = ("val",)
-        pool = sorted(pool, key=lambda m: split_key(config.seed, m.sha256))
-        fractions = [config.test_fraction if s == "test" else config.val_fraction for s in carve]
-        start = 0
-        for split, count in zip(carve, carve_counts(len(pool), fractions)):
-            splits[split].extend(pool[start:start + count])
-            start += count
-        splits["train"].extend(pool[start:])
+        carved = _carve(pool, carve, config)
+        for split, chosen in carved.items():
+            splits[split].extend(chosen)
     return {split: sorted(members, key=lambda m: (m.source.label, m.source.relpath))
             for split, members in splits.items()}
+
+
+def _carve(pool: list[CheckedImage], carve: tuple, config: DataConfig) -> dict[str, list]:
+    fractions = {"test": config.test_fraction, "val": config.val_fraction}
+    chosen = {split: [] for split in ("train", *carve)}
+    for member in sorted(pool, key=lambda m: split_point(config.seed, m.sha256)):
+        point, edge = split_point(config.seed, member.sha256), 0.0
+        for split in carve:
+            edge += fractions[split]
+            if point < edge:
+                chosen[split].append(member)
+                break
+        else:
+            chosen["train"].append(member)
+    if pool and not chosen["train"]:  # the highest point of all sits last in the last split
+        donor = next(split for split in reversed(carve) if chosen[split])
+        chosen["train"].append(chosen[donor].pop())
+    return chosen
 
 
 def fingerprint(splits: dict[str, list[CheckedImage]]) -> str:
@@ -279,6 +292,8 @@ def ingest_folder(root: str, output_dir: str, config: DataConfig, source: str = 
         raise DataError(f"class {empty[0]!r} has no usable image in {root} (all its files were "
                         f"skipped: see the log); add decodable images or remove the folder")
     splits = assign_splits(images, classes, config)
+    conflicts = _label_conflicts(images)
+    splits["test"], excluded = _clean_test(splits, {c["sha256"] for c in conflicts})
     for split in ("train", "val", "test"):
         if not splits[split]:
             raise DataError(f"the {split} split of {root} is empty; add images (at least 3 per "
@@ -291,7 +306,11 @@ def ingest_folder(root: str, output_dir: str, config: DataConfig, source: str = 
         "skipped": skipped,
         "converted": [{"path": m.source.relpath, "conversion": m.conversion}
                       for m in images if m.conversion],
-        "label_conflicts": _label_conflicts(images),
+        "label_conflicts": conflicts,
+        "excluded_from_test": excluded,
+        "imbalance_ratio": _imbalance(splits["train"], classes),
+        "odd_names": [f.relpath for f in files if not PLAIN_NAME.match(os.path.basename(
+            f.relpath))],
         "fingerprint": fingerprint(splits),
         "split_config": dataclasses.asdict(config),
         "image_sizes": _size_summary(images),
@@ -302,6 +321,26 @@ def ingest_folder(root: str, output_dir: str, config: DataConfig, source: str = 
         storage.write_json(os.path.join(partial, MANIFEST), manifest)
     log.info("ingested %s: %s", root, {s: len(splits[s]) for s in SPLITS})
     return manifest
+
+
+def _clean_test(splits: dict, conflicting: set) -> tuple[list, list[dict]]:
+    """The test split without images whose content is also filed under another class, and what
+    was left out, with why. (The same content twice in one class was already kept once, so no
+    image can be in test and in train or val.)"""
+    kept, excluded = [], []
+    for member in splits["test"]:
+        if member.sha256 in conflicting:
+            excluded.append({"path": member.source.relpath,
+                             "reason": "the same image is labelled with another class too"})
+        else:
+            kept.append(member)
+    return kept, excluded
+
+
+def _imbalance(members: list[CheckedImage], classes: list[str]) -> float:
+    """Largest over smallest class count (1.0 = balanced)."""
+    counts = [sum(m.source.label == label for m in members) for label in classes]
+    return round(max(counts) / max(min(counts), 1), 3)
 
 
 def _label_conflicts(images: list[CheckedImage]) -> list[dict]:

@@ -349,3 +349,37 @@ def summary_text(evaluation: dict) -> str:
         lines.append(f"  {row['format']:>19}: {_percent(row.get('test_accuracy'))}, {size}, "
                      f"{row['status']}" + (f" ({row['reason']})" if row.get("reason") else ""))
     return "\n".join(lines)
+
+
+def render_data_report(manifest: dict) -> str:
+    """The ingest step's validation report (Markdown): counts per class and split, imbalance,
+    image sizes, and every file skipped, converted, renamed-worthy or left out of test."""
+    classes, counts = manifest["classes"], manifest["counts"]
+    splits = list(counts)
+    sizes = manifest["image_sizes"]
+    lines = [f"# Data report: {manifest['source']}", "",
+             f"Fingerprint `{manifest['fingerprint']}` (same files and seed, same fingerprint).",
+             "", "| class | " + " | ".join(splits) + " |", "|---|" + "---|" * len(splits),
+             *[f"| {label} | " + " | ".join(str(counts[s][label]) for s in splits) + " |"
+               for label in classes],
+             f"| **all** | " + " | ".join(str(sum(counts[s].values())) for s in splits) + " |",
+             "", f"Class imbalance (largest / smallest training class): "
+                 f"{manifest['imbalance_ratio']}",
+             f"Image sizes (pixels): width {sizes['min_width']}-{sizes['max_width']} (median "
+             f"{sizes['median_width']}), height {sizes['min_height']}-{sizes['max_height']} "
+             f"(median {sizes['median_height']})"]
+    sections = (
+        ("Skipped", manifest["skipped"], "reason"),
+        ("Converted to 8-bit RGB", manifest["converted"], "conversion"),
+        ("Left out of the test split", manifest.get("excluded_from_test", []), "reason"))
+    for title, entries, key in sections:
+        lines += ["", f"## {title}: {len(entries)}", ""]
+        lines += [f"- `{entry['path']}`: {entry[key]}" for entry in entries]
+    conflicts = manifest["label_conflicts"]
+    lines += ["", f"## Same image under different classes: {len(conflicts)}", ""]
+    lines += [f"- {', '.join(f'`{path}`' for path in c['paths'])}" for c in conflicts]
+    odd = manifest.get("odd_names", [])
+    lines += ["", f"## File names with spaces or other special characters: {len(odd)}",
+              "", "Read as they are; listed because other tools may trip on them.", ""]
+    lines += [f"- `{path}`" for path in odd]
+    return "\n".join(lines) + "\n"

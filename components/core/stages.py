@@ -51,9 +51,12 @@ def fingerprint(source: str) -> str:
 
 
 @_stage
-def ingest(source: str, dataset_dir: str, *, config) -> dict:
+def ingest(source: str, dataset_dir: str, report_path: str, *, config) -> dict:
     """Source URI (folder, gs:// prefix, archive, TFDS) -> dataset artifact, committed only if
-    the source did not change while it was read. Returns artifact metadata."""
+    the source did not change while it was read, and its validation report (Markdown).
+    Returns artifact metadata."""
+    from components.core import report
+
     before = sources.fingerprint(source)
     with tempfile.TemporaryDirectory(prefix="tlpipe-source-") as workdir, \
             storage.atomic_dir(dataset_dir) as partial:
@@ -62,7 +65,12 @@ def ingest(source: str, dataset_dir: str, *, config) -> dict:
         if sources.fingerprint(source) != before:
             raise data.DataError(f"{source} changed while it was read; nothing was written: "
                                  f"run again once it is stable")
-    return {"classes": manifest["classes"], "fingerprint": manifest["fingerprint"],
+    with storage.atomic_file(report_path) as partial:
+        with open(partial, "w", encoding="utf-8") as handle:
+            handle.write(report.render_data_report(manifest))
+    return {"imbalance_ratio": manifest["imbalance_ratio"],
+            "excluded_from_test": len(manifest["excluded_from_test"]),
+            "label_conflicts": len(manifest["label_conflicts"]), "classes": manifest["classes"], "fingerprint": manifest["fingerprint"],
             "counts": {split: sum(c.values()) for split, c in manifest["counts"].items()},
             "skipped": len(manifest["skipped"]), "converted": len(manifest["converted"])}
 

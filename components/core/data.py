@@ -19,7 +19,7 @@ import logging
 import os
 import re
 from dataclasses import dataclass
-from typing import Iterable, Optional
+from typing import Optional
 
 from components.core import storage
 from components.core.progress import Progress

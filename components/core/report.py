@@ -362,7 +362,7 @@ def render_data_report(manifest: dict) -> str:
              "", "| class | " + " | ".join(splits) + " |", "|---|" + "---|" * len(splits),
              *[f"| {label} | " + " | ".join(str(counts[s][label]) for s in splits) + " |"
                for label in classes],
-             f"| **all** | " + " | ".join(str(sum(counts[s].values())) for s in splits) + " |",
+             "| **all** | " + " | ".join(str(sum(counts[s].values())) for s in splits) + " |",
              "", f"Class imbalance (largest / smallest training class): "
                  f"{manifest['imbalance_ratio']}",
              f"Image sizes (pixels): width {sizes['min_width']}-{sizes['max_width']} (median "

@@ -68,9 +68,10 @@ def ingest(source: str, dataset_dir: str, report_path: str, *, config) -> dict:
     with storage.atomic_file(report_path) as partial:
         with open(partial, "w", encoding="utf-8") as handle:
             handle.write(report.render_data_report(manifest))
-    return {"imbalance_ratio": manifest["imbalance_ratio"],
+    return {"classes": manifest["classes"], "fingerprint": manifest["fingerprint"],
+            "imbalance_ratio": manifest["imbalance_ratio"],
             "excluded_from_test": len(manifest["excluded_from_test"]),
-            "label_conflicts": len(manifest["label_conflicts"]), "classes": manifest["classes"], "fingerprint": manifest["fingerprint"],
+            "label_conflicts": len(manifest["label_conflicts"]),
             "counts": {split: sum(c.values()) for split, c in manifest["counts"].items()},
             "skipped": len(manifest["skipped"]), "converted": len(manifest["converted"])}
 

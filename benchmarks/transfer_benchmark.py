@@ -264,6 +264,13 @@ def benchmark(name: str, source: str, config: dict, work: str) -> list[str]:
     return lines + [""]
 
 
+def write_results(lines: list[str], path: str) -> None:
+    """Writes the Markdown result lines to `path` and prints them."""
+    with open(path, "w", encoding="utf-8") as handle:
+        handle.write("\n".join(lines))
+    print("\n".join(lines))
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--weights", default=os.path.join(
@@ -292,9 +299,7 @@ def main(argv=None) -> int:
         digits = write_digits(os.path.join(work, "digits-source"))
         for name, source in (("hymenoptera", args.hymenoptera), ("digits", digits)):
             lines += benchmark(name, source, config, work)
-    with open(args.output, "w", encoding="utf-8") as handle:
-        handle.write("\n".join(lines))
-    print("\n".join(lines))
+    write_results(lines, args.output)
     return 0
 
 

@@ -82,12 +82,8 @@ def _parser() -> argparse.ArgumentParser:
         description="Compile the pipeline (with --settings) and start a run of it on a Kubeflow "
                     "Pipelines cluster; prints the run id and its UI link.")
     _add_cluster_options(submit, experiment=True)
-    submit.add_argument("--data", required=True,
-                        help="image source as the step pods see it: gs://bucket/prefix, an "
-                             "archive, tfds:NAME?split=S, or a mounted path")
     submit.add_argument("--run-name", help="run name (default: KFP's)")
-    _add_settings_option(submit)
-    _add_config_options(submit)
+    _add_cluster_run_options(submit)
     submit.set_defaults(handler=_submit)
 
     runs = commands.add_parser("runs", help="list runs on a KFP cluster, newest first")
@@ -99,9 +95,6 @@ def _parser() -> argparse.ArgumentParser:
         description="Create an enabled recurring run: the pipeline with --settings and the "
                     "config, on a six-field cron schedule (seconds first).")
     _add_cluster_options(schedule, experiment=True)
-    schedule.add_argument("--data", required=True,
-                          help="image source as the step pods see it: gs://bucket/prefix, an "
-                               "archive, tfds:NAME?split=S, or a mounted path")
     schedule.add_argument("--cron", required=True,
                           help='six fields, seconds first: "0 0 3 * * 1" is Mondays 03:00')
     schedule.add_argument("--name", default="tlpipe-retraining",
@@ -111,8 +104,7 @@ def _parser() -> argparse.ArgumentParser:
     schedule.add_argument("--catchup", action="store_true",
                           help="after a pause, also start the runs that were missed (default: "
                                "no catch-up)")
-    _add_settings_option(schedule)
-    _add_config_options(schedule)
+    _add_cluster_run_options(schedule)
     schedule.set_defaults(handler=_schedule)
 
     schedules = commands.add_parser("schedules", help="list recurring runs on a KFP cluster")
@@ -169,6 +161,15 @@ def _add_settings_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--settings", help="deployment settings YAML: images, pipeline root, "
                                            "GPUs, resources, node selectors, tolerations, "
                                            "secrets, retries, caching, time-outs (see README)")
+
+
+def _add_cluster_run_options(parser: argparse.ArgumentParser) -> None:
+    """What a run on the cluster is made of: its source, deployment settings and config."""
+    parser.add_argument("--data", required=True,
+                        help="image source as the step pods see it: gs://bucket/prefix, an "
+                             "archive, tfds:NAME?split=S, or a mounted path")
+    _add_settings_option(parser)
+    _add_config_options(parser)
 
 
 def _add_cluster_options(parser: argparse.ArgumentParser, experiment: bool = False,

@@ -29,7 +29,7 @@ from typing import Optional
 
 from components import __version__
 from components.steps import IMAGE_REGISTRY
-from components.core.config import ConfigError, from_mapping
+from components.core.config import ConfigError, from_mapping, read_yaml
 
 # Kubernetes resource quantity (e.g. "500m", "2", "1.5", "16Gi").
 QUANTITY = re.compile(r"^[0-9]+(\.[0-9]+)?(m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?$")
@@ -112,18 +112,9 @@ class Settings:
 def load(path: Optional[str], step_names: tuple[str, ...]) -> Settings:
     """Reads and validates a settings YAML file (None: defaults). ConfigError names the bad key
     and the fix; `step_names` are the pipeline's steps."""
-    import yaml
-
     if path is None:
         return Settings()
-    try:
-        with open(path, encoding="utf-8") as handle:
-            raw = yaml.safe_load(handle) or {}
-    except FileNotFoundError:
-        raise ConfigError(f"settings file {path} does not exist; pass the path of a YAML file")
-    except yaml.YAMLError as error:
-        raise ConfigError(f"settings file {path} is not valid YAML: {error}")
-    return parse(raw, step_names, origin=path)
+    return parse(read_yaml(path, "settings file"), step_names, origin=path)
 
 
 def parse(raw: dict, step_names: tuple[str, ...], origin: str = "settings") -> Settings:

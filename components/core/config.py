@@ -243,17 +243,23 @@ def preset(name: str) -> PipelineConfig:
     return PipelineConfig.from_dict(PRESETS[name])
 
 
-def load_yaml(path: str, base: Optional[PipelineConfig] = None) -> PipelineConfig:
-    """Reads a YAML file of overrides (same nesting as to_dict()) on top of `base` (defaults)."""
+def read_yaml(path: str, what: str):
+    """The YAML document in file `path` ({} when empty); ConfigError naming `what` (e.g.
+    "config file") and the fix when it is missing or not YAML."""
     import yaml
 
     try:
         with open(path, encoding="utf-8") as handle:
-            overrides = yaml.safe_load(handle) or {}
+            return yaml.safe_load(handle) or {}
     except FileNotFoundError:
-        raise ConfigError(f"config file {path} does not exist; pass the path of a YAML file")
+        raise ConfigError(f"{what} {path} does not exist; pass the path of a YAML file")
     except yaml.YAMLError as error:
-        raise ConfigError(f"config file {path} is not valid YAML: {error}")
+        raise ConfigError(f"{what} {path} is not valid YAML: {error}")
+
+
+def load_yaml(path: str, base: Optional[PipelineConfig] = None) -> PipelineConfig:
+    """Reads a YAML file of overrides (same nesting as to_dict()) on top of `base` (defaults)."""
+    overrides = read_yaml(path, "config file")
     if not isinstance(overrides, dict):
         raise ConfigError(f"config file {path} must hold a mapping such as "
                           f"'finetune: {{epochs: 5}}'")

@@ -215,5 +215,10 @@ def test_hymenoptera_with_imagenet_weights_beats_the_frozen_feature_baseline(cap
     manifest = json.load(open(os.path.join(artifact(summary, "ingest", "dataset")["path"],
                                            "manifest.json")))
     assert manifest["counts"]["test"] == {"ants": 70, "bees": 83}  # the given val/ is the test
+    # the data report names the GIF placeholder and the odd file names
+    data_report = open(artifact(summary, "ingest", "data_report")["path"]).read()
+    assert "`train/ants/imageNotFound.gif`: P GIF -> RGB PNG" in data_report
+    assert "`train/ants/ant photos.jpg`" in data_report
+    assert "`val/ants/F.pergan.28(f).jpg`" in data_report
     accuracy = artifact(summary, "evaluate", "metrics")["metadata"]["accuracy"]
     assert accuracy > 0.82, out[-2000:]  # nearest centroid on the same frozen features: ~82%

@@ -183,8 +183,11 @@ def test_archive_limits(tmp_path, monkeypatch):
         sources.check(path)
 
 
-def test_tfds_split_exports_class_folders(tmp_path):
+def test_tfds_split_exports_class_folders(tmp_path, monkeypatch):
     tfds = pytest.importorskip("tensorflow_datasets")
+    # mock_data stands in for TFDS's download; this machine has no internet, so the check that
+    # the download servers can be reached is lifted here (it is tested on its own below)
+    monkeypatch.setattr(sources, "_require_tfds_download", lambda source: None)
     with tfds.testing.mock_data(num_examples=30):
         folder = sources.materialize("tfds:tf_flowers?split=train", str(tmp_path))
         names = tfds.builder("tf_flowers").info.features["label"].names
@@ -260,3 +263,21 @@ def test_bad_sources_fail_in_the_cli_before_a_run(capsys, tmp_path):
     assert main(["run", "--data", bad, "--output", str(tmp_path / "out"), *TINY]) == 2
     assert "outside the target" in capsys.readouterr().err
     assert not (tmp_path / "out" / "runs").exists()
+
+
+def test_a_tfds_dataset_that_needs_a_download_fails_fast_offline(tmp_path, monkeypatch):
+    pytest.importorskip("tensorflow_datasets")
+    monkeypatch.setattr(sources, "TFDS_DOWNLOAD_HOST", "unreachable.invalid")
+    started = time.monotonic()
+    with pytest.raises(DataError, match="not prepared in .* cannot be reached .*tfds build mnist"):
+        sources.check(f"tfds:mnist?data_dir={tmp_path}")
+    assert time.monotonic() - started < 30
+    assert [names for _, _, names in os.walk(tmp_path) if names] == []  # nothing written
+
+
+def test_missing_gcs_credentials_are_named(monkeypatch, tmp_path):
+    monkeypatch.delenv("STORAGE_EMULATOR_HOST", raising=False)
+    monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(tmp_path / "no-key.json"))
+    with pytest.raises(DataError, match="no Google Cloud credentials .* "
+                                        "GOOGLE_APPLICATION_CREDENTIALS"):
+        sources.check("gs://bucket/photos")

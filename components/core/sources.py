@@ -33,6 +33,7 @@ MAX_ARCHIVE_BYTES = 50 * 2**30  # uncompressed bytes an archive may expand to
 MAX_ARCHIVE_FILES = 2_000_000
 DOWNLOAD_THREADS = 16
 RETRY_DEADLINE_SECONDS = 60.0  # how long transient Cloud Storage errors are retried
+TFDS_DOWNLOAD_HOST = "storage.googleapis.com"  # TFDS's mirror of prepared datasets
 
 
 @dataclass
@@ -85,7 +86,9 @@ def check(uri: str) -> Source:
         else:
             _archive_members(source.path)  # refuses hostile archives before extracting
     else:
-        _tfds_builder(source)
+        builder = _tfds_builder(source)
+        if not builder.is_prepared():
+            _require_tfds_download(source)
     return source
 
 
@@ -316,6 +319,20 @@ def _tfds_builder(source: Source):
     except Exception as error:  # DatasetNotFoundError and friends
         raise DataError(f"TFDS has no dataset {source.name!r} ({type(error).__name__}: "
                         f"{str(error).splitlines()[0][:200]}); see `tfds.list_builders()`")
+
+
+def _require_tfds_download(source: Source) -> None:
+    """A dataset not yet in data_dir must be downloaded: refuse at once when TFDS's servers
+    cannot be reached, rather than after minutes of download retries."""
+    import socket
+
+    try:
+        socket.create_connection((TFDS_DOWNLOAD_HOST, 443), timeout=5).close()
+    except OSError as error:
+        raise DataError(f"{source.uri}: the dataset is not prepared in "
+                        f"{source.data_dir or 'the default data_dir'} and {TFDS_DOWNLOAD_HOST} "
+                        f"cannot be reached ({error}); prepare it where there is internet "
+                        f"(`tfds build {source.name} --data_dir DIR`) and pass data_dir=DIR")
 
 
 def export_tfds(source: Source, target: str) -> int:

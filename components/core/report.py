@@ -14,6 +14,7 @@ import os
 import numpy as np
 
 from components.core import storage
+from components.core.data import SPLITS
 from components.core.export import TFLITE_VARIANTS
 
 EVALUATION = "evaluation.json"
@@ -269,16 +270,17 @@ def render_model_card(evaluation: dict) -> str:
     weights = {"imagenet": "ImageNet-pretrained (Keras)", "file": "pretrained, from a file",
                "random": "RANDOM initialisation: nothing was transferred; the whole network "
                          "was trained on this data only"}.get(model["weights"], model["weights"])
-    counts = " / ".join(f"{split} {sum(c.values())}" for split, c in data["counts"].items())
+    ordered = [(split, data["counts"][split]) for split in SPLITS if split in data["counts"]]
+    counts = " / ".join(f"{split} {sum(c.values())}" for split, c in ordered)
     lines = [
         f"# Model card: {', '.join(evaluation['classes'])} classifier", "",
         f"**Verdict:** {'blessed' if evaluation['blessed'] else 'not blessed'}: "
         f"{evaluation['blessing_reason']}", "",
         "## Data", "",
         f"- Source: `{data['source']}`; content fingerprint `{data['fingerprint']}`",
-        f"- Images: {counts} (train / val / test); per class: "
+        f"- Images: {counts}; per class: "
         + "; ".join(f"{split}: " + ", ".join(f"{k} {v}" for k, v in c.items())
-                    for split, c in data["counts"].items()),
+                    for split, c in ordered),
         f"- Skipped files: {len(data.get('skipped', []))}"
         + "".join(f"\n  - `{item['path']}`: {item['reason']}"
                   for item in data.get("skipped", [])[:20]),
@@ -355,7 +357,7 @@ def render_data_report(manifest: dict) -> str:
     """The ingest step's validation report (Markdown): counts per class and split, imbalance,
     image sizes, and every file skipped, converted, renamed-worthy or left out of test."""
     classes, counts = manifest["classes"], manifest["counts"]
-    splits = list(counts)
+    splits = [split for split in SPLITS if split in counts]
     sizes = manifest["image_sizes"]
     lines = [f"# Data report: {manifest['source']}", "",
              f"Fingerprint `{manifest['fingerprint']}` (same files and seed, same fingerprint).",

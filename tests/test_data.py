@@ -43,6 +43,11 @@ def dirty(tmp_path):
     (root / "cats" / "zz dup.jpg").write_bytes((root / "cats" / "img 0 (copy).jpg").read_bytes())
     # the same picture filed under both classes: a label conflict
     (root / "dogs" / "which.jpg").write_bytes((root / "cats" / "img 1 (copy).jpg").read_bytes())
+    # an "image not found" placeholder: a flat graphic with a few colours
+    placeholder = Image.new("P", (120, 90), 0)
+    placeholder.putpalette([200, 200, 200, 90, 90, 90] + [0] * 762)
+    placeholder.paste(1, (20, 30, 100, 60))
+    save(placeholder, str(root / "dogs" / "imageNotFound.gif"))
     return str(root)
 
 
@@ -60,11 +65,14 @@ def test_dirty_folder_is_checked_converted_split_and_reported(dirty, tmp_path):
     assert "duplicate of cats/img 0 (copy).jpg" in skipped["cats/zz dup.jpg"]
     converted = {entry["path"]: entry["conversion"] for entry in manifest["converted"]}
     assert set(converted) == {"cats/cmyk.jpeg", "cats/alpha.png", "dogs/deep16.png",
-                              "dogs/palette.gif"}
+                              "dogs/palette.gif", "dogs/imageNotFound.gif"}
+    few = {entry["path"]: entry["colours"] for entry in manifest["few_colours"]}
+    assert few["dogs/imageNotFound.gif"] == 2  # the placeholder is listed, the photos are not
+    assert not [path for path in few if "img" in path or path.endswith(".jpeg")]
     assert converted["cats/cmyk.jpeg"].startswith("CMYK JPEG")
     assert manifest["classes"] == ["cats", "dogs"]
     total = {split: sum(counts.values()) for split, counts in manifest["counts"].items()}
-    assert sum(total.values()) + len(manifest["excluded_from_test"]) == 21
+    assert sum(total.values()) + len(manifest["excluded_from_test"]) == 22
     assert min(total.values()) >= 1
     for split in data.SPLITS:
         records = read_all(out, split)

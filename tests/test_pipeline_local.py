@@ -79,6 +79,7 @@ def test_tiny_local_run_writes_every_artifact(capsys, tmp_path, digits_folder):
     tflite_dir = artifact(summary, "quantize", "tflite")["path"]
     quantization = json.load(open(os.path.join(tflite_dir, "quantization.json")))
     assert quantization["float_test_accuracy"] == metrics["accuracy"]
+    assert 0 < quantization["keras_latency"]["latency_ms_median"]
     for variant in export.TFLITE_VARIANTS:
         path = os.path.join(tflite_dir, f"model_{variant}.tflite")
         figures = quantization["variants"][variant]
@@ -219,6 +220,7 @@ def test_hymenoptera_with_imagenet_weights_keeps_up_with_the_frozen_feature_base
     # the data report names the GIF placeholder and the odd file names
     data_report = open(artifact(summary, "ingest", "data_report")["path"]).read()
     assert "`train/ants/imageNotFound.gif`: P GIF -> RGB PNG" in data_report
+    assert "`train/ants/imageNotFound.gif`: 33 colours" in data_report  # the placeholder
     assert "`train/ants/ant photos.jpg`" in data_report
     assert "`val/ants/F.pergan.28(f).jpg`" in data_report
     accuracy = artifact(summary, "evaluate", "metrics")["metadata"]["accuracy"]

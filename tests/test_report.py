@@ -55,6 +55,7 @@ def record():
                    "thumbnail": report.thumbnail(images[i])}
                   for i in evaluation.most_confidently_wrong(labels, probabilities, 6)],
         "exports": {"saved_model_size_bytes": 2_600_000, "recommended": "fp16",
+                    "keras_latency": {"latency_ms_median": 3.1, "latency_ms_p90": 3.5},
                     "tflite": {"float32": {"test_accuracy": 0.8, "size_bytes": 870_000,
                                            "latency_ms_median": 0.6, "latency_ms_p90": 0.7,
                                            "status": "accepted"},
@@ -78,6 +79,7 @@ def test_html_is_self_contained_and_escaped(record):
     assert page.count("data:image/png;base64,") == len(record["wrong"]) == 6
     assert page.count("<svg") == 4  # three training curves and the reliability diagram
     assert "tflite fp16" in page and "(recommended)" in page and "skipped: no GPU" in page
+    assert "<td>2.60 MB</td><td>3.10 / 3.50 ms</td>" in page  # the keras row
     assert "BLESSED" in page
 
 

@@ -28,6 +28,9 @@ from components.core.config import DataConfig
 log = logging.getLogger("tlpipe.data")
 
 SPLITS = ("train", "val", "test")
+# A picture with this few distinct colours is a graphic (an "image not found" placeholder, a
+# logo, a blank), not a photo: kept, but listed in the data report for a person to look at.
+PLACEHOLDER_COLOURS = 64
 PLAIN_NAME = re.compile(r"^[A-Za-z0-9._-]+$")  # file names that need no quoting anywhere
 SPLIT_FOLDER_NAMES = {"train": "train", "val": "val", "validation": "val", "test": "test"}
 MANIFEST = "manifest.json"
@@ -58,6 +61,7 @@ class CheckedImage:
     width: int
     height: int
     conversion: str
+    colours: int = 0  # distinct colours when at most PLACEHOLDER_COLOURS, else 0 (a photo)
 
 
 def discover(root: str) -> tuple[list[str], list[SourceFile]]:
@@ -138,12 +142,13 @@ def check_image(source: SourceFile) -> tuple[Optional[CheckedImage], str]:
             image.load()
             conversion = _conversion_needed(image)
             width, height = image.size
+            colours = len(image.convert("RGB").getcolors(PLACEHOLDER_COLOURS) or ())
     except UnidentifiedImageError:
         return None, "not an image file (no known image format)"
     except Exception as error:  # truncated, corrupt, decompression bomb, unreadable...
         return None, f"cannot be decoded: {type(error).__name__}: {error}"
     sha = hashlib.sha256(content).hexdigest()
-    return CheckedImage(source, sha, width, height, conversion), ""
+    return CheckedImage(source, sha, width, height, conversion, colours), ""
 
 
 def _conversion_needed(image) -> str:
@@ -311,6 +316,8 @@ def ingest_folder(root: str, output_dir: str, config: DataConfig, source: str = 
         "imbalance_ratio": _imbalance(splits["train"], classes),
         "odd_names": [f.relpath for f in files if not PLAIN_NAME.match(os.path.basename(
             f.relpath))],
+        "few_colours": [{"path": m.source.relpath, "colours": m.colours}
+                        for m in images if m.colours],
         "fingerprint": fingerprint(splits),
         "split_config": dataclasses.asdict(config),
         "image_sizes": _size_summary(images),

@@ -30,6 +30,7 @@ def read_evaluation(evaluation_dir: str, tflite_dir: str | None = None,
         quantized = storage.read_json(os.path.join(tflite_dir, "quantization.json"))
         converted = storage.read_json(os.path.join(onnx_dir, "tensorrt.json"))
         record["exports"] = {"saved_model_size_bytes": quantized["saved_model_size_bytes"],
+                             "keras_latency": quantized["keras_latency"],
                              "recommended": quantized["recommended"],
                              "tflite": quantized["variants"], **converted}
     return record
@@ -135,7 +136,8 @@ def formats_rows(evaluation: dict) -> list[dict]:
     exports = evaluation.get("exports") or {}
     rows = [{"format": "keras (float32)", "test_accuracy": evaluation["metrics"]["accuracy"],
              "size_bytes": exports.get("saved_model_size_bytes"), "latency_ms_median": None,
-             "latency_ms_p90": None, "status": "reference"}]
+             "latency_ms_p90": None, **exports.get("keras_latency", {}),
+             "status": "reference"}]
     tflite = exports.get("tflite") or {}
     for name, figures in sorted(tflite.items(), key=lambda item: TFLITE_VARIANTS.index(item[0])):
         recommended = " (recommended)" if name == exports.get("recommended") else ""
@@ -377,6 +379,12 @@ def render_data_report(manifest: dict) -> str:
     for title, entries, key in sections:
         lines += ["", f"## {title}: {len(entries)}", ""]
         lines += [f"- `{entry['path']}`: {entry[key]}" for entry in entries]
+    few = manifest.get("few_colours", [])
+    lines += ["", f"## Possible placeholders or graphics (at most 64 colours): {len(few)}", "",
+              "Kept; look at them: a photo has thousands of colours.", ""]
+    lines += [f"- `{entry['path']}`: {entry['colours']} colours" for entry in few[:50]]
+    if len(few) > 50:
+        lines.append(f"- ... and {len(few) - 50} more (manifest.json lists them all)")
     conflicts = manifest["label_conflicts"]
     lines += ["", f"## Same image under different classes: {len(conflicts)}", ""]
     lines += [f"- {', '.join(f'`{path}`' for path in c['paths'])}" for c in conflicts]

@@ -263,6 +263,8 @@ def quantize(model_dir: str, images_dir: str, tflite_dir: str, *, config) -> dic
     calibration = _calibration_images(images_dir, config)
     reference = model.predict(test_images, batch_size=64, verbose=0)
     float_accuracy = _accuracy(reference, test_labels)
+    _, keras_latency = export.timed(lambda image: model(image[None], training=False)[0],
+                                    test_images[:KERAS_TIMED_IMAGES])
     variants = {}
     with storage.atomic_dir(tflite_dir) as partial, tempfile.TemporaryDirectory() as scratch:
         saved_model = os.path.join(partial, "saved_model")
@@ -287,6 +289,7 @@ def quantize(model_dir: str, images_dir: str, tflite_dir: str, *, config) -> dic
             log.info("tflite %s: %s", variant, figures)
         facts = {"float_test_accuracy": float_accuracy,
                  "saved_model_size_bytes": _tree_size(saved_model),
+                 "keras_latency": export.latency_summary(keras_latency),
                  "calibration_images": len(calibration), "int8_input": shipping.int8_input,
                  "max_accuracy_drop_points": shipping.max_accuracy_drop,
                  "recommended": recommended, "recommended_file": variants[recommended]["file"],
@@ -331,6 +334,9 @@ def tensorrt(model_dir: str, images_dir: str, onnx_dir: str, *, config) -> dict:
         storage.write_json(os.path.join(partial, "tensorrt.json"), facts)
         predict.write_labels(partial, meta["classes"])
     return facts
+
+
+KERAS_TIMED_IMAGES = 50  # eager Keras calls are slow: the latency of the first 50 is enough
 
 
 def _runtime_figures(classify, images: np.ndarray, labels: np.ndarray, reference: np.ndarray,

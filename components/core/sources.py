@@ -80,9 +80,6 @@ def check(uri: str) -> Source:
     elif source.kind == "archive":
         if storage.is_gcs(source.path):
             _gcs_blob(source.path)
-        elif not os.path.isfile(source.path):
-            raise DataError(f"archive {uri} does not exist; pass the path of a .zip, .tar, "
-                            f".tar.gz or .tgz file")
         else:
             _archive_members(source.path)  # refuses hostile archives before extracting
     else:
@@ -118,11 +115,12 @@ def fingerprint(uri: str) -> str:
 def materialize(uri: str, workdir: str) -> str:
     """A local folder with the source's images (the folder itself for a local folder; otherwise
     downloaded, extracted or exported under `workdir`). DataError names the problem."""
-    source = check(uri)
+    source = parse(uri)
+    if source.kind != "archive":  # an archive is checked entry by entry by extract_archive
+        check(uri)
     if source.kind == "folder":
         return source.path
-    target = os.path.join(workdir, "source")
-    os.makedirs(target)
+    target = os.path.join(workdir, "source")  # each kind creates it once its checks pass
     if source.kind == "gcs":
         download_prefix(source.path, target)
     elif source.kind == "archive":
@@ -236,6 +234,7 @@ def download_prefix(prefix_uri: str, target: str) -> int:
         raise DataError(f"{prefix_uri} holds no objects; check the bucket and prefix")
     paths = [_inside(target, blob.name[len(prefix):], prefix_uri + blob.name[len(prefix):])
              for blob in blobs]
+    os.makedirs(target, exist_ok=True)
     with ThreadPoolExecutor(DOWNLOAD_THREADS) as pool:
         list(pool.map(download_blob, blobs, paths))
     log.info("downloaded %d objects from %s", len(blobs), prefix_uri)
@@ -256,6 +255,9 @@ def _inside(root: str, relative: str, where: str) -> str:
 def _archive_members(path: str) -> list[tuple[str, int]]:
     """(name, size) of every regular file in the archive, after refusing path traversal, links
     that lead out of it, and archives over MAX_ARCHIVE_FILES files or MAX_ARCHIVE_BYTES."""
+    if not os.path.isfile(path):
+        raise DataError(f"archive {path} does not exist; pass the path of a .zip, .tar, "
+                        f".tar.gz or .tgz file")
     members = []
     if path.lower().endswith(".zip"):
         with zipfile.ZipFile(path) as archive:
@@ -292,6 +294,7 @@ def extract_archive(path: str, target: str) -> int:
     """Extracts the regular files of a checked archive (see _archive_members) into `target`;
     links and special files are skipped. Returns the number of files written."""
     members = dict(_archive_members(path))
+    os.makedirs(target, exist_ok=True)
     if path.lower().endswith(".zip"):
         with zipfile.ZipFile(path) as archive:
             for name in members:
@@ -354,6 +357,7 @@ def export_tfds(source: Source, target: str) -> int:
                         f"{str(error).splitlines()[0][:300]}; prepare it in data_dir "
                         f"beforehand when this machine has no internet")
     count = 0
+    os.makedirs(target, exist_ok=True)
     for count, example in enumerate(tfds.as_numpy(dataset), start=1):
         folder = os.path.join(target, names[int(example[label_key])])
         os.makedirs(folder, exist_ok=True)

@@ -65,9 +65,7 @@ def ingest(source: str, dataset_dir: str, report_path: str, *, config) -> dict:
         if sources.fingerprint(source) != before:
             raise data.DataError(f"{source} changed while it was read; nothing was written: "
                                  f"run again once it is stable")
-    with storage.atomic_file(report_path) as partial:
-        with open(partial, "w", encoding="utf-8") as handle:
-            handle.write(report.render_data_report(manifest))
+    storage.write_text(report_path, report.render_data_report(manifest))
     return {"classes": manifest["classes"], "fingerprint": manifest["fingerprint"],
             "imbalance_ratio": manifest["imbalance_ratio"],
             "excluded_from_test": len(manifest["excluded_from_test"]),
@@ -167,7 +165,8 @@ def evaluate(model_dir: str, images_dir: str, dataset_dir: str, backbone_dir: st
     from components.core import evaluation, model as models, report
 
     judge = config.evaluate
-    classes = _classes(images_dir)
+    meta = storage.read_json(os.path.join(images_dir, cache.META))
+    classes = meta["classes"]
     images, labels = cache.read_arrays(images_dir, "test")
     baseline_model = _baseline(judge.baseline_model, classes) if judge.baseline_model else None
     probabilities = models.load(os.path.join(model_dir, "model.keras")).predict(
@@ -190,9 +189,8 @@ def evaluate(model_dir: str, images_dir: str, dataset_dir: str, backbone_dir: st
         "roc": (evaluation.roc_curve(probabilities[:, 1], labels == 1)
                 if len(classes) == 2 else None),
         "data": storage.read_json(os.path.join(dataset_dir, "manifest.json")),
-        "model": {"backbone": config.model.backbone,
-                  "image_size": storage.read_json(os.path.join(images_dir, cache.META))[
-                      "image_size"], **provenance},
+        "model": {"backbone": config.model.backbone, "image_size": meta["image_size"],
+                  **provenance},
         "training": {"head": storage.read_json(os.path.join(head_dir, "history.json")),
                      "finetune": storage.read_json(os.path.join(model_dir, "finetune.json"))},
         "wrong": [{"index": i, "true": classes[labels[i]],
@@ -222,11 +220,8 @@ def report(evaluation_dir: str, tflite_dir: str, onnx_dir: str, report_path: str
 def _write_report(record: dict, report_path: str, card_path: str) -> None:
     from components.core import report
 
-    for path, text in ((report_path, report.render_html(record)),
-                       (card_path, report.render_model_card(record))):
-        with storage.atomic_file(path) as partial:
-            with open(partial, "w", encoding="utf-8") as handle:
-                handle.write(text)
+    storage.write_text(report_path, report.render_html(record))
+    storage.write_text(card_path, report.render_model_card(record))
 
 
 def _baseline(uri: str, classes: list[str]):

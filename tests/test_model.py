@@ -119,7 +119,8 @@ def _tiny_run(tmp_path, finetune_learning_rate):
     models.save(head, str(tmp_path / "head.keras"))
     dataset = tf.data.Dataset.from_tensor_slices((images, labels)).batch(16)
     return training.fine_tune(str(tmp_path / "backbone.keras"), str(tmp_path / "head.keras"),
-                              dataset, dataset, config, tf.distribute.get_strategy(), [24, 24])
+                              lambda epoch: dataset, dataset, config,
+                              tf.distribute.get_strategy(), [24, 24])
 
 
 def test_fine_tuning_that_hurts_val_ships_the_head_only_model(tmp_path):

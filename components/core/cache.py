@@ -23,6 +23,9 @@ log = logging.getLogger("tlpipe.cache")
 META = "meta.json"
 FEATURES = "features.npz"
 BATCH = 64
+# Augmentation seeds are (seed, pass * AUGMENT_SEED_STRIDE + batch number): one stream per
+# feature view or fine-tuning epoch, up to 2**20 batches each.
+AUGMENT_SEED_STRIDE = 2 ** 20
 
 
 def write_resized(dataset_dir: str, output_dir: str, image_size: int) -> dict:
@@ -97,12 +100,10 @@ def compute_features(feature_extractor, images_dir: str, output_dir: str,
     the passes, "views": train views including the original, "feature_dim": D}."""
     import tensorflow as tf
 
-    generator = tf.random.Generator.from_seed(seed)
-
     @tf.function(reduce_retracing=True)
-    def extract(images, augmented: bool):  # one graph per value of `augmented`
+    def extract(images, view_seed, augmented: bool):  # one graph per value of `augmented`
         if augmented:
-            images = augment(images, generator, augment_config.min_crop_scale,
+            images = augment(images, view_seed, augment_config.min_crop_scale,
                              augment_config.flip)
         return feature_extractor(images, training=False)
 
@@ -114,8 +115,9 @@ def compute_features(feature_extractor, images_dir: str, output_dir: str,
         progress = Progress(log, f"features of {split} ({views} view(s) per image)", views * count)
         features, labels = [], []
         for view in range(views):
-            for images, batch_labels in dataset:
-                features.append(extract(images, view > 0).numpy())
+            for number, (images, batch_labels) in enumerate(dataset):
+                view_seed = tf.constant([seed, view * AUGMENT_SEED_STRIDE + number], tf.int64)
+                features.append(extract(images, view_seed, view > 0).numpy())
                 labels.append(batch_labels.numpy())
                 progress.advance(len(labels[-1]))
         arrays[f"{split}_features"] = np.concatenate(features).astype(np.float32)

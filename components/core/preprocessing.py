@@ -69,22 +69,24 @@ class RawImagePreprocessing(keras.layers.Layer):
         return {**super().get_config(), "image_size": self.image_size, "mode": self.mode}
 
 
-def augment(images, generator, min_crop_scale: float, flip: bool):
+def augment(images, seed, min_crop_scale: float, flip: bool):
     """Random views of a uint8 batch (B, S, S, 3) -> uint8 (B, S, S, 3).
 
     Each view is a random square crop whose side covers min_crop_scale..1 of the image side,
     resized back to S (bilinear), mirrored left-right with probability 0.5 when `flip`.
-    generator: a `tf.random.Generator` (seeded: the same seed gives the same views).
+    seed: two integers (a shape-(2,) int tensor): the same seed gives the same views, on any
+    worker and after a restart (stateless random ops, no generator state to carry).
     """
     import tensorflow as tf
 
     batch, size = tf.shape(images)[0], tf.shape(images)[1:3]
-    scale = generator.uniform([batch], min_crop_scale, 1.0)
-    top = generator.uniform([batch]) * (1.0 - scale)
-    left = generator.uniform([batch]) * (1.0 - scale)
+    draws = tf.random.stateless_uniform([4, batch], tf.cast(seed, tf.int64))
+    scale = min_crop_scale + draws[0] * (1.0 - min_crop_scale)
+    top = draws[1] * (1.0 - scale)
+    left = draws[2] * (1.0 - scale)
     right = left + scale
     if flip:  # crop_and_resize mirrors a box whose x1 > x2
-        mirrored = generator.uniform([batch]) < 0.5
+        mirrored = draws[3] < 0.5
         left, right = tf.where(mirrored, right, left), tf.where(mirrored, left, right)
     boxes = tf.stack([top, left, top + scale, right], axis=1)
     views = tf.image.crop_and_resize(tf.cast(images, tf.float32), boxes, tf.range(batch), size)

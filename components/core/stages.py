@@ -27,7 +27,8 @@ import tempfile
 
 import numpy as np
 
-from components.core import backbones, cache, config as configs, data, predict, sources, storage
+from components.core import (backbones, backup, cache, config as configs, data, predict, sources,
+                             storage)
 
 log = logging.getLogger("tlpipe.stages")
 
@@ -116,33 +117,34 @@ def train_head(features_dir: str, head_dir: str, *, config) -> dict:
 
 @_stage
 def finetune(images_dir: str, backbone_dir: str, head_dir: str, model_dir: str, *,
-             config) -> dict:
-    """Fine-tunes under MultiWorkerMirroredStrategy; keeps the better of head-only and
-    fine-tuned by val. Only the chief writes the model."""
-    import tensorflow as tf
-
+             config, backup_root: str = "") -> dict:
+    """Fine-tunes under MultiWorkerMirroredStrategy (the cluster comes from TF_CONFIG; without
+    it, this process alone); keeps the better of head-only and fine-tuned by val. Only the
+    chief writes the model; other workers write to a temporary place that is removed.
+    backup_root: where every worker keeps its backup (local path or gs://; "" for none), so
+    a restarted job resumes from the last completed epoch."""
     from components.core import distribute, model as models, training
-    from components.core.preprocessing import augment
 
     strategy = distribute.make_strategy()
-    batch, augmentation = config.finetune.batch_size, config.augment
-    generator = tf.random.Generator.from_seed(config.data.seed)
-    train = cache.read_resized(images_dir, "train").shuffle(
-        4096, seed=config.data.seed, reshuffle_each_iteration=True).batch(batch).map(
-        lambda x, y: (augment(x, generator, augmentation.min_crop_scale, augmentation.flip), y))
-    train = distribute.distribute_options(train.prefetch(2))
-    val = distribute.distribute_options(cache.read_resized(images_dir, "val").batch(batch))
-    provenance = storage.read_json(os.path.join(backbone_dir, "provenance.json"))
+    task_type, task_index = distribute.task()
+    log.info("%s %s-%d of %d workers", distribute.READY, task_type, task_index,
+             distribute.worker_count())
     meta = storage.read_json(os.path.join(images_dir, cache.META))
-    chief = distribute.is_chief()  # other workers write to a temporary place that is removed
+    provenance = storage.read_json(os.path.join(backbone_dir, "provenance.json"))
+    chief = distribute.is_chief()
     target = model_dir if chief else tempfile.mkdtemp(prefix="tlpipe-worker-")
     try:
         with storage.atomic_dir(target) as partial:
             classifier, report = training.fine_tune(
                 os.path.join(backbone_dir, "backbone.keras"),
-                os.path.join(head_dir, "head.keras"), train, val, config, strategy,
-                meta["train_class_counts"], pretrained=provenance["weights"] != "random",
-                log_dir=os.path.join(partial, "tensorboard"))
+                os.path.join(head_dir, "head.keras"),
+                functools.partial(_finetune_epoch, images_dir, config),
+                cache.read_resized(images_dir, "val").batch(config.finetune.batch_size),
+                config, strategy, meta["train_class_counts"],
+                pretrained=provenance["weights"] != "random",
+                log_dir=os.path.join(partial, "tensorboard"),
+                backup_dir=backup.worker_dir(backup_root, task_type, task_index)
+                if backup_root else None)
             models.save(classifier, os.path.join(partial, "model.keras"))
             storage.write_json(os.path.join(partial, "finetune.json"), report)
             predict.write_labels(partial, meta["classes"])
@@ -152,7 +154,27 @@ def finetune(images_dir: str, backbone_dir: str, head_dir: str, model_dir: str, 
     return {"mode": report["mode"], "chosen": report["chosen"], "reason": report["reason"],
             "head_only_val_accuracy": report["head_only_val"]["accuracy"],
             "finetuned_val_accuracy": (report["finetuned_val"] or {}).get("accuracy", -1.0),
-            "trained_layers": len(report["trained_layers"])}
+            "trained_layers": len(report["trained_layers"]),
+            "resumed_from_epoch": report["resumed_from_epoch"],
+            "finetuned_weights_sha256": report.get("finetuned_weights_sha256", ""),
+            "workers": distribute.worker_count()}
+
+
+def _finetune_epoch(images_dir: str, config, epoch: int):
+    """Epoch `epoch`'s training batches (global batch size): shuffled and augmented from seeds
+    of (data.seed, epoch) only, so every worker, and a run resumed at this epoch, sees the same
+    batches."""
+    import tensorflow as tf
+
+    from components.core.preprocessing import augment
+
+    seed, augmentation = config.data.seed, config.augment
+    batches = cache.read_resized(images_dir, "train").shuffle(
+        4096, seed=seed * cache.AUGMENT_SEED_STRIDE + epoch).batch(config.finetune.batch_size)
+    return batches.enumerate().map(lambda number, batch: (augment(
+        batch[0], tf.stack([tf.constant(seed + 1, tf.int64),
+                            epoch * cache.AUGMENT_SEED_STRIDE + number]),
+        augmentation.min_crop_scale, augmentation.flip), batch[1])).prefetch(2)
 
 
 @_stage

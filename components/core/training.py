@@ -6,13 +6,15 @@ head-only model on the validation split (lower loss and at least the same accura
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
+import weakref
 
 import keras
 import numpy as np
 
-from components.core import backbones, model as models
+from components.core import backbones, backup, model as models
 from components.core.config import PipelineConfig
 
 log = logging.getLogger("tlpipe.training")
@@ -134,10 +136,29 @@ def _summary_writer(log_dir: str | None, name: str):
 
 def _evaluate(model: keras.Model, dataset) -> dict:
     """{"loss": cross-entropy without regularisation penalties, "accuracy"} on a batched
-    (images, labels) dataset."""
-    labels = np.concatenate([batch_labels.numpy() for _, batch_labels in dataset])
-    loss, accuracy = _scores(model.predict(dataset, verbose=0), labels)
-    return {"loss": loss, "accuracy": accuracy}
+    (images, labels) dataset. Runs on this worker alone (every worker holds the same weights
+    and sees all of `dataset`, so every worker gets the same figures and takes the same
+    early-stopping decision)."""
+    probabilities, labels = [], []
+    predict = _inference_function(model)
+    for images, batch_labels in dataset:
+        probabilities.append(predict(images).numpy())
+        labels.append(batch_labels.numpy())
+    return dict(zip(("loss", "accuracy"), _scores(np.concatenate(probabilities),
+                                                   np.concatenate(labels))))
+
+
+_INFERENCE_FUNCTIONS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def _inference_function(model: keras.Model):
+    """model(images, training=False) as one tf.function per model (traced once per shape)."""
+    import tensorflow as tf
+
+    if model not in _INFERENCE_FUNCTIONS:
+        _INFERENCE_FUNCTIONS[model] = tf.function(
+            lambda images: model(images, training=False), reduce_retracing=True)
+    return _INFERENCE_FUNCTIONS[model]
 
 
 def _scores(probabilities: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
@@ -146,20 +167,30 @@ def _scores(probabilities: np.ndarray, labels: np.ndarray) -> tuple[float, float
     return float(-np.mean(np.log(picked))), float(np.mean(probabilities.argmax(1) == labels))
 
 
-def fine_tune(backbone_path: str, head_path: str, train, val, config: PipelineConfig,
+def fine_tune(backbone_path: str, head_path: str, train_epoch, val, config: PipelineConfig,
               strategy, class_counts: list[int], pretrained: bool = True,
-              log_dir: str | None = None) -> tuple[keras.Model, dict]:
-    """Fine-tunes the backbone with the head inside `strategy.scope()`.
+              log_dir: str | None = None, backup_dir: str | None = None
+              ) -> tuple[keras.Model, dict]:
+    """Fine-tunes the backbone with the head under `strategy` (one process or several workers).
 
-    train, val: batched tf.data datasets of (uint8 images, labels); the batch size is global.
+    train_epoch: epoch number (0-based) -> batched tf.data dataset of (uint8 images, labels) for
+    that epoch with the global batch size; the same on every worker (the strategy gives each
+    worker its share of every batch). val: batched dataset every worker reads whole.
     class_counts: training images per class (for the step count and class weights).
     The learning rate warms up linearly for finetune.warmup_epochs, then decays along a cosine
-    to 0 at the last epoch; gradients are clipped to norm 1. log_dir: TensorBoard logs.
+    to 0 at the last epoch; gradients are all-reduced, then clipped to global norm CLIP_NORM.
+    The best epoch by val loss is kept (early stopping after finetune.patience epochs without
+    a lower val loss). log_dir: TensorBoard logs (train/ and validation/).
     pretrained: True trains the top layers (finetune.unfreeze_layers) at finetune.learning_rate
     with BatchNorm frozen in inference mode. False (random weights: nothing to transfer) trains
-    every layer, BatchNorm included, at finetune.scratch_learning_rate: training from scratch.
+    every layer, BatchNorm included (statistics synchronised across workers), at
+    finetune.scratch_learning_rate: training from scratch.
+    backup_dir: this worker's backup directory (None: no backups). The training state is saved
+    there after every epoch and restored at the start, so a restarted job resumes from the last
+    completed epoch; it is removed when training ends.
     Returns (the model to ship, report) where report holds the head-only and fine-tuned val
-    metrics, which one was chosen and why, the trained layer names and the history.
+    metrics, which one was chosen and why, the trained layer names, the history and the epoch
+    training resumed from.
     """
     keras.utils.set_random_seed(config.data.seed)
     spec = backbones.get(config.model.backbone)
@@ -168,15 +199,16 @@ def fine_tune(backbone_path: str, head_path: str, train, val, config: PipelineCo
         backbone = models.load(backbone_path)
         head = models.load(head_path)
         head_only = models.attach(backbone, spec.preprocess_mode, size, head)
-        _compile(head_only, config.finetune.learning_rate, config.loss.label_smoothing)
     head_only_val = _evaluate(head_only, val)
     report = {"mode": "fine_tune" if pretrained else "from_scratch",
               "head_only_val": head_only_val, "finetuned_val": None, "history": {},
-              "trained_layers": []}
+              "trained_layers": [], "resumed_from_epoch": 0}
     if config.finetune.epochs == 0:
         return head_only, {**report, "chosen": "head_only",
                            "reason": "fine-tuning disabled (finetune.epochs: 0)"}
     head_weights = _snapshot(head_only)
+    batchnorms = [layer for layer in backbone.layers
+                  if isinstance(layer, keras.layers.BatchNormalization)]
     with strategy.scope():
         if pretrained:
             tune = config.finetune
@@ -186,25 +218,26 @@ def fine_tune(backbone_path: str, head_path: str, train, val, config: PipelineCo
             tuned, learning_rate = head_only, config.finetune.learning_rate
         else:
             backbone.trainable = True
-            for layer in backbone.layers:
-                if isinstance(layer, keras.layers.BatchNormalization):
-                    layer.momentum = SCRATCH_BATCHNORM_MOMENTUM
+            for layer in batchnorms:
+                layer.momentum = SCRATCH_BATCHNORM_MOMENTUM
+                layer.synchronized = True  # batch statistics over the global batch
             report["trained_layers"] = [layer.name for layer in backbone.layers if layer.weights]
             tuned = models.attach(backbone, spec.preprocess_mode, size, head,
                                   batchnorm_inference=False)
             learning_rate = config.finetune.scratch_learning_rate
         steps = -(-sum(class_counts) // config.finetune.batch_size) * config.finetune.epochs
-        _compile(tuned, warmup_cosine(learning_rate, steps, config.finetune.warmup_epochs /
-                                      config.finetune.epochs), config.loss.label_smoothing)
-    stop = keras.callbacks.EarlyStopping(monitor="val_loss", patience=config.finetune.patience,
-                                         restore_best_weights=True)
-    callbacks = [stop, _EpochLog("finetune", every=1)]
-    if log_dir:
-        callbacks.append(keras.callbacks.TensorBoard(log_dir))
-    history = tuned.fit(train, validation_data=val, epochs=config.finetune.epochs,
-                        class_weight=models.class_weights(class_counts, config.loss.class_weight),
-                        callbacks=callbacks, verbose=0)
-    report["history"] = _history(history)
+        optimizer = keras.optimizers.Adam(warmup_cosine(
+            learning_rate, steps, config.finetune.warmup_epochs / config.finetune.epochs))
+        optimizer.build(tuned.trainable_variables)
+    weights = models.class_weights(class_counts, config.loss.class_weight) or {}
+    step = _train_step(tuned, optimizer, strategy, config.loss.label_smoothing,
+                       [weights.get(index, 1.0) for index in range(len(class_counts))])
+    history, report["resumed_from_epoch"] = _fit(tuned, optimizer, step, train_epoch, val,
+                                                 strategy, config, log_dir, backup_dir)
+    for layer in batchnorms:
+        layer.synchronized = False  # the shipped model runs anywhere
+    report["history"] = history
+    report["finetuned_weights_sha256"] = weights_digest(tuned)
     report["finetuned_val"] = _evaluate(tuned, val)
     keep, reason = finetuned_is_better(head_only_val, report["finetuned_val"])
     log.info("shipping the %s model: %s", "fine-tuned" if keep else "head-only", reason)
@@ -212,6 +245,133 @@ def fine_tune(backbone_path: str, head_path: str, train, val, config: PipelineCo
         return tuned, {**report, "chosen": "finetuned", "reason": reason}
     _restore(head_only, head_weights)
     return head_only, {**report, "chosen": "head_only", "reason": reason}
+
+
+CLIP_NORM = 1.0  # global gradient norm fine-tuning clips to
+
+
+def _train_step(model: keras.Model, optimizer, strategy, label_smoothing: float,
+                class_weight: list[float]):
+    """A tf.function (images, labels) -> (summed weighted loss, correct predictions, examples)
+    over one global batch (distributed values from the strategy's dataset). Each worker's
+    gradients are summed across workers, clipped, then applied once: the same update as one
+    process on the whole batch, whatever the number of workers."""
+    import tensorflow as tf
+
+    loss = models.SparseCrossentropy(label_smoothing)
+    weight_of = tf.constant(class_weight, tf.float32)
+    variables = model.trainable_variables
+    replicas = float(strategy.num_replicas_in_sync)
+
+    def replica_step(images, labels):
+        context = tf.distribute.get_replica_context()
+        examples = context.all_reduce("SUM", tf.cast(tf.shape(labels)[0], tf.float32))
+        with tf.GradientTape() as tape:
+            probabilities = model(images, training=True)
+            weighted = loss.call(labels, probabilities) * tf.gather(weight_of, labels)
+            objective = tf.reduce_sum(weighted) / tf.maximum(examples, 1.0)
+            if model.losses:  # regularisation: counted once across the replicas
+                objective += tf.add_n(model.losses) / replicas
+        gradients = context.all_reduce("SUM", tape.gradient(objective, variables))
+        gradients, _ = tf.clip_by_global_norm(gradients, CLIP_NORM)
+        correct = tf.reduce_sum(tf.cast(
+            tf.argmax(probabilities, axis=1) == tf.cast(labels, tf.int64), tf.float32))
+        return gradients, tf.reduce_sum(weighted), correct, examples
+
+    @tf.function
+    def step(images, labels):
+        gradients, weighted, correct, examples = strategy.run(replica_step, (images, labels))
+        # identical on every replica after the all-reduce: apply one copy once
+        optimizer.apply([strategy.experimental_local_results(g)[0] for g in gradients],
+                        variables)
+        return (strategy.reduce("SUM", weighted, axis=None),
+                strategy.reduce("SUM", correct, axis=None),
+                strategy.experimental_local_results(examples)[0])
+
+    return step
+
+
+def _fit(model: keras.Model, optimizer, step, train_epoch, val, strategy,
+         config: PipelineConfig, log_dir: str | None,
+         backup_dir: str | None) -> tuple[dict, int]:
+    """The epoch loop with early stopping on val loss (best weights restored at the end) and a
+    backup after every epoch. Returns (history {loss, accuracy, val_loss, val_accuracy: one
+    value per epoch}, the epoch it resumed from)."""
+    state = {"epoch": 0, "best_val_loss": None, "epochs_without_gain": 0,
+             "history": {"loss": [], "accuracy": [], "val_loss": [], "val_accuracy": []}}
+    best = _snapshot(model)
+    restored = backup.load(backup_dir) if backup_dir else None
+    if restored:
+        state, arrays = restored
+        _restore_arrays(model, optimizer, arrays)
+        best = {path: arrays[f"best/{index}"] for index, path in enumerate(sorted(best))}
+        log.info("finetune: resuming after epoch %d from the backup in %s", state["epoch"],
+                 backup_dir)
+    resumed_from = state["epoch"]
+    writers = {name: _summary_writer(log_dir, name) for name in ("train", "validation")}
+    for epoch in range(state["epoch"], config.finetune.epochs):
+        if state["epochs_without_gain"] >= config.finetune.patience:
+            break
+        sums = np.zeros(3)
+        for images, labels in strategy.experimental_distribute_dataset(train_epoch(epoch)):
+            sums += [float(value) for value in step(images, labels)]
+        figures = {"loss": sums[0] / sums[2], "accuracy": sums[1] / sums[2],
+                   **{f"val_{name}": value for name, value in _evaluate(model, val).items()}}
+        for name, value in figures.items():
+            state["history"][name].append(value)
+        _write_epoch(writers, epoch, figures)
+        log.info("finetune epoch %d: %s", epoch + 1,
+                 " ".join(f"{name}={value:.4f}" for name, value in figures.items()))
+        if state["best_val_loss"] is None or figures["val_loss"] < state["best_val_loss"]:
+            state["best_val_loss"], state["epochs_without_gain"] = figures["val_loss"], 0
+            best = _snapshot(model)
+        else:
+            state["epochs_without_gain"] += 1
+        state["epoch"] = epoch + 1
+        if backup_dir:
+            backup.save(backup_dir, state, _backup_arrays(model, optimizer, best))
+            log.info("finetune: backup of epoch %d saved in %s", epoch + 1, backup_dir)
+    _restore(model, best)
+    for writer in writers.values():
+        if writer is not None:
+            writer.close()
+    if backup_dir:
+        backup.remove(backup_dir)
+    return state["history"], resumed_from
+
+
+def _write_epoch(writers: dict, epoch: int, figures: dict) -> None:
+    """TensorBoard scalars of one epoch: loss and accuracy under train/ and validation/."""
+    import tensorflow as tf
+
+    for name, writer in writers.items():
+        if writer is None:
+            continue
+        prefix = "val_" if name == "validation" else ""
+        with writer.as_default(step=epoch):
+            for metric in ("loss", "accuracy"):
+                tf.summary.scalar(f"epoch_{metric}", figures[prefix + metric])
+
+
+def _backup_arrays(model: keras.Model, optimizer, best: dict) -> dict[str, np.ndarray]:
+    """Everything a resumed run needs: the model's variables (random-generator states
+    included), the optimizer's (step count, moments) and the best epoch's weights."""
+    arrays = {f"model/{index}": variable.numpy() for index, variable in
+              enumerate(model.variables)}
+    arrays.update({f"optimizer/{index}": variable.numpy() for index, variable in
+                   enumerate(optimizer.variables)})
+    arrays.update({f"best/{index}": best[path] for index, path in enumerate(sorted(best))})
+    return arrays
+
+
+def _restore_arrays(model: keras.Model, optimizer, arrays: dict[str, np.ndarray]) -> None:
+    for prefix, variables in (("model", model.variables), ("optimizer", optimizer.variables)):
+        if sum(name.startswith(f"{prefix}/") for name in arrays) != len(variables):
+            raise ValueError(f"the backup does not match this model's {prefix} variables: it "
+                             "was written by another configuration; delete the backup "
+                             "directory to start afresh")
+        for index, variable in enumerate(variables):
+            variable.assign(arrays[f"{prefix}/{index}"])
 
 
 def finetuned_is_better(head_only: dict, tuned: dict) -> tuple[bool, str]:
@@ -233,9 +393,13 @@ def warmup_cosine(peak: float, total_steps: int, warmup_share: float):
         warmup_target=peak if warmup else None, warmup_steps=warmup)
 
 
-def _compile(classifier: keras.Model, learning_rate, label_smoothing: float) -> None:
-    classifier.compile(optimizer=keras.optimizers.Adam(learning_rate, clipnorm=1.0),
-                       loss=models.SparseCrossentropy(label_smoothing), metrics=["accuracy"])
+def weights_digest(model: keras.Model) -> str:
+    """SHA-256 of the model's trainable weights (values and order): equal on every worker when
+    the replicas stayed in sync."""
+    digest = hashlib.sha256()
+    for variable in model.trainable_variables:
+        digest.update(np.ascontiguousarray(variable.numpy()).tobytes())
+    return digest.hexdigest()
 
 
 def _snapshot(model: keras.Model) -> dict:
@@ -246,21 +410,3 @@ def _snapshot(model: keras.Model) -> dict:
 def _restore(model: keras.Model, snapshot: dict) -> None:
     for variable in model.weights:
         variable.assign(snapshot[variable.path])
-
-
-def _history(history) -> dict:
-    return {name: [float(v) for v in values] for name, values in history.history.items()}
-
-
-class _EpochLog(keras.callbacks.Callback):
-    """Logs one progress line every `every` epochs (Keras's own bars flood step logs)."""
-
-    def __init__(self, stage: str, every: int):
-        super().__init__()
-        self.stage, self.every = stage, every
-
-    def on_epoch_end(self, epoch, logs=None):
-        if (epoch + 1) % self.every == 0 or epoch == 0:
-            figures = " ".join(f"{k}={v:.4f}" for k, v in sorted((logs or {}).items())
-                               if isinstance(v, (int, float)))
-            log.info("%s epoch %d: %s", self.stage, epoch + 1, figures)

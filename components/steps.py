@@ -67,13 +67,17 @@ def train_head(features: Input[Dataset], model: dict, loss: dict, head_config: d
 @dsl.component(base_image=TRAINING_IMAGE, install_kfp_package=False)
 def finetune(images: Input[Dataset], backbone: Input[Model], head: Input[Model], data: dict,
              model_config: dict, augment: dict, loss: dict, finetune_config: dict,
-             model: Output[Model], metrics: Output[Metrics]):
-    """Fine-tune the top of the backbone (MultiWorkerMirroredStrategy); ship the better model."""
+             distribution: dict, model: Output[Model], metrics: Output[Metrics]):
+    """Fine-tune the top of the backbone (MultiWorkerMirroredStrategy: in this pod, or across
+    `distribution["workers"]` workers it launches); ship the better model."""
     from components.core import stages
 
-    facts = stages.finetune(images.path, backbone.path, head.path, model.path, config={
-        "data": data, "model": model_config, "augment": augment, "loss": loss,
-        "finetune": finetune_config})
+    facts = stages.finetune_step(
+        images.path, backbone.path, head.path, model.path,
+        input_uris={"images": images.uri, "backbone": backbone.uri, "head": head.uri},
+        distribution=distribution, config={
+            "data": data, "model": model_config, "augment": augment, "loss": loss,
+            "finetune": finetune_config})
     model.metadata.update(facts)
     for name in ("head_only_val_accuracy", "finetuned_val_accuracy", "trained_layers"):
         metrics.log_metric(name, facts[name])

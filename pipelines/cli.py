@@ -63,6 +63,10 @@ def _parser() -> argparse.ArgumentParser:
                           "archive of it (local or gs://), or tfds:NAME?split=S&data_dir=D")
     _add_run_options(run, default_output="runs")
     _add_settings_option(run)
+    run.add_argument("--workers", type=int,
+                     help="fine-tune with this many worker processes on this machine "
+                          "(MultiWorkerMirroredStrategy over 127.0.0.1; default: the settings' "
+                          "steps.finetune.workers, else 1)")
     run.set_defaults(handler=_run)
 
     demo = commands.add_parser("demo", help="run the pipeline on scikit-learn's handwritten "
@@ -212,7 +216,12 @@ def build_config(args: argparse.Namespace) -> configs.PipelineConfig:
 
 
 def _run(args: argparse.Namespace) -> int:
-    return run_and_report(args.data, build_config(args), args.output, _settings(args))
+    from pipelines import settings
+
+    deployment = _settings(args)
+    if args.workers is not None:
+        deployment = settings.with_workers(deployment, args.workers)
+    return run_and_report(args.data, build_config(args), args.output, deployment)
 
 
 def run_and_report(source: str, config: configs.PipelineConfig, output: str,

@@ -16,7 +16,8 @@ from pipelines.transfer_learning import STEP_ORDER, compile_pipeline
 def run(source: str, config: dict, output_dir: str, settings=None) -> str:
     """Compiles to OUTPUT/pipeline.yaml (with deployment `settings`, if given: kfp.local runs
     every step here and ignores images, resources, placement and secrets, which are for a
-    cluster), runs it with artifacts under OUTPUT/runs/, and returns the run's directory.
+    cluster; a multi-worker fine-tune step starts its workers as local processes), runs it with
+    artifacts under OUTPUT/runs/, and returns the run's directory.
     config: `PipelineConfig.to_dict()`, one pipeline parameter a section. Raises RuntimeError
     naming the failed step."""
     from kfp import components, local
@@ -25,7 +26,8 @@ def run(source: str, config: dict, output_dir: str, settings=None) -> str:
     root = os.path.join(output_dir, "runs")
     os.makedirs(root, exist_ok=True)
     pipeline = components.load_component_from_file(
-        compile_pipeline(os.path.join(output_dir, "pipeline.yaml"), settings))
+        compile_pipeline(os.path.join(output_dir, "pipeline.yaml"), settings,
+                         launcher="local"))
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=root,
                raise_on_error=True)
     before = set(os.listdir(root))

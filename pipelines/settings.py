@@ -24,7 +24,7 @@ Example (every key optional):
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Optional
 
 from components import __version__
@@ -42,6 +42,8 @@ IMAGE_TAG = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
 ROOT_SCHEMES = ("gs://", "s3://", "minio://")
 # Steps whose inputs are not the data itself: re-running them must not be skipped by the cache.
 ALWAYS_RUN = ("fingerprint",)
+MULTI_WORKER_STEP = "finetune"
+DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 
 
 @dataclass
@@ -72,7 +74,14 @@ class StepSettings:
     "nvidia.com/gpu") the step needs, >= 0. retries: attempts after a failure, 0-10, waiting
     backoff_seconds, then x backoff_factor (>= 1) each time, at most max_backoff_seconds.
     timeout_seconds: 0 (none) or the step's deadline. caching: reuse an earlier identical run
-    of the step (same image, code and inputs)."""
+    of the step (same image, code and inputs).
+    Fine-tune step only: workers, >= 1 (default 1): processes training together under
+    MultiWorkerMirroredStrategy; with more than 1 the step launches them (a TFJob on a cluster,
+    local processes in `tlpipe run`) and each worker gets this step's GPUs, node selector,
+    tolerations, resources and secrets. worker_restarts: times the worker group is started again
+    after a lost worker, resuming from the last completed epoch, 0-10 (default 3).
+    worker_start_timeout_seconds: how long every worker has to join the group, >= 10 (default
+    600: pods may wait for a node and pull the image)."""
 
     cpu_request: str = ""
     cpu_limit: str = ""
@@ -89,17 +98,26 @@ class StepSettings:
     max_backoff_seconds: int = 3600
     timeout_seconds: int = 0
     caching: bool = True
+    workers: int = 1
+    worker_restarts: int = 3
+    worker_start_timeout_seconds: int = 600
 
 
 @dataclass
 class Settings:
     """A deployment: step images <registry>/tlpipe-train:<tag> and <registry>/tlpipe-tensorrt:
     <tag>, the pipeline root (gs://, s3:// or minio://; "" for the cluster's default) and each
-    step's settings (`defaults` overlaid by its entry in `steps`)."""
+    step's settings (`defaults` overlaid by its entry in `steps`).
+    backup_root: gs:// prefix where multi-worker fine-tuning keeps each worker's backup and the
+    chief's model (per run); required on a cluster when steps.finetune.workers > 1, because a
+    restarted pod must find what its predecessor saved. tfjob_namespace: where the TFJob is
+    created ("" for the namespace the pipeline's pods run in)."""
 
     registry: str = IMAGE_REGISTRY
     tag: str = __version__
     pipeline_root: str = ""
+    backup_root: str = ""
+    tfjob_namespace: str = ""
     steps: dict[str, StepSettings] = field(default_factory=dict)
 
     def step(self, name: str) -> StepSettings:
@@ -160,9 +178,32 @@ def problems(settings: Settings) -> list[str]:
     check(bool(IMAGE_TAG.match(settings.tag)), f"tag={settings.tag!r} is not a valid image tag")
     check(not settings.pipeline_root or settings.pipeline_root.startswith(ROOT_SCHEMES),
           f"pipeline_root={settings.pipeline_root!r}; use a {', '.join(ROOT_SCHEMES)} URI")
+    check(not settings.backup_root or settings.backup_root.startswith("gs://"),
+          f"backup_root={settings.backup_root!r}; use a gs://BUCKET/PATH prefix")
+    check(not settings.tfjob_namespace or bool(DNS_LABEL.match(settings.tfjob_namespace)),
+          f"tfjob_namespace={settings.tfjob_namespace!r} is not a Kubernetes namespace name")
     for name, step in settings.steps.items():
         found.extend(f"steps.{name}.{message}" for message in _step_problems(name, step))
     return found
+
+
+def with_workers(settings: Settings, workers: int) -> Settings:
+    """`settings` with steps.finetune.workers set to `workers` (validated)."""
+    step = replace(settings.step(MULTI_WORKER_STEP), workers=workers)
+    found = _step_problems(MULTI_WORKER_STEP, step)
+    if found:
+        raise ConfigError(f"--workers: {found[0]}")
+    return replace(settings, steps={**settings.steps, MULTI_WORKER_STEP: step})
+
+
+def cluster_problems(settings: Settings) -> list[str]:
+    """What a cluster run needs beyond `problems` (a local run does not): a backup_root for
+    multi-worker fine-tuning."""
+    workers = settings.step(MULTI_WORKER_STEP).workers
+    if workers > 1 and not settings.backup_root:
+        return [f"steps.{MULTI_WORKER_STEP}.workers={workers} needs backup_root: "
+                f"gs://BUCKET/PATH, where workers keep backups a restarted pod can read"]
+    return []
 
 
 def _step_problems(name: str, step: StepSettings) -> list[str]:
@@ -209,10 +250,47 @@ def _step_problems(name: str, step: StepSettings) -> list[str]:
     check(step.backoff_factor >= 1, f"backoff_factor={step.backoff_factor}; use 1 or more")
     check(step.timeout_seconds >= 0, f"timeout_seconds={step.timeout_seconds}; use 0 (none) "
                                      f"or more")
+    check(step.workers >= 1, f"workers={step.workers}; use 1 or more")
+    check(step.workers == 1 or name == MULTI_WORKER_STEP,
+          f"workers={step.workers}; only steps.{MULTI_WORKER_STEP} runs on several workers "
+          f"(set workers there, not in defaults)")
+    check(0 <= step.worker_restarts <= 10, f"worker_restarts={step.worker_restarts}; use 0 to 10")
+    check(step.worker_start_timeout_seconds >= 10,
+          f"worker_start_timeout_seconds={step.worker_start_timeout_seconds}; use 10 or more")
     check(not (name in ALWAYS_RUN and step.caching),
           f"caching=true: the {name} step must always run (it is what tells whether the data "
           f"changed); leave caching out for it")
     return found
+
+
+# What each TFJob worker pod gets from steps.finetune.
+WORKER_POD_KEYS = ("cpu_request", "cpu_limit", "memory_request", "memory_limit", "gpus",
+                   "gpu_type", "node_selector", "tolerations", "secrets")
+LAUNCHERS = ("local", "tfjob")
+
+
+def distribution(settings: Settings, launcher: str) -> dict:
+    """The fine-tune step's `distribution` parameter: the worker count, how they are launched
+    ("local" processes or a "tfjob" on the cluster), restarts and time-outs, and for a TFJob the
+    image, backup_root, namespace and what each worker pod gets (WORKER_POD_KEYS)."""
+    if launcher not in LAUNCHERS:
+        raise ValueError(f"launcher={launcher!r}; use one of {LAUNCHERS}")
+    step = settings.step(MULTI_WORKER_STEP)
+    spec = {"workers": step.workers, "launcher": launcher, "restarts": step.worker_restarts,
+            "start_timeout_seconds": step.worker_start_timeout_seconds,
+            "timeout_seconds": step.timeout_seconds}
+    if launcher == "tfjob" and step.workers > 1:
+        pod = asdict(step)
+        spec.update({"image": settings.image("tlpipe-train"), "backup_root": settings.backup_root,
+                     "namespace": settings.tfjob_namespace,
+                     "pod": {key: pod[key] for key in WORKER_POD_KEYS}})
+    return spec
+
+
+def launcher_step(step: StepSettings) -> StepSettings:
+    """The fine-tune step's own pod when it launches a TFJob: it only waits and copies the model,
+    so the accelerators and their placement go to the workers, not to it."""
+    return replace(step, gpus=0, node_selector={}, tolerations=[])
 
 
 def apply(task, step: StepSettings, image: str) -> None:

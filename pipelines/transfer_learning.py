@@ -7,6 +7,7 @@ environment is read at import time."""
 from kfp import compiler, dsl
 
 from components import steps
+from components.core.config import ConfigError
 from pipelines import settings as deployment
 
 PIPELINE_NAME = "tlpipe-transfer-learning"
@@ -15,13 +16,23 @@ STEP_ORDER = ("fingerprint", "ingest", "preprocess", "train-head", "finetune", "
 IMAGE_NAMES = {"tensorrt": "tlpipe-tensorrt"}  # every other step: tlpipe-train
 
 
-def build_pipeline(settings: deployment.Settings | None = None):
-    """The pipeline function with `settings` (default: `Settings()`) applied to every step."""
+def build_pipeline(settings: deployment.Settings | None = None, launcher: str = "tfjob"):
+    """The pipeline function with `settings` (default: `Settings()`) applied to every step.
+    launcher: how a multi-worker fine-tune step starts its workers: "tfjob" (a cluster) or
+    "local" (processes beside the step, for kfp.local). ConfigError when the settings lack what
+    a cluster run needs."""
     settings = settings or deployment.Settings()
+    distribution = deployment.distribution(settings, launcher)
+    if launcher == "tfjob":
+        found = deployment.cluster_problems(settings)
+        if found:
+            raise ConfigError(found[0])
 
     def configure(task, step: str):
-        deployment.apply(task, settings.step(step),
-                         settings.image(IMAGE_NAMES.get(step, "tlpipe-train")))
+        own = settings.step(step)
+        if step == deployment.MULTI_WORKER_STEP and distribution.get("pod"):
+            own = deployment.launcher_step(own)
+        deployment.apply(task, own, settings.image(IMAGE_NAMES.get(step, "tlpipe-train")))
         return task
 
     @dsl.pipeline(name=PIPELINE_NAME, pipeline_root=settings.pipeline_root or None,
@@ -44,7 +55,7 @@ def build_pipeline(settings: deployment.Settings | None = None):
         tuned = configure(steps.finetune(
             images=prepared.outputs["images"], backbone=prepared.outputs["backbone"],
             head=trained.outputs["head"], data=data, model_config=model, augment=augment,
-            loss=loss, finetune_config=finetune), "finetune")
+            loss=loss, finetune_config=finetune, distribution=distribution), "finetune")
         evaluated = configure(steps.evaluate(
             model=tuned.outputs["model"], images=prepared.outputs["images"],
             dataset=ingested.outputs["dataset"], backbone=prepared.outputs["backbone"],
@@ -67,7 +78,9 @@ def build_pipeline(settings: deployment.Settings | None = None):
 transfer_learning = build_pipeline()
 
 
-def compile_pipeline(path: str, settings: deployment.Settings | None = None) -> str:
-    """Writes the pipeline (with `settings` applied) as KFP v2 YAML to `path`; returns `path`."""
-    compiler.Compiler().compile(build_pipeline(settings), package_path=path)
+def compile_pipeline(path: str, settings: deployment.Settings | None = None,
+                     launcher: str = "tfjob") -> str:
+    """Writes the pipeline (with `settings` applied; `launcher` as in build_pipeline) as KFP v2
+    YAML to `path`; returns `path`."""
+    compiler.Compiler().compile(build_pipeline(settings, launcher), package_path=path)
     return path

@@ -32,8 +32,10 @@ def test_tiny_local_run_writes_every_artifact(capsys, tmp_path, digits_folder):
     settings = tmp_path / "config.yaml"
     settings.write_text("export: {int8_input: int8, onnx_opset: 16}\n")
     # the YAML a cluster gets, deployment settings included, is what runs here
+    # ... with fine-tuning on two local worker processes (the cluster gets a TFJob instead)
     summary, out = run_pipeline(capsys, digits_folder, tmp_path / "out", *TINY,
-                                "--config", str(settings), "--settings", GOLDEN_SETTINGS)
+                                "--config", str(settings), "--settings", GOLDEN_SETTINGS,
+                                "--workers", "2")
     assert "TEST ACCURACY" in out and "tensorrt: skipped" in out
     assert list(summary["steps"]) == ["fingerprint", "ingest", "preprocess", "train-head",
                                       "finetune", "evaluate", "quantize", "tensorrt", "report"]
@@ -59,6 +61,10 @@ def test_tiny_local_run_writes_every_artifact(capsys, tmp_path, digits_folder):
     for logs in (os.path.join(head_dir, "tensorboard", "l2=0.1"),
                  os.path.join(model_dir, "tensorboard", "validation")):
         assert any(name.startswith("events.out.tfevents") for name in os.listdir(logs))
+    tuned = artifact(summary, "finetune", "model")["metadata"]
+    assert tuned["workers"] == 2 and tuned["restarts"] == 0
+    assert "[worker 1] " in out and "tlpipe-worker-ready: worker-1 of 2 workers" in out
+    assert not os.path.exists(model_dir + ".backups")  # finished: the backups are gone
     finetune_report = json.load(open(os.path.join(model_dir, "finetune.json")))
     assert finetune_report["mode"] == "from_scratch" and len(
         finetune_report["history"]["val_loss"]) == 2

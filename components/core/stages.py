@@ -19,6 +19,7 @@ Artifact layouts (directories):
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import os
 import shutil
@@ -27,8 +28,8 @@ import tempfile
 
 import numpy as np
 
-from components.core import (backbones, backup, cache, config as configs, data, predict, sources,
-                             storage)
+from components.core import (backbones, backup, cache, config as configs, data, distribute,
+                             predict, sources, storage)
 
 log = logging.getLogger("tlpipe.stages")
 
@@ -37,11 +38,12 @@ def _stage(function):
     """Configures logging for a step process and validates its config first."""
 
     @functools.wraps(function)
-    def wrapper(*args, config: dict, **kwargs):
+    def wrapper(*args, config, **kwargs):
         logging.basicConfig(level=logging.INFO, stream=sys.stdout, force=True,
                             format="%(asctime)s %(name)s %(levelname)s: %(message)s")
-        return function(*args, config=configs.PipelineConfig.from_dict(config).validate(),
-                        **kwargs)
+        if not isinstance(config, configs.PipelineConfig):
+            config = configs.PipelineConfig.from_dict(config).validate()
+        return function(*args, config=config, **kwargs)
 
     return wrapper
 
@@ -123,7 +125,7 @@ def finetune(images_dir: str, backbone_dir: str, head_dir: str, model_dir: str, 
     chief writes the model; other workers write to a temporary place that is removed.
     backup_root: where every worker keeps its backup (local path or gs://; "" for none), so
     a restarted job resumes from the last completed epoch."""
-    from components.core import distribute, model as models, training
+    from components.core import model as models, training
 
     strategy = distribute.make_strategy()
     task_type, task_index = distribute.task()
@@ -151,13 +153,55 @@ def finetune(images_dir: str, backbone_dir: str, head_dir: str, model_dir: str, 
     finally:
         if not chief:
             shutil.rmtree(target, ignore_errors=True)
+    return _finetune_facts(report, distribute.worker_count())
+
+
+def _finetune_facts(report: dict, workers: int) -> dict:
+    """The fine-tune step's metadata from its finetune.json report."""
     return {"mode": report["mode"], "chosen": report["chosen"], "reason": report["reason"],
             "head_only_val_accuracy": report["head_only_val"]["accuracy"],
             "finetuned_val_accuracy": (report["finetuned_val"] or {}).get("accuracy", -1.0),
             "trained_layers": len(report["trained_layers"]),
             "resumed_from_epoch": report["resumed_from_epoch"],
             "finetuned_weights_sha256": report.get("finetuned_weights_sha256", ""),
-            "workers": distribute.worker_count()}
+            "workers": workers}
+
+
+@_stage
+def finetune_step(images_dir: str, backbone_dir: str, head_dir: str, model_dir: str, *,
+                  config, distribution: dict, input_uris: dict | None = None) -> dict:
+    """The fine-tune pipeline step. distribution (see pipelines.settings.distribution) with
+    "workers" 1 (or absent): `finetune` in this process. Otherwise this process launches the
+    workers ("launcher": "local" processes beside it, or a "tfjob" on the cluster, whose pods
+    read `input_uris`), restarts the group after a lost worker up to "restarts" times (it
+    resumes from the backups), and returns the chief's figures plus "restarts" used."""
+    workers = int(distribution.get("workers", 1))
+    if workers <= 1:
+        return finetune(images_dir, backbone_dir, head_dir, model_dir, config=config)
+    if distribution["launcher"] == "tfjob":
+        from components.core import tfjob
+
+        restarts = tfjob.fine_tune(distribution, input_uris, json.dumps(config.to_dict()),
+                                   model_dir)
+    else:
+        backup_root = f"{model_dir}.backups"
+        command = worker_command(images_dir, backbone_dir, head_dir, model_dir,
+                                 json.dumps(config.to_dict()), backup_root)
+        restarts = distribute.launch_with_restarts(lambda: distribute.launch_local(
+            command, workers, timeout_seconds=distribution["timeout_seconds"],
+            start_timeout_seconds=distribution["start_timeout_seconds"]),
+            distribution["restarts"], log.warning)
+        shutil.rmtree(backup_root, ignore_errors=True)
+    report = storage.read_json(os.path.join(model_dir, "finetune.json"))
+    return {**_finetune_facts(report, workers), "restarts": restarts}
+
+
+def worker_command(images: str, backbone: str, head: str, model: str, config_json: str,
+                   backup_root: str, python: str = sys.executable) -> list[str]:
+    """The command line of one fine-tuning worker (components/worker.py)."""
+    return [python, "-m", "components.worker", "--images", images, "--backbone", backbone,
+            "--head", head, "--model", model, "--config", config_json,
+            "--backup-root", backup_root]
 
 
 def _finetune_epoch(images_dir: str, config, epoch: int):

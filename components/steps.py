@@ -74,7 +74,8 @@ def finetune(images: Input[Dataset], backbone: Input[Model], head: Input[Model],
 
     facts = stages.finetune_step(
         images.path, backbone.path, head.path, model.path,
-        input_uris={"images": images.uri, "backbone": backbone.uri, "head": head.uri},
+        uris={"images": images.uri, "backbone": backbone.uri, "head": head.uri,
+              "model": model.uri},
         distribution=distribution, config={
             "data": data, "model": model_config, "augment": augment, "loss": loss,
             "finetune": finetune_config})

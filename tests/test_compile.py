@@ -63,6 +63,8 @@ def test_each_step_gets_only_the_config_sections_it_uses(tmp_path):
         "fingerprint": [], "ingest": ["data", "source_fingerprint"],
         "preprocess": ["augment", "data", "model"],
         "train-head": ["head_config", "loss", "model"],
-        "finetune": ["augment", "data", "finetune_config", "loss", "model_config"],
+        # distribution: the deployment's worker count and launcher, fixed when compiled
+        "finetune": ["augment", "data", "distribution", "finetune_config", "loss",
+                     "model_config"],
         "evaluate": ["data", "evaluate_config", "model_config"], "quantize": ["data", "export"],
         "tensorrt": ["data", "export"], "report": []}

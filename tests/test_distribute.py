@@ -164,10 +164,9 @@ def run_workers(prepared, output_dir, workers: int, backup_root: str = "", watch
     """Runs `python -m components.worker` as `workers` local processes; returns
     (the facts JSON each worker printed last, by worker index, every output line)."""
     root, config = prepared
-    command = [PYTHON, "-m", "components.worker", "--images", str(root / "images"),
-               "--backbone", str(root / "backbone"), "--head", str(root / "head"),
-               "--model", str(output_dir / "model"), "--config", json.dumps(config),
-               "--backup-root", backup_root]
+    command = stages.worker_command(str(root / "images"), str(root / "backbone"),
+                                    str(root / "head"), str(output_dir / "model"),
+                                    json.dumps(config), backup_root)
     out = Lines(watch)
     os.makedirs(output_dir / "tmp", exist_ok=True)
     env = {"TMPDIR": str(output_dir / "tmp")}  # where non-chief workers write and clean up

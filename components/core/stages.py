@@ -169,20 +169,20 @@ def _finetune_facts(report: dict, workers: int) -> dict:
 
 @_stage
 def finetune_step(images_dir: str, backbone_dir: str, head_dir: str, model_dir: str, *,
-                  config, distribution: dict, input_uris: dict | None = None) -> dict:
+                  config, distribution: dict, uris: dict | None = None) -> dict:
     """The fine-tune pipeline step. distribution (see pipelines.settings.distribution) with
     "workers" 1 (or absent): `finetune` in this process. Otherwise this process launches the
     workers ("launcher": "local" processes beside it, or a "tfjob" on the cluster, whose pods
-    read `input_uris`), restarts the group after a lost worker up to "restarts" times (it
-    resumes from the backups), and returns the chief's figures plus "restarts" used."""
+    read the artifacts at `uris` {"images", "backbone", "head", "model"}), restarts the group
+    after a lost worker up to "restarts" times (it resumes from the backups), and returns the
+    chief's figures plus "restarts" used."""
     workers = int(distribution.get("workers", 1))
     if workers <= 1:
         return finetune(images_dir, backbone_dir, head_dir, model_dir, config=config)
     if distribution["launcher"] == "tfjob":
         from components.core import tfjob
 
-        restarts = tfjob.fine_tune(distribution, input_uris, json.dumps(config.to_dict()),
-                                   model_dir)
+        restarts = tfjob.fine_tune(distribution, uris, json.dumps(config.to_dict()), model_dir)
     else:
         backup_root = f"{model_dir}.backups"
         command = worker_command(images_dir, backbone_dir, head_dir, model_dir,

@@ -40,6 +40,23 @@ def fetch(uri: str, directory: str) -> str:
     return target
 
 
+def upload_tree(directory: str, uri: str) -> int:
+    """Uploads every file under local `directory` to the gs:// prefix `uri` (relative names
+    kept); returns the number of files."""
+    from google.cloud import storage
+
+    bucket_name, prefix = split_gcs(uri.rstrip("/") + "/")
+    bucket = storage.Client().bucket(bucket_name)
+    count = 0
+    for root, _, names in os.walk(directory):
+        for name in names:
+            path = os.path.join(root, name)
+            relative = os.path.relpath(path, directory).replace(os.sep, "/")
+            bucket.blob(prefix + relative).upload_from_filename(path)
+            count += 1
+    return count
+
+
 @contextlib.contextmanager
 def atomic_dir(path: str):
     """Yields a temporary directory beside `path`; on success it replaces `path` in one rename.

@@ -1,0 +1,259 @@
+"""Multi-worker fine-tuning on a cluster: the TFJob manifest checked against the TFJob schema
+(the kubeflow-training SDK's models, generated from the Training Operator's OpenAPI spec), and
+the launcher's wait / failure / clean-up logic against a fake Kubernetes API the test drives.
+No real cluster is used."""
+
+import json
+import os
+import re
+
+import pytest
+import yaml
+from kubeflow.training import models as kubeflow_models
+from kubernetes.client import models as kubernetes_models
+
+from components.core import tfjob
+from components.core.config import ConfigError
+from pipelines import settings as deployment
+from pipelines.cli import main
+from pipelines.transfer_learning import STEP_ORDER, compile_pipeline
+from tests.fake_kubernetes import FakeKubernetes, pod
+
+SETTINGS = {
+    "registry": "registry.example.com/ml", "tag": "1.2.3",
+    "pipeline_root": "gs://tlpipe-artifacts/runs", "backup_root": "gs://tlpipe-backups/ft",
+    "steps": {"finetune": {
+        "workers": 3, "worker_restarts": 2, "worker_start_timeout_seconds": 900,
+        "cpu_request": "4", "memory_limit": "32Gi", "gpus": 2, "gpu_type": "nvidia.com/gpu",
+        "node_selector": {"cloud.google.com/gke-accelerator": "nvidia-tesla-t4"},
+        "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists",
+                         "effect": "NoSchedule"}],
+        "secrets": [{"name": "wandb", "env": {"api-key": "WANDB_API_KEY"}},
+                    {"name": "gcs-writer", "mount_path": "/secrets/gcs"}],
+        "timeout_seconds": 21600}}}
+URIS = {"images": "gs://tlpipe-artifacts/runs/r1/preprocess/images",
+        "backbone": "gs://tlpipe-artifacts/runs/r1/preprocess/backbone",
+        "head": "gs://tlpipe-artifacts/runs/r1/train-head/head",
+        "model": "gs://tlpipe-artifacts/runs/r1/finetune/model"}
+
+
+def distribution():
+    return deployment.distribution(deployment.parse(SETTINGS, STEP_ORDER), "tfjob")
+
+
+def job_manifest(dist=None):
+    dist = dist or distribution()
+    command = ["python", "-m", "components.worker", "--backup-root", "gs://b/backups"]
+    return tfjob.manifest(tfjob.job_name(URIS["model"]), "team-a", dist["image"], command,
+                          dist["workers"], dist["pod"], dist["restarts"],
+                          dist["timeout_seconds"])
+
+
+# ---------------------------------------------------------------- the manifest
+
+def _model_class(name: str):
+    return getattr(kubeflow_models, name, None) or getattr(kubernetes_models, name)
+
+
+def schema_problems(value, type_name: str, where: str = "") -> list[str]:
+    """Every key of `value` not in the schema of `type_name` (an OpenAPI-generated model name,
+    dict(str, T), list[T] or a primitive), every value of the wrong type, and every required
+    field missing, recursively."""
+    match = re.fullmatch(r"(list)\[(.+)\]|(dict)\(str, (.+)\)", type_name)
+    if match and match.group(1):
+        if not isinstance(value, list):
+            return [f"{where}: expected a list"]
+        return [p for i, item in enumerate(value)
+                for p in schema_problems(item, match.group(2), f"{where}[{i}]")]
+    if match:
+        if not isinstance(value, dict):
+            return [f"{where}: expected a mapping"]
+        return [p for key, item in value.items()
+                for p in schema_problems(item, match.group(4), f"{where}.{key}")]
+    primitives = {"str": str, "int": int, "bool": bool, "float": (int, float), "object": object}
+    if type_name in primitives:
+        ok = isinstance(value, primitives[type_name]) and not (
+            type_name == "int" and isinstance(value, bool))
+        return [] if ok else [f"{where}: {value!r} is not {type_name}"]
+    cls = _model_class(type_name)
+    if not isinstance(value, dict):
+        return [f"{where}: expected a {type_name} object"]
+    by_json = {json_key: attribute for attribute, json_key in cls.attribute_map.items()}
+    found = [f"{where}.{key}: not a field of {type_name}" for key in value if key not in by_json]
+    for key, item in value.items():
+        if key in by_json:
+            found += schema_problems(item, cls.openapi_types[by_json[key]], f"{where}.{key}")
+    try:  # the generated constructor rejects missing required fields
+        cls(**{attribute: value[json_key] for attribute, json_key in cls.attribute_map.items()
+               if json_key in value})
+    except (TypeError, ValueError) as error:
+        found.append(f"{where}: {error}")
+    return found
+
+
+def test_the_manifest_follows_the_tfjob_schema_and_carries_the_step_settings():
+    job = job_manifest()
+    assert schema_problems(job, "KubeflowOrgV1TFJob") == []
+    # the checker does catch a wrong type, an unknown key and a missing required field
+    assert schema_problems({**job, "spec": {**job["spec"], "tfReplicaSpecs": {"Worker": {
+        "replicas": "3"}}}}, "KubeflowOrgV1TFJob")
+    assert schema_problems({**job, "spec": {**job["spec"], "workers": 3}}, "KubeflowOrgV1TFJob")
+    assert schema_problems({**job, "spec": {"runPolicy": {}}}, "KubeflowOrgV1TFJob")
+    assert job["apiVersion"] == "kubeflow.org/v1" and job["kind"] == "TFJob"
+    assert job["metadata"]["namespace"] == "team-a"
+    assert job["metadata"]["name"] == tfjob.job_name(URIS["model"])
+    assert re.fullmatch(r"[a-z0-9-]{1,63}", job["metadata"]["name"])
+    spec = job["spec"]
+    assert spec["runPolicy"] == {"backoffLimit": 2, "cleanPodPolicy": "None",
+                                 "activeDeadlineSeconds": 21600}
+    assert list(spec["tfReplicaSpecs"]) == ["Worker"]  # worker 0 is the chief
+    worker = spec["tfReplicaSpecs"]["Worker"]
+    assert worker["replicas"] == 3 and worker["restartPolicy"] == "OnFailure"
+    pod_spec = worker["template"]["spec"]
+    container, = pod_spec["containers"]
+    assert container["name"] == "tensorflow"
+    assert container["image"] == "registry.example.com/ml/tlpipe-train:1.2.3"
+    assert container["command"][:3] == ["python", "-m", "components.worker"]
+    assert container["resources"] == {"requests": {"cpu": "4"},
+                                      "limits": {"memory": "32Gi", "nvidia.com/gpu": "2"}}
+    assert pod_spec["nodeSelector"] == {"cloud.google.com/gke-accelerator": "nvidia-tesla-t4"}
+    assert pod_spec["tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Exists",
+                                        "effect": "NoSchedule"}]
+    assert container["env"] == [{"name": "WANDB_API_KEY", "valueFrom": {"secretKeyRef": {
+        "name": "wandb", "key": "api-key"}}}]
+    assert container["volumeMounts"] == [{"name": "secret-1", "mountPath": "/secrets/gcs",
+                                          "readOnly": True}]
+    assert pod_spec["volumes"] == [{"name": "secret-1", "secret": {"secretName": "gcs-writer"}}]
+
+
+def test_the_step_passes_backup_location_and_artifacts_to_the_workers(gcs, tmp_path):
+    """tfjob.fine_tune end to end against the fake API and a fake GCS: the workers' command
+    names the artifact URIs and the backup location, and the chief's model is copied back."""
+    gcs.create_bucket("tlpipe-backups")
+    name = tfjob.job_name(URIS["model"])
+    for file_name in ("model.keras", "finetune.json", "labels.txt"):
+        gcs.bucket("tlpipe-backups").blob(f"ft/{name}/model/{file_name}").upload_from_string(
+            file_name)
+    with FakeKubernetes(["Created", "Running", "Succeeded"]) as fake:
+        restarts = tfjob.fine_tune({**distribution(), "start_timeout_seconds": 5}, URIS,
+                                   '{"finetune": {}}', str(tmp_path / "model"),
+                                   api_client=fake.client(), poll_seconds=0.01)
+        created = [r["body"] for r in fake.requests if r["method"] == "POST"][0]
+    assert restarts == 0
+    assert sorted(os.listdir(tmp_path / "model")) == ["finetune.json", "labels.txt",
+                                                      "model.keras"]
+    command = created["spec"]["tfReplicaSpecs"]["Worker"]["template"]["spec"]["containers"][0][
+        "command"]
+    arguments = dict(zip(command[3::2], command[4::2]))
+    assert arguments["--images"] == URIS["images"] and arguments["--head"] == URIS["head"]
+    assert arguments["--model"] == f"gs://tlpipe-backups/ft/{name}/model"
+    assert arguments["--backup-root"] == f"gs://tlpipe-backups/ft/{name}/backups"
+    assert json.loads(arguments["--config"]) == {"finetune": {}}
+    assert created["metadata"]["namespace"] == "default"  # not in a pod: "default"
+
+
+def test_a_cluster_run_needs_a_gcs_backup_root(tmp_path):
+    with pytest.raises(ValueError, match="backup_root: gs://"):
+        tfjob.fine_tune({**distribution(), "backup_root": ""}, URIS, "{}", str(tmp_path))
+
+
+# ---------------------------------------------------------------- waiting, failures, clean-up
+
+def test_success_counts_restarts_and_deletes_the_job():
+    job = job_manifest()
+    with FakeKubernetes(["Created", "Running", "Restarting", "Running", "Succeeded"]) as fake:
+        assert tfjob.run(job, fake.client(), poll_seconds=0.01) == 1
+    assert fake.methods()[:2] == ["DELETE tfjob", "POST tfjob"]  # a leftover job removed first
+    assert fake.methods()[-1] == "DELETE tfjob" and fake.jobs == {}
+    created = [r["body"] for r in fake.requests if r["method"] == "POST"][0]
+    assert created == job
+
+
+def test_a_failed_worker_is_named_with_its_reason_and_last_lines():
+    name = tfjob.job_name(URIS["model"])
+    pods = [pod(f"{name}-worker-0", "Running"),
+            pod(f"{name}-worker-1", "Failed", exit_code=1, reason="Error"),
+            pod(f"{name}-worker-2", "Succeeded", exit_code=0)]
+    logs = {f"{name}-worker-1": "epoch 2\nResourceExhaustedError: OOM when allocating\n"}
+    with FakeKubernetes(["Created", "Running", "Failed"], pods, logs,
+                        failure_message="TFJob has failed because 1 Worker replica(s) failed."
+                        ) as fake:
+        with pytest.raises(tfjob.TFJobFailure) as failure:
+            tfjob.run(job_manifest(), fake.client(), poll_seconds=0.01)
+    message = str(failure.value)
+    assert "1 Worker replica(s) failed" in message
+    assert f"pod {name}-worker-1: Failed, Error, exit code 1" in message
+    assert "ResourceExhaustedError: OOM when allocating" in message
+    assert "worker-0" not in message and "worker-2" not in message  # healthy pods left out
+    log_request, = [r for r in fake.requests if r["path"].endswith("/log")]
+    assert log_request["query"]["tailLines"] == [str(tfjob.LOG_LINES)]
+    assert fake.methods()[-1] == "DELETE tfjob" and fake.jobs == {}
+
+
+def test_workers_that_never_start_fail_at_the_start_timeout_with_why():
+    name = tfjob.job_name(URIS["model"])
+    pending = pod(f"{name}-worker-1", "Pending",
+                  unschedulable="0/3 nodes are available: 3 Insufficient nvidia.com/gpu.")
+    with FakeKubernetes([None, "Created"], [pending]) as fake:
+        with pytest.raises(tfjob.TFJobFailure, match=r"(?s)did not start all workers within "
+                           r"0.2 s.*Unschedulable: 0/3 nodes .*Insufficient nvidia.com/gpu"):
+            tfjob.run(job_manifest(), fake.client(), start_timeout_seconds=0.2,
+                      poll_seconds=0.01)
+    assert fake.jobs == {}
+
+
+def test_a_job_that_runs_too_long_is_stopped_and_deleted():
+    with FakeKubernetes(["Running"]) as fake:
+        with pytest.raises(tfjob.TFJobFailure, match="did not finish within 0.2 s"):
+            tfjob.run(job_manifest(), fake.client(), timeout_seconds=0.2, poll_seconds=0.01)
+    assert fake.jobs == {} and fake.methods()[-1] == "DELETE tfjob"
+
+
+# ---------------------------------------------------------------- the compiled pipeline
+
+def finetune_task(compiled: dict) -> tuple[dict, dict]:
+    """(the finetune task's distribution argument, its platform/Kubernetes config)."""
+    task = compiled["root"]["dag"]["tasks"]["finetune"]
+    distribution_ = task["inputs"]["parameters"]["distribution"]["runtimeValue"]["constant"]
+    return distribution_, task
+
+
+def test_compiled_multi_worker_pipeline_gives_the_accelerators_to_the_workers(tmp_path):
+    path = tmp_path / "settings.yaml"
+    path.write_text(yaml.safe_dump(SETTINGS))
+    assert main(["compile", "--settings", str(path), "-o", str(tmp_path / "p.yaml")]) == 0
+    documents = list(yaml.safe_load_all((tmp_path / "p.yaml").read_text()))
+    dist, _ = finetune_task(documents[0])
+    assert dist["workers"] == 3 and dist["launcher"] == "tfjob" and dist["restarts"] == 2
+    assert dist["backup_root"] == "gs://tlpipe-backups/ft"
+    assert dist["pod"]["gpus"] == 2 and dist["pod"]["node_selector"]
+    assert dist["start_timeout_seconds"] == 900
+    executor = documents[0]["deploymentSpec"]["executors"]["exec-finetune"]["container"]
+    assert "accelerator" not in executor.get("resources", {})  # the launcher pod needs no GPU
+    kubernetes_config = documents[1]["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    assert "nodeSelector" not in kubernetes_config.get("exec-finetune", {})
+    assert kubernetes_config["exec-finetune"]["secretAsEnv"]  # it still reads gs:// itself
+
+
+def test_multi_worker_settings_are_checked_before_anything_runs(tmp_path):
+    without_root = {**SETTINGS, "backup_root": ""}
+    with pytest.raises(ConfigError, match="workers=3 needs backup_root: gs://"):
+        compile_pipeline(str(tmp_path / "p.yaml"),
+                         deployment.parse(without_root, STEP_ORDER))
+    local = compile_pipeline(str(tmp_path / "local.yaml"),
+                             deployment.parse(without_root, STEP_ORDER), launcher="local")
+    assert "tfjob" not in open(local).read()  # a local run needs no backup_root
+    for bad, message in (({"steps": {"ingest": {"workers": 2}}}, "only steps.finetune runs"),
+                         ({"defaults": {"workers": 2}}, "only steps.finetune runs"),
+                         ({"steps": {"finetune": {"workers": 0}}}, "workers=0; use 1 or more"),
+                         ({"steps": {"finetune": {"worker_restarts": 11}}}, "use 0 to 10"),
+                         ({"backup_root": "/mnt/backups"}, "use a gs://BUCKET/PATH prefix")):
+        with pytest.raises(ConfigError, match=message):
+            deployment.parse(bad, STEP_ORDER)
+
+
+def test_run_rejects_a_bad_worker_count_before_running(capsys, tmp_path, digits_folder):
+    code = main(["run", "--data", digits_folder, "--output", str(tmp_path / "out"),
+                 "--workers", "0"])
+    assert code == 2 and "workers=0; use 1 or more" in capsys.readouterr().err
+    assert not os.path.exists(tmp_path / "out" / "runs")

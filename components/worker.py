@@ -3,14 +3,17 @@
 
 Reads the cluster from TF_CONFIG (set by the local launcher, or by the Training Operator in a
 TFJob pod) and runs the fine-tune stage under MultiWorkerMirroredStrategy. Artifact locations
-are local paths.
+are local paths or gs:// URIs: gs:// inputs are downloaded first, and the chief uploads the
+model to a gs:// --model once it is complete.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+import tempfile
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -29,11 +32,21 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from components.core import stages
+    from components.core import distribute, sources, stages, storage
 
     args = parse_args(sys.argv[1:] if argv is None else argv)
-    facts = stages.finetune(args.images, args.backbone, args.head, args.model,
-                                   config=json.loads(args.config), backup_root=args.backup_root)
+    with tempfile.TemporaryDirectory(prefix="tlpipe-worker-inputs-") as scratch:
+        inputs = {}
+        for name in ("images", "backbone", "head"):
+            uri = getattr(args, name)
+            inputs[name] = os.path.join(scratch, name) if storage.is_gcs(uri) else uri
+            if storage.is_gcs(uri):
+                sources.download_prefix(uri.rstrip("/") + "/", inputs[name])
+        model = os.path.join(scratch, "model") if storage.is_gcs(args.model) else args.model
+        facts = stages.finetune(inputs["images"], inputs["backbone"], inputs["head"], model,
+                                config=json.loads(args.config), backup_root=args.backup_root)
+        if storage.is_gcs(args.model) and distribute.is_chief():
+            storage.upload_tree(model, args.model)
     print(json.dumps(facts, sort_keys=True))
     return 0
 

@@ -103,3 +103,13 @@ def gcs(tmp_path_factory):
             os.environ.pop("STORAGE_EMULATOR_HOST", None)
         else:
             os.environ["STORAGE_EMULATOR_HOST"] = previous
+
+
+def upload_folder(client, bucket_name, folder, prefix):
+    bucket = client.bucket(bucket_name)
+    if not bucket.exists():
+        client.create_bucket(bucket_name)
+    for root, _, names in os.walk(folder):
+        for name in names:
+            relative = os.path.relpath(os.path.join(root, name), folder)
+            bucket.blob(f"{prefix}/{relative}").upload_from_filename(os.path.join(root, name))

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from components.core import backup, config as configs, distribute, stages
-from tests.conftest import MOBILENET_WEIGHTS, require_shared, write_digits
+from tests.conftest import MOBILENET_WEIGHTS, require_shared, upload_folder, write_digits
 
 PYTHON = sys.executable
 
@@ -247,3 +247,23 @@ def test_a_worker_killed_mid_training_resumes_from_its_backup(prepared, two_work
     assert facts[0]["finetuned_weights_sha256"] == reference[0]["finetuned_weights_sha256"]
     for a, b in zip(model_weights(tmp_path), model_weights(reference_output)):
         np.testing.assert_array_equal(a, b)
+
+
+def test_a_worker_pod_reads_its_inputs_from_cloud_storage_and_uploads_the_model(
+        prepared, gcs, tmp_path):
+    """What a TFJob worker does: gs:// artifact URIs in, the chief's model out to gs://."""
+    root, config = prepared
+    for name in ("images", "backbone", "head"):
+        upload_folder(gcs, "artifacts", root / name, f"run-1/{name}")
+    command = stages.worker_command("gs://artifacts/run-1/images", "gs://artifacts/run-1/backbone",
+                                    "gs://artifacts/run-1/head", "gs://artifacts/run-1/model",
+                                    json.dumps(config), "gs://artifacts/run-1/backups")
+    out = Lines()
+    distribute.launch_local(command, 1, output=out, env={"TMPDIR": str(tmp_path)},
+                            timeout_seconds=300)
+    uploaded = sorted(blob.name for blob in gcs.list_blobs("artifacts", prefix="run-1/model/"))
+    assert "run-1/model/model.keras" in uploaded and "run-1/model/finetune.json" in uploaded
+    assert not list(gcs.list_blobs("artifacts", prefix="run-1/backups/"))  # removed at the end
+    assert any("backup of epoch 3 saved in gs://artifacts/run-1/backups/worker-0" in line
+               for line in out.lines)
+    assert os.listdir(tmp_path) == []  # downloaded inputs removed

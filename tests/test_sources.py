@@ -15,17 +15,8 @@ import pytest
 from components.core import sources
 from components.core.data import DataError
 from pipelines.cli import main
+from tests.conftest import upload_folder
 from tests.test_pipeline_local import TINY, artifact, run_pipeline
-
-
-def upload_folder(client, bucket_name, folder, prefix):
-    bucket = client.bucket(bucket_name)
-    if not bucket.exists():
-        client.create_bucket(bucket_name)
-    for root, _, names in os.walk(folder):
-        for name in names:
-            relative = os.path.relpath(os.path.join(root, name), folder)
-            bucket.blob(f"{prefix}/{relative}").upload_from_filename(os.path.join(root, name))
 
 
 def listing(folder):

@@ -197,13 +197,19 @@ def with_workers(settings: Settings, workers: int) -> Settings:
 
 
 def cluster_problems(settings: Settings) -> list[str]:
-    """What a cluster run needs beyond `problems` (a local run does not): a backup_root for
-    multi-worker fine-tuning."""
+    """What a cluster run needs beyond `problems` (a local run does not): for multi-worker
+    fine-tuning, a gs:// backup_root and a gs:// pipeline_root the worker pods read."""
     workers = settings.step(MULTI_WORKER_STEP).workers
-    if workers > 1 and not settings.backup_root:
-        return [f"steps.{MULTI_WORKER_STEP}.workers={workers} needs backup_root: "
-                f"gs://BUCKET/PATH, where workers keep backups a restarted pod can read"]
-    return []
+    if workers <= 1:
+        return []
+    found = []
+    if not settings.backup_root:
+        found.append(f"steps.{MULTI_WORKER_STEP}.workers={workers} needs backup_root: "
+                     f"gs://BUCKET/PATH, where workers keep backups a restarted pod can read")
+    if not settings.pipeline_root.startswith("gs://"):
+        found.append(f"steps.{MULTI_WORKER_STEP}.workers={workers} needs pipeline_root: "
+                     f"gs://BUCKET/PATH: the worker pods read the step's inputs from there")
+    return found
 
 
 def _step_problems(name: str, step: StepSettings) -> list[str]:

@@ -240,6 +240,9 @@ def test_multi_worker_settings_are_checked_before_anything_runs(tmp_path):
     with pytest.raises(ConfigError, match="workers=3 needs backup_root: gs://"):
         compile_pipeline(str(tmp_path / "p.yaml"),
                          deployment.parse(without_root, STEP_ORDER))
+    with pytest.raises(ConfigError, match="workers=3 needs pipeline_root: gs://"):
+        compile_pipeline(str(tmp_path / "p.yaml"), deployment.parse(
+            {**SETTINGS, "pipeline_root": "minio://bucket/runs"}, STEP_ORDER))
     local = compile_pipeline(str(tmp_path / "local.yaml"),
                              deployment.parse(without_root, STEP_ORDER), launcher="local")
     assert "tfjob" not in open(local).read()  # a local run needs no backup_root

@@ -38,7 +38,7 @@ def trained(tmp_path_factory):
     train = tf.data.Dataset.from_tensor_slices((images[::2], labels[::2])).shuffle(500, seed=0)
     val = tf.data.Dataset.from_tensor_slices((images[1::2], labels[1::2]))
     classifier, _ = training.fine_tune(
-        str(folder / "backbone.keras"), str(folder / "head.keras"), train.batch(32),
+        str(folder / "backbone.keras"), str(folder / "head.keras"), lambda epoch: train.batch(32),
         val.batch(32), config, tf.distribute.get_strategy(), np.bincount(labels[::2]).tolist(),
         pretrained=False)
     export.export_saved_model(classifier, str(folder / "saved_model"))

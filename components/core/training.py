@@ -9,7 +9,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import weakref
 
 import keras
 import numpy as np
@@ -134,13 +133,12 @@ def _summary_writer(log_dir: str | None, name: str):
     return tf.summary.create_file_writer(os.path.join(log_dir, name))
 
 
-def _evaluate(model: keras.Model, dataset) -> dict:
+def _evaluate(predict, dataset) -> dict:
     """{"loss": cross-entropy without regularisation penalties, "accuracy"} on a batched
-    (images, labels) dataset. Runs on this worker alone (every worker holds the same weights
-    and sees all of `dataset`, so every worker gets the same figures and takes the same
-    early-stopping decision)."""
+    (images, labels) dataset; predict: images -> probabilities (see `_inference`). Runs on this
+    worker alone (every worker holds the same weights and reads all of `dataset`, so every
+    worker gets the same figures and takes the same early-stopping decision)."""
     probabilities, labels = [], []
-    predict = _inference_function(model)
     for images, batch_labels in dataset:
         probabilities.append(predict(images).numpy())
         labels.append(batch_labels.numpy())
@@ -148,17 +146,15 @@ def _evaluate(model: keras.Model, dataset) -> dict:
                                                    np.concatenate(labels))))
 
 
-_INFERENCE_FUNCTIONS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
-
-
-def _inference_function(model: keras.Model):
-    """model(images, training=False) as one tf.function per model (traced once per shape)."""
+def _inference(model: keras.Model):
+    """model(images, training=False) as a tf.function (traced once per batch shape)."""
     import tensorflow as tf
 
-    if model not in _INFERENCE_FUNCTIONS:
-        _INFERENCE_FUNCTIONS[model] = tf.function(
-            lambda images: model(images, training=False), reduce_retracing=True)
-    return _INFERENCE_FUNCTIONS[model]
+    @tf.function(reduce_retracing=True)
+    def predict(images):
+        return model(images, training=False)
+
+    return predict
 
 
 def _scores(probabilities: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
@@ -199,7 +195,7 @@ def fine_tune(backbone_path: str, head_path: str, train_epoch, val, config: Pipe
         backbone = models.load(backbone_path)
         head = models.load(head_path)
         head_only = models.attach(backbone, spec.preprocess_mode, size, head)
-    head_only_val = _evaluate(head_only, val)
+    head_only_val = _evaluate(_inference(head_only), val)
     report = {"mode": "fine_tune" if pretrained else "from_scratch",
               "head_only_val": head_only_val, "finetuned_val": None, "history": {},
               "trained_layers": [], "resumed_from_epoch": 0}
@@ -238,7 +234,7 @@ def fine_tune(backbone_path: str, head_path: str, train_epoch, val, config: Pipe
         layer.synchronized = False  # the shipped model runs anywhere
     report["history"] = history
     report["finetuned_weights_sha256"] = weights_digest(tuned)
-    report["finetuned_val"] = _evaluate(tuned, val)
+    report["finetuned_val"] = _evaluate(_inference(tuned), val)
     keep, reason = finetuned_is_better(head_only_val, report["finetuned_val"])
     log.info("shipping the %s model: %s", "fine-tuned" if keep else "head-only", reason)
     if keep:
@@ -307,7 +303,7 @@ def _fit(model: keras.Model, optimizer, step, train_epoch, val, strategy,
         best = {path: arrays[f"best/{index}"] for index, path in enumerate(sorted(best))}
         log.info("finetune: resuming after epoch %d from the backup in %s", state["epoch"],
                  backup_dir)
-    resumed_from = state["epoch"]
+    resumed_from, predict = state["epoch"], _inference(model)
     writers = {name: _summary_writer(log_dir, name) for name in ("train", "validation")}
     for epoch in range(state["epoch"], config.finetune.epochs):
         if state["epochs_without_gain"] >= config.finetune.patience:
@@ -316,7 +312,7 @@ def _fit(model: keras.Model, optimizer, step, train_epoch, val, strategy,
         for images, labels in strategy.experimental_distribute_dataset(train_epoch(epoch)):
             sums += [float(value) for value in step(images, labels)]
         figures = {"loss": sums[0] / sums[2], "accuracy": sums[1] / sums[2],
-                   **{f"val_{name}": value for name, value in _evaluate(model, val).items()}}
+                   **{f"val_{name}": value for name, value in _evaluate(predict, val).items()}}
         for name, value in figures.items():
             state["history"][name].append(value)
         _write_epoch(writers, epoch, figures)

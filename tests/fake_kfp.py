@@ -4,34 +4,20 @@ every request, so submit/list/schedule can be tested through the real kfp.Client
 from __future__ import annotations
 
 import json
-import threading
-import urllib.parse
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from tests.fake_http import FakeApi
 
 API = "/apis/v2beta1"
 
 
-class FakeKfp:
-    """Started on 127.0.0.1 with a free port; `url` is its host, `requests` what it received as
-    dicts {"method", "path", "query", "body", "authorization"}."""
+class FakeKfp(FakeApi):
+    """The KFP API on 127.0.0.1 (see FakeApi for `url`, `requests`, `fail_with`)."""
 
     def __init__(self):
-        self.requests: list[dict] = []
+        super().__init__()
         self.experiments: dict[str, dict] = {}
         self.runs: list[dict] = []
         self.recurring: dict[str, dict] = {}
-        self.fail_with: int | None = None  # answer every request with this HTTP status
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
-        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
-
-    def __enter__(self):
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._server.shutdown()
-        self._server.server_close()
 
     def received(self, method: str, path: str) -> list[dict]:
         return [r for r in self.requests if r["method"] == method and r["path"] == API + path]
@@ -71,38 +57,6 @@ class FakeKfp:
             self.recurring[job_id]["status"] = "DISABLED"
             return 200, {}
         return 404, {"error": f"no route {method} {path}"}
-
-    def _handler(self):
-        fake = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def _serve(self, method):
-                parsed = urllib.parse.urlparse(self.path)
-                length = int(self.headers.get("Content-Length") or 0)
-                body = json.loads(self.rfile.read(length) or b"{}") if length else {}
-                query = urllib.parse.parse_qs(parsed.query)
-                fake.requests.append({"method": method, "path": parsed.path, "query": query,
-                                      "body": body,
-                                      "authorization": self.headers.get("Authorization")})
-                status, answer = ((fake.fail_with, {"error": "refused"}) if fake.fail_with
-                                  else fake._answer(method, parsed.path, query, body))
-                payload = json.dumps(answer).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(payload)))
-                self.end_headers()
-                self.wfile.write(payload)
-
-            def do_GET(self):
-                self._serve("GET")
-
-            def do_POST(self):
-                self._serve("POST")
-
-            def log_message(self, *args):
-                pass
-
-        return Handler
 
 
 def _filtered_name(query: dict) -> str | None:

@@ -4,36 +4,22 @@ pods, and reads back every request."""
 
 from __future__ import annotations
 
-import json
-import threading
-import urllib.parse
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from tests.fake_http import FakeApi
 
 TFJOBS = "/apis/kubeflow.org/v1/namespaces/{namespace}/tfjobs"
 
 
-class FakeKubernetes:
-    """Started on 127.0.0.1 with a free port (`url`). `conditions`: the TFJob's condition type
-    per status read (the last one repeats); `pods`: Pod objects (dicts) its pod listing returns;
-    `logs`: pod name -> log text. `requests`: {"method", "path", "query", "body"} received."""
+class FakeKubernetes(FakeApi):
+    """The API on 127.0.0.1 (see FakeApi for `url` and `requests`). `conditions`: the TFJob's
+    condition type per status read (the last one repeats; None: no status yet); `pods`: Pod
+    objects (dicts) its pod listing returns; `logs`: pod name -> log text."""
 
-    def __init__(self, conditions: list[str], pods: list[dict] | None = None,
+    def __init__(self, conditions: list, pods: list[dict] | None = None,
                  logs: dict[str, str] | None = None, failure_message: str = ""):
+        super().__init__()
         self.conditions, self.pods, self.logs = list(conditions), pods or [], logs or {}
         self.failure_message = failure_message
         self.jobs: dict[str, dict] = {}
-        self.requests: list[dict] = []
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
-        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
-
-    def __enter__(self):
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._server.shutdown()
-        self._server.server_close()
 
     def client(self):
         """A kubernetes ApiClient talking to this server."""
@@ -75,40 +61,6 @@ class FakeKubernetes:
             return 200, {"kind": "PodList", "apiVersion": "v1", "metadata": {},
                          "items": self.pods}
         return 404, {"kind": "Status", "code": 404, "message": f"no route {method} {path}"}
-
-    def _handler(self):
-        fake = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def _serve(self, method):
-                parsed = urllib.parse.urlparse(self.path)
-                length = int(self.headers.get("Content-Length") or 0)
-                body = json.loads(self.rfile.read(length) or b"{}") if length else {}
-                query = urllib.parse.parse_qs(parsed.query)
-                fake.requests.append({"method": method, "path": parsed.path, "query": query,
-                                      "body": body})
-                status, answer = fake._answer(method, parsed.path, query, body)
-                text = isinstance(answer, str)
-                payload = answer.encode() if text else json.dumps(answer).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "text/plain" if text else "application/json")
-                self.send_header("Content-Length", str(len(payload)))
-                self.end_headers()
-                self.wfile.write(payload)
-
-            def do_GET(self):
-                self._serve("GET")
-
-            def do_POST(self):
-                self._serve("POST")
-
-            def do_DELETE(self):
-                self._serve("DELETE")
-
-            def log_message(self, *args):
-                pass
-
-        return Handler
 
 
 def _kind(path: str) -> str:

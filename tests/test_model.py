@@ -219,3 +219,18 @@ def test_head_search_keeps_the_lowest_val_cross_entropy():
     losses = {entry["l2"]: entry["val_loss"] for entry in report["search"]}
     assert report["l2"] == min(losses, key=losses.get)
     assert report["val_loss"] == min(losses.values())
+
+
+def test_head_candidates_trained_together_match_each_trained_alone():
+    rng = np.random.default_rng(3)
+    labels = np.arange(300) % 3
+    features = (rng.normal(0, 1, (300, 32)) + labels[:, None] * 0.2).astype(np.float32)
+    split = {"train_features": features[:200], "train_labels": labels[:200],
+             "val_features": features[200:], "val_labels": labels[200:]}
+    together = training.train_head(split, 3, PipelineConfig.from_dict(
+        {"head": {"l2_candidates": [1e-3, 1e-1]}}))[1]["search"]
+    for alone_l2, searched in zip((1e-3, 1e-1), together):
+        alone = training.train_head(split, 3, PipelineConfig.from_dict(
+            {"head": {"l2_candidates": [alone_l2]}}))[1]
+        assert alone["steps_run"] == searched["steps_run"]  # each stopped on its own
+        assert alone["val_loss"] == pytest.approx(searched["val_loss"], rel=1e-5)

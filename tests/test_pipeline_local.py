@@ -30,7 +30,7 @@ def artifact(summary, step, name):
 
 def test_tiny_local_run_writes_every_artifact(capsys, tmp_path, digits_folder):
     settings = tmp_path / "config.yaml"
-    settings.write_text("export: {int8_input: int8, onnx_opset: 16}\n")
+    settings.write_text("export: {int8_input: int8, onnx_opset: 16}\naugment: {views: 2}\n")
     # the YAML a cluster gets, deployment settings included, is what runs here
     # ... with fine-tuning on two local worker processes (the cluster gets a TFJob instead)
     summary, out = run_pipeline(capsys, digits_folder, tmp_path / "out", *TINY,
@@ -50,7 +50,7 @@ def test_tiny_local_run_writes_every_artifact(capsys, tmp_path, digits_folder):
     features_dir = artifact(summary, "preprocess", "features")["path"]
     features = np.load(os.path.join(features_dir, "features.npz"))
     views = json.load(open(os.path.join(features_dir, "meta.json")))["views"]
-    assert views == 9  # the image and augment.views=8 augmented views
+    assert views == 3  # the image and augment.views=2 augmented views
     assert features["train_features"].shape[0] == views * sum(manifest["counts"]["train"].values())
     assert features["val_features"].shape[0] == sum(manifest["counts"]["val"].values())
     backbone = artifact(summary, "preprocess", "backbone")

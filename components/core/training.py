@@ -47,12 +47,12 @@ def train_head(features: dict[str, np.ndarray], num_classes: int, config: Pipeli
     weights = models.class_weights(counts, config.loss.class_weight) or {}
     sample_weight = np.array([weights.get(int(y), 1.0) for y in features["train_labels"]],
                              np.float32)
+    l2s = list(config.head.l2_candidates)
+    writers = [_summary_writer(log_dir, f"l2={l2:g}") for l2 in l2s]
+    fits = fit_softmax_regressions(train_x, features["train_labels"], sample_weight, val_x,
+                                   features["val_labels"], num_classes, l2s, config, writers)
     candidates = []
-    for l2 in config.head.l2_candidates:
-        writer = _summary_writer(log_dir, f"l2={l2:g}")
-        kernel, bias, history = fit_softmax_regression(
-            train_x, features["train_labels"], sample_weight, val_x, features["val_labels"],
-            num_classes, l2, config, writer)
+    for l2, writer, (kernel, bias, history) in zip(l2s, writers, fits):
         if writer is not None:
             writer.close()
         best = int(np.argmin(history["val_loss"]))
@@ -71,53 +71,82 @@ def train_head(features: dict[str, np.ndarray], num_classes: int, config: Pipeli
     return head, {**chosen, "search": search}
 
 
-def fit_softmax_regression(x, labels, sample_weight, val_x, val_labels, num_classes: int,
-                           l2: float, config: PipelineConfig, writer=None):
-    """Full-batch Adam on weighted, label-smoothed cross-entropy + l2 * ||kernel||^2, from zero
-    weights (the problem is convex: no seed needed), for at most `config.head.max_steps` steps;
-    stops after `config.head.patience` val checks (every EVAL_EVERY steps) without a lower val
-    cross-entropy. Returns (kernel (D, C), bias (C,), history) at the best check."""
+def fit_softmax_regressions(x, labels, sample_weight, val_x, val_labels, num_classes: int,
+                            l2s: list[float], config: PipelineConfig, writers=None):
+    """One softmax regression per L2 strength in `l2s`, all trained at once: full-batch Adam on
+    weighted, label-smoothed cross-entropy + l2 * ||kernel||^2, from zero weights (the problem
+    is convex: no seed needed), for at most `config.head.max_steps` steps. Each candidate stops
+    after `config.head.patience` val checks (every EVAL_EVERY steps) without a lower val
+    cross-entropy; training ends when all have stopped.
+
+    The candidates' weights are slices of one stacked variable and Adam is elementwise, so each
+    follows exactly the trajectory it would alone: one traced step serves them all.
+    writers: one TensorBoard writer (or None) per candidate.
+    Returns, per candidate, (kernel (D, C), bias (C,), history) at its best check."""
     import tensorflow as tf
 
+    count = len(l2s)
     x = tf.constant(x, tf.float32)
     weight = tf.constant(sample_weight / sample_weight.mean(), tf.float32)
     smoothing = config.loss.label_smoothing
     targets = tf.one_hot(labels, num_classes) * (1 - smoothing) + smoothing / num_classes
-    kernel = tf.Variable(tf.zeros((x.shape[1], num_classes)))
-    bias = tf.Variable(tf.zeros((num_classes,)))
+    penalty = tf.constant(l2s, tf.float32)[:, None, None]
+    kernel = tf.Variable(tf.zeros((count, x.shape[1], num_classes)))
+    bias = tf.Variable(tf.zeros((count, num_classes)))
     optimizer = keras.optimizers.Adam(config.head.learning_rate)
 
     @tf.function
     def train_step():
         with tf.GradientTape() as tape:
-            entropy = tf.nn.softmax_cross_entropy_with_logits(targets, x @ kernel + bias)
-            loss = tf.reduce_mean(entropy * weight) + l2 * tf.reduce_sum(tf.square(kernel))
-        optimizer.apply_gradients(zip(tape.gradient(loss, [kernel, bias]), [kernel, bias]))
-        return loss
+            logits = tf.einsum("nd,kdc->knc", x, kernel) + bias[:, None, :]
+            entropy = tf.nn.softmax_cross_entropy_with_logits(
+                tf.broadcast_to(targets, tf.shape(logits)), logits)
+            losses = (tf.reduce_mean(entropy * weight, axis=1)
+                      + tf.reduce_sum(penalty * tf.square(kernel), axis=[1, 2]))
+            total = tf.reduce_sum(losses)  # each candidate's gradient is its own loss's
+        optimizer.apply_gradients(zip(tape.gradient(total, [kernel, bias]), [kernel, bias]))
+        return losses
 
-    history = {"step": [], "train_loss": [], "val_loss": [], "val_accuracy": []}
-    best, best_weights, checks_without_gain = np.inf, None, 0
+    histories = [{"step": [], "train_loss": [], "val_loss": [], "val_accuracy": []}
+                 for _ in l2s]
+    best = [np.inf] * count
+    best_weights = [None] * count
+    checks_without_gain = [0] * count
+    writers = writers or [None] * count
     for step in range(1, config.head.max_steps + 1):
-        loss = train_step()
+        losses = train_step()
         if step % EVAL_EVERY and step != config.head.max_steps:
             continue
-        logits = val_x @ kernel.numpy() + bias.numpy()
-        val_loss, val_accuracy = _scores(_softmax(logits), val_labels)
-        for name, value in (("step", step), ("train_loss", float(loss)),
-                            ("val_loss", val_loss), ("val_accuracy", val_accuracy)):
-            history[name].append(value)
-        if writer is not None:
-            with writer.as_default(step=step):
-                for name in ("train_loss", "val_loss", "val_accuracy"):
-                    tf.summary.scalar(name, history[name][-1])
-        if val_loss < best:
-            best, best_weights, checks_without_gain = val_loss, (kernel.numpy(),
-                                                                 bias.numpy()), 0
-        else:
-            checks_without_gain += 1
-            if checks_without_gain >= config.head.patience:
-                break
-    return (*best_weights, history)
+        kernels, biases, train_losses = kernel.numpy(), bias.numpy(), losses.numpy()
+        active = [k for k in range(count) if checks_without_gain[k] < config.head.patience]
+        for k in active:
+            val_loss, val_accuracy = _scores(_softmax(val_x @ kernels[k] + biases[k]),
+                                             val_labels)
+            _record(histories[k], writers[k], step, float(train_losses[k]), val_loss,
+                    val_accuracy)
+            if val_loss < best[k]:
+                best[k], best_weights[k], checks_without_gain[k] = val_loss, (kernels[k],
+                                                                              biases[k]), 0
+            else:
+                checks_without_gain[k] += 1
+        if all(wait >= config.head.patience for wait in checks_without_gain):
+            break
+    return [(*best_weights[k], histories[k]) for k in range(count)]
+
+
+def _record(history: dict, writer, step: int, train_loss: float, val_loss: float,
+            val_accuracy: float) -> None:
+    """Appends one val check to a head candidate's history and its TensorBoard log."""
+    import tensorflow as tf
+
+    figures = {"train_loss": train_loss, "val_loss": val_loss, "val_accuracy": val_accuracy}
+    history["step"].append(step)
+    for name, value in figures.items():
+        history[name].append(value)
+    if writer is not None:
+        with writer.as_default(step=step):
+            for name, value in figures.items():
+                tf.summary.scalar(name, value)
 
 
 def _softmax(logits: np.ndarray) -> np.ndarray:

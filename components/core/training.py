@@ -337,9 +337,9 @@ def _fit(model: keras.Model, optimizer, step, train_epoch, val, strategy,
     for epoch in range(state["epoch"], config.finetune.epochs):
         if state["epochs_without_gain"] >= config.finetune.patience:
             break
-        sums = np.zeros(3)
-        for images, labels in strategy.experimental_distribute_dataset(train_epoch(epoch)):
-            sums += [float(value) for value in step(images, labels)]
+        totals = [step(images, labels) for images, labels in
+                  strategy.experimental_distribute_dataset(train_epoch(epoch))]
+        sums = np.sum([[float(value) for value in total] for total in totals], axis=0)
         figures = {"loss": sums[0] / sums[2], "accuracy": sums[1] / sums[2],
                    **{f"val_{name}": value for name, value in _evaluate(predict, val).items()}}
         for name, value in figures.items():

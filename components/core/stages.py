@@ -187,11 +187,13 @@ def finetune_step(images_dir: str, backbone_dir: str, head_dir: str, model_dir: 
         backup_root = f"{model_dir}.backups"
         command = worker_command(images_dir, backbone_dir, head_dir, model_dir,
                                  json.dumps(config.to_dict()), backup_root)
-        restarts = distribute.launch_with_restarts(lambda: distribute.launch_local(
-            command, workers, timeout_seconds=distribution["timeout_seconds"],
-            start_timeout_seconds=distribution["start_timeout_seconds"]),
-            distribution["restarts"], log.warning)
-        shutil.rmtree(backup_root, ignore_errors=True)
+        try:
+            restarts = distribute.launch_with_restarts(lambda: distribute.launch_local(
+                command, workers, timeout_seconds=distribution["timeout_seconds"],
+                start_timeout_seconds=distribution["start_timeout_seconds"]),
+                distribution["restarts"], log.warning)
+        finally:  # this run's backups: no later run resumes from them
+            shutil.rmtree(backup_root, ignore_errors=True)
     report = storage.read_json(os.path.join(model_dir, "finetune.json"))
     return {**_finetune_facts(report, workers), "restarts": restarts}
 

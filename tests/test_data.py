@@ -174,7 +174,9 @@ def test_given_val_becomes_test_and_val_is_carved_from_train(tmp_path):
     for split, count in (("train", 10), ("val", 4)):
         for label in ("ants", "bees"):
             for i in range(count):
-                save(photo(hash((split, label, i)) % 10000), str(root / split / label / f"{i}.png"))
+                # fixed content (Python's str hash changes per process): a fixed split
+                seed = 1000 * (split == "val") + 100 * (label == "bees") + i
+                save(photo(seed), str(root / split / label / f"{i}.png"))
     manifest = data.ingest_folder(str(root), str(tmp_path / "out"), DataConfig())
     assert manifest["counts"]["test"] == {"ants": 4, "bees": 4}
     for label in ("ants", "bees"):  # val carved from the given train only
@@ -228,3 +230,14 @@ def test_an_image_in_both_train_and_test_folders_is_kept_once(tmp_path):
     placed = {source for split in data.SPLITS
               for _, _, source in read_sources(str(tmp_path / "out"), split)}
     assert len(placed & {"test/ants/copy.png", "train/ants/0.png"}) == 1  # no leakage
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_a_class_of_three_images_gets_one_in_every_split(tmp_path, seed):
+    for label in ("ants", "bees"):
+        for i in range(3):
+            save(photo(10 * (label == "bees") + i), str(tmp_path / "src" / label / f"{i}.png"))
+    manifest = data.ingest_folder(str(tmp_path / "src"), str(tmp_path / "out"),
+                                  DataConfig(seed=seed))
+    assert all(manifest["counts"][split] == {"ants": 1, "bees": 1}
+               for split in ("train", "val", "test"))

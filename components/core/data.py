@@ -205,9 +205,12 @@ def assign_splits(images: list[CheckedImage], classes: list[str],
 
     A carved file goes to test when its split_point is below data.test_fraction, to val when it
     is below test_fraction + val_fraction, else to train: adding files never moves the old
-    ones, so recurring retraining compares like with like. The one exception keeps training
-    possible: a class left with no training image gets back its carved image with the highest
-    point. Returns {split: images sorted by (label, relpath)}.
+    ones, so recurring retraining compares like with like. Two exceptions, for small classes
+    only: a class left with no training image gets back its carved image with the highest point,
+    and a carved split a class would have no image in gets one from a split that has two or
+    more (train's lowest point first), so a class of 3 images has one in each (with 0.15 per
+    split, a class of 20 images misses a split by chance 4% of the time, one of 50 0.03%). Returns {split: images sorted by
+    (label, relpath)}.
     """
     given = {image.source.given_split for image in images}
     splits = {split: [] for split in SPLITS}
@@ -248,6 +251,10 @@ def _carve(pool: list[CheckedImage], carve: tuple, config: DataConfig) -> dict[s
     if pool and not chosen["train"]:  # the highest point of all sits last in the last split
         donor = next(split for split in reversed(carve) if chosen[split])
         chosen["train"].append(chosen[donor].pop())
+    for split in carve:  # a small class whose points all missed a split still gets one image
+        donor = next((d for d in ("train", *carve) if len(chosen[d]) >= 2), None)
+        if not chosen[split] and donor:  # train's lowest point, or another split's highest
+            chosen[split].append(chosen[donor].pop(0 if donor == "train" else -1))
     return chosen
 
 

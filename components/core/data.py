@@ -209,8 +209,8 @@ def assign_splits(images: list[CheckedImage], classes: list[str],
     only: a class left with no training image gets back its carved image with the highest point,
     and a carved split a class would have no image in gets one from a split that has two or
     more (train's lowest point first), so a class of 3 images has one in each (with 0.15 per
-    split, a class of 20 images misses a split by chance 4% of the time, one of 50 0.03%). Returns {split: images sorted by
-    (label, relpath)}.
+    split, a class of 20 images misses a split by chance 4% of the time, one of 50 0.03%).
+    Returns {split: images sorted by (label, relpath)}.
     """
     given = {image.source.given_split for image in images}
     splits = {split: [] for split in SPLITS}

@@ -126,7 +126,10 @@ def launch_local(command: list[str], workers: int, *, timeout_seconds: float = 0
     finally:
         for process in processes:
             if process.poll() is None:
-                os.killpg(process.pid, signal.SIGKILL)
+                try:
+                    os.killpg(process.pid, signal.SIGKILL)
+                except ProcessLookupError:  # it ended since poll()
+                    pass
         for process in processes:
             process.wait()
         for reader in readers:

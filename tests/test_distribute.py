@@ -120,26 +120,29 @@ def test_a_killed_worker_is_reported_by_signal_and_the_group_restarts(tmp_path):
 
 # ---------------------------------------------------------------- backups
 
-def test_backup_round_trip_and_removal(tmp_path):
+def test_backups_keep_the_last_two_epochs_and_are_removed(tmp_path):
     directory = backup.worker_dir(str(tmp_path / "backups"), "worker", 1)
-    assert directory.endswith("backups/worker-1") and backup.load(directory) is None
-    backup.save(directory, {"epoch": 2}, {"model/0": np.arange(3.0)})
-    backup.save(directory, {"epoch": 3}, {"model/0": np.arange(4.0)})  # replaces
-    state, arrays = backup.load(directory)
-    assert state == {"epoch": 3} and arrays["model/0"].tolist() == [0, 1, 2, 3]
-    assert os.listdir(directory) == [backup.FILE]  # no partial file left beside it
+    assert directory.endswith("backups/worker-1") and backup.epochs(directory) == []
+    for epoch in (1, 2, 3):
+        backup.save(directory, epoch, {"epoch": epoch}, {"model/0": np.arange(float(epoch))})
+    assert backup.epochs(directory) == [2, 3]
+    assert sorted(os.listdir(directory)) == ["epoch-00002.npz", "epoch-00003.npz"]  # no partial
+    state, arrays = backup.load(directory, 2)
+    assert state == {"epoch": 2} and arrays["model/0"].tolist() == [0, 1]
     backup.remove(directory)
     assert not os.path.exists(directory)
 
 
-def test_backup_on_cloud_storage(gcs):
+def test_backups_on_cloud_storage(gcs):
     gcs.create_bucket("backups")
     directory = backup.worker_dir("gs://backups/run-1", "worker", 0)
-    backup.save(directory, {"epoch": 1}, {"optimizer/0": np.ones(2)})
-    state, arrays = backup.load(directory)
-    assert state == {"epoch": 1} and arrays["optimizer/0"].tolist() == [1, 1]
+    for epoch in (1, 2, 3):
+        backup.save(directory, epoch, {"epoch": epoch}, {"optimizer/0": np.ones(epoch)})
+    assert backup.epochs(directory) == [2, 3]
+    state, arrays = backup.load(directory, 3)
+    assert state == {"epoch": 3} and arrays["optimizer/0"].tolist() == [1, 1, 1]
     backup.remove(directory)
-    assert backup.load(directory) is None
+    assert backup.epochs(directory) == []
 
 
 # ---------------------------------------------------------------- real workers
@@ -224,29 +227,41 @@ def test_two_workers_stay_in_sync_match_one_worker_and_only_the_chief_writes(
         np.testing.assert_allclose(a, b, atol=1e-5)
 
 
-def test_a_worker_killed_mid_training_resumes_from_its_backup(prepared, two_workers, tmp_path):
-    processes, killed = [], []
+@pytest.mark.parametrize("uneven", [False, True], ids=["both-saved", "one-epoch-apart"])
+def test_a_worker_killed_mid_training_resumes_from_the_backups(prepared, two_workers, tmp_path,
+                                                                uneven):
+    """Worker 1 is SIGKILLed once both workers saved epoch 2; the launcher restarts the group.
+    one-epoch-apart: worker 0's epoch-2 backup is deleted first, as when a group dies between
+    two workers' saves: all must then resume from epoch 1, which both have."""
+    processes, saved, killed = [], set(), []
 
-    def kill_worker_1_after_epoch_2(line):
-        if not killed and line.startswith("[worker 1]") and "backup of epoch 2 saved" in line:
+    def kill_after_epoch_2(line):
+        if "backup of epoch 2 saved" in line:
+            saved.add(line.split("]")[0])
+        if len(saved) == 2 and not killed:
             killed.append(True)
+            if uneven:
+                os.remove(tmp_path / "backups" / "worker-0" / backup.file_name(2))
             os.kill(processes[1].pid, signal.SIGKILL)
 
-    # the launcher's reader thread sees the line and kills; the launcher restarts the group
     facts, lines = run_workers(prepared, tmp_path, 2, str(tmp_path / "backups"),
-                               watch=kill_worker_1_after_epoch_2, on_start=processes.extend,
+                               watch=kill_after_epoch_2, on_start=processes.extend,
                                restarts=1)
-    assert killed, "worker 1 never reported its epoch-2 backup"
-    assert facts[0]["resumed_from_epoch"] == 2 and facts[1]["resumed_from_epoch"] == 2
-    assert any("resuming after epoch 2" in line for line in lines)
-    epochs_run = [line for line in lines if line.startswith("[worker 0]") and
-                  "finetune epoch" in line]
-    assert len(epochs_run) == 2 + 1  # epochs 1-2, killed, then only epoch 3
+    assert killed, "the workers never reported their epoch-2 backups"
+    resumed = 1 if uneven else 2
+    assert facts[0]["resumed_from_epoch"] == facts[1]["resumed_from_epoch"] == resumed
+    assert any(f"resuming after epoch {resumed}" in line for line in lines)
+    second_start = [i for i, line in enumerate(lines)
+                    if line.startswith("[worker 0]") and distribute.READY in line][1]
+    epochs_after_restart = [line for line in lines[second_start:]
+                            if line.startswith("[worker 0]") and "finetune epoch" in line]
+    assert len(epochs_after_restart) == 3 - resumed  # not from zero
     reference_output, reference, _ = two_workers
     # bit-identical to the uninterrupted run
     assert facts[0]["finetuned_weights_sha256"] == reference[0]["finetuned_weights_sha256"]
     for a, b in zip(model_weights(tmp_path), model_weights(reference_output)):
         np.testing.assert_array_equal(a, b)
+    assert os.listdir(tmp_path / "backups") == []
 
 
 def test_a_worker_pod_reads_its_inputs_from_cloud_storage_and_uploads_the_model(
@@ -265,5 +280,5 @@ def test_a_worker_pod_reads_its_inputs_from_cloud_storage_and_uploads_the_model(
     assert "run-1/model/model.keras" in uploaded and "run-1/model/finetune.json" in uploaded
     assert not list(gcs.list_blobs("artifacts", prefix="run-1/backups/"))  # removed at the end
     assert any("backup of epoch 3 saved in gs://artifacts/run-1/backups/worker-0" in line
-               for line in out.lines)
+               for line in out.lines)  # (and removed: checked above)
     assert os.listdir(tmp_path) == []  # downloaded inputs removed

@@ -1,10 +1,12 @@
 """Training backups that let a restarted fine-tuning job resume from its last completed epoch.
 
 Each worker keeps its own backup directory (`worker_dir`): one shared directory breaks when
-workers write at once (Keras's BackupAndRestore hits an HDF5 lock there). A backup is one
-`backup.npz` holding named arrays and a JSON state; it is replaced in one step (a rename
-locally, a single object upload on gs://), so a worker killed while saving leaves the previous
-backup whole. Directories are local paths or gs:// URIs (google-cloud-storage).
+workers write at once (Keras's BackupAndRestore hits an HDF5 lock there). A backup is one file
+per completed epoch, `epoch-NNNNN.npz`, holding named arrays and a JSON state, written in one
+step (a rename locally, a single object upload on gs://), so a worker killed while saving
+leaves its earlier backups whole. The last two epochs are kept: a group killed between two
+workers' saves has workers one epoch apart, and resumes from the older epoch, which every
+worker has. Directories are local paths or gs:// URIs (google-cloud-storage).
 """
 
 from __future__ import annotations
@@ -18,8 +20,8 @@ import numpy as np
 
 from components.core import storage
 
-FILE = "backup.npz"
 STATE_KEY = "__state__"
+KEEP = 2  # epochs kept per worker
 
 
 def worker_dir(root: str, task_type: str, task_index: int) -> str:
@@ -27,32 +29,45 @@ def worker_dir(root: str, task_type: str, task_index: int) -> str:
     return f"{root.rstrip('/')}/{task_type}-{task_index}"
 
 
-def save(directory: str, state: dict, arrays: dict[str, np.ndarray]) -> None:
-    """Writes `state` (JSON-serialisable) and `arrays` as the directory's backup, replacing the
-    previous one atomically."""
+def file_name(epoch: int) -> str:
+    return f"epoch-{epoch:05d}.npz"
+
+
+def save(directory: str, epoch: int, state: dict, arrays: dict[str, np.ndarray]) -> None:
+    """Writes the backup of completed `epoch` (>= 1): `state` (JSON-serialisable) and `arrays`,
+    atomically; then removes this directory's backups older than the last KEEP epochs."""
     buffer = io.BytesIO()
     np.savez(buffer, **arrays, **{STATE_KEY: np.array(json.dumps(state))})
     if storage.is_gcs(directory):
-        _blob(directory).upload_from_string(buffer.getvalue())
-        return
-    path = os.path.join(directory, FILE)
-    with storage.atomic_file(path) as partial:
-        with open(partial, "wb") as handle:
-            handle.write(buffer.getvalue())
-
-
-def load(directory: str) -> tuple[dict, dict[str, np.ndarray]] | None:
-    """(state, arrays) of the directory's backup, or None when there is none."""
-    if storage.is_gcs(directory):
-        blob = _blob(directory)
-        if not blob.exists():
-            return None
-        raw = blob.download_as_bytes()
+        _blob(directory, file_name(epoch)).upload_from_string(buffer.getvalue())
     else:
-        path = os.path.join(directory, FILE)
-        if not os.path.exists(path):
-            return None
-        with open(path, "rb") as handle:
+        with storage.atomic_file(os.path.join(directory, file_name(epoch))) as partial:
+            with open(partial, "wb") as handle:
+                handle.write(buffer.getvalue())
+    for old in epochs(directory)[:-KEEP]:
+        _delete(directory, file_name(old))
+
+
+def epochs(directory: str) -> list[int]:
+    """The epochs this directory holds backups of, ascending ([] when none)."""
+    if storage.is_gcs(directory):
+        from google.cloud import storage as gcs
+
+        bucket, prefix = storage.split_gcs(directory.rstrip("/") + "/")
+        names = [blob.name[len(prefix):] for blob in gcs.Client().list_blobs(bucket,
+                                                                               prefix=prefix)]
+    else:
+        names = os.listdir(directory) if os.path.isdir(directory) else []
+    return sorted(int(name[6:11]) for name in names
+                  if name.startswith("epoch-") and name.endswith(".npz") and len(name) == 15)
+
+
+def load(directory: str, epoch: int) -> tuple[dict, dict[str, np.ndarray]]:
+    """(state, arrays) of the backup of `epoch` in this directory."""
+    if storage.is_gcs(directory):
+        raw = _blob(directory, file_name(epoch)).download_as_bytes()
+    else:
+        with open(os.path.join(directory, file_name(epoch)), "rb") as handle:
             raw = handle.read()
     with np.load(io.BytesIO(raw)) as stored:
         arrays = {name: stored[name] for name in stored.files if name != STATE_KEY}
@@ -61,17 +76,23 @@ def load(directory: str) -> tuple[dict, dict[str, np.ndarray]] | None:
 
 
 def remove(directory: str) -> None:
-    """Deletes the directory's backup (training finished: nothing left to resume)."""
+    """Deletes the directory's backups (training finished: nothing left to resume)."""
     if storage.is_gcs(directory):
-        blob = _blob(directory)
-        if blob.exists():
-            blob.delete()
+        for epoch in epochs(directory):
+            _delete(directory, file_name(epoch))
         return
     shutil.rmtree(directory, ignore_errors=True)
 
 
-def _blob(directory: str):
+def _delete(directory: str, name: str) -> None:
+    if storage.is_gcs(directory):
+        _blob(directory, name).delete()
+    elif os.path.exists(os.path.join(directory, name)):
+        os.remove(os.path.join(directory, name))
+
+
+def _blob(directory: str, name: str):
     from google.cloud import storage as gcs
 
-    bucket, prefix = storage.split_gcs(f"{directory.rstrip('/')}/{FILE}")
-    return gcs.Client().bucket(bucket).blob(prefix)
+    bucket, path = storage.split_gcs(f"{directory.rstrip('/')}/{name}")
+    return gcs.Client().bucket(bucket).blob(path)

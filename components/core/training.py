@@ -325,9 +325,9 @@ def _fit(model: keras.Model, optimizer, step, train_epoch, val, strategy,
     state = {"epoch": 0, "best_val_loss": None, "epochs_without_gain": 0,
              "history": {"loss": [], "accuracy": [], "val_loss": [], "val_accuracy": []}}
     best = _snapshot(model)
-    restored = backup.load(backup_dir) if backup_dir else None
-    if restored:
-        state, arrays = restored
+    agreed = _resume_epoch(strategy, backup_dir, config.finetune.epochs) if backup_dir else 0
+    if agreed:
+        state, arrays = backup.load(backup_dir, agreed)
         _restore_arrays(model, optimizer, arrays)
         best = {path: arrays[f"best/{index}"] for index, path in enumerate(sorted(best))}
         log.info("finetune: resuming after epoch %d from the backup in %s", state["epoch"],
@@ -354,7 +354,8 @@ def _fit(model: keras.Model, optimizer, step, train_epoch, val, strategy,
             state["epochs_without_gain"] += 1
         state["epoch"] = epoch + 1
         if backup_dir:
-            backup.save(backup_dir, state, _backup_arrays(model, optimizer, best))
+            backup.save(backup_dir, state["epoch"], state, _backup_arrays(model, optimizer,
+                                                                           best))
             log.info("finetune: backup of epoch %d saved in %s", epoch + 1, backup_dir)
     _restore(model, best)
     for writer in writers.values():
@@ -363,6 +364,25 @@ def _fit(model: keras.Model, optimizer, step, train_epoch, val, strategy,
     if backup_dir:
         backup.remove(backup_dir)
     return state["history"], resumed_from
+
+
+def _resume_epoch(strategy, backup_dir: str, epochs: int) -> int:
+    """The epoch to resume after: the latest epoch every worker has a backup of (0: start
+    afresh). A collective: every worker calls it. Workers can be one epoch apart when a group
+    dies between their saves; each keeps its last two backups, so all hold this one."""
+    import tensorflow as tf
+
+    saved = backup.epochs(backup_dir)
+    latest = min(saved[-1] if saved else 0, epochs)
+    # the workers' latest epochs as counts per epoch (SUM is what collectives offer); the
+    # lowest epoch with a count is the one all of them have
+    counts = strategy.reduce("SUM", strategy.run(lambda: tf.one_hot(latest, epochs + 1)),
+                             axis=None).numpy()
+    agreed = int(np.flatnonzero(counts)[0])
+    if agreed and agreed not in saved:
+        raise RuntimeError(f"the backup of epoch {agreed} is missing from {backup_dir} (other "
+                           f"workers resume from it); delete the backups to start afresh")
+    return agreed
 
 
 def _write_epoch(writers: dict, epoch: int, figures: dict) -> None:

@@ -73,19 +73,22 @@ def test_launcher_prefixes_lines_and_returns_when_all_succeed():
 
 
 def test_a_failed_worker_stops_the_group_with_its_last_lines(tmp_path):
-    # worker 1 ignores SIGTERM like TensorFlow does and would run for 10 minutes
+    # worker 1 ignores SIGTERM like TensorFlow does and would run for 10 minutes; worker 0
+    # fails once worker 1 has written its pid, so the test always knows whom to look for
+    pid_file = str(tmp_path / "pid")
     body = (f"print('{distribute.READY}', flush=True)\n"
-            "if index == 0:\n    print('bad input file'); sys.exit(3)\n"
+            "if index == 0:\n"
+            f"    while not os.path.exists({pid_file!r}): time.sleep(0.05)\n"
+            "    print('bad input file'); sys.exit(3)\n"
             "signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
-            f"open({str(tmp_path)!r} + '/pid', 'w').write(str(os.getpid()))\n"
+            f"open({pid_file!r} + '.partial', 'w').write(str(os.getpid()))\n"
+            f"os.replace({pid_file!r} + '.partial', {pid_file!r})\n"
             "time.sleep(600)")
     with pytest.raises(distribute.WorkerFailure, match=r"(?s)worker 0 exited with status 3.*"
                                                         r"bad input file"):
         distribute.launch_local(script(body), 2, output=Lines())
-    pid = int((tmp_path / "pid").read_text()) if (tmp_path / "pid").exists() else None
-    if pid is not None:
-        with pytest.raises(ProcessLookupError):
-            os.kill(pid, 0)  # killed and reaped
+    with pytest.raises(ProcessLookupError):
+        os.kill(int((tmp_path / "pid").read_text()), 0)  # worker 1 killed and reaped
 
 
 def test_a_peer_that_never_joins_fails_at_the_start_timeout():

@@ -7,7 +7,7 @@ writes its outputs atomically.
 Artifact layouts (directories):
     dataset   manifest.json + <split>-NNNNN.tfrecord          (data.ingest_folder)
     images    meta.json + <split>.tfrecord resized pixels       (cache.write_resized)
-    features  meta.json + features.npz                          (cache.compute_features)
+    features  meta.json + features.npz                          (cache.FeatureCache)
     backbone  backbone.keras + provenance.json
     head      head.keras + history.json
     model     model.keras + finetune.json + labels.txt
@@ -80,24 +80,27 @@ def ingest(source: str, dataset_dir: str, report_path: str, *, config) -> dict:
 @_stage
 def preprocess(dataset_dir: str, images_dir: str, features_dir: str, backbone_dir: str, *,
                config) -> dict:
-    """Resizes once, builds the backbone with its weights, caches frozen features."""
+    """Resizes once, builds the backbone with its weights, caches frozen features. Decoding
+    runs in the background while the backbone is built, saved and traced; features of train
+    and val come from the same pass that writes the resized images."""
     from components.core import model as models
 
     spec = backbones.get(config.model.backbone)
     size = backbones.resolved_size(spec, config.model.image_size)
-    meta = cache.write_resized(dataset_dir, images_dir, size)
+    batches = cache.start_resizing(dataset_dir, size)
     backbone, provenance = models.load_backbone(config.model)
     if provenance["weights"] == "random":
-        sample, _ = next(iter(cache.read_resized(images_dir, "train").shuffle(
-            4096, seed=config.data.seed).batch(cache.BATCH)))
-        models.calibrate_batchnorm(backbone, spec.preprocess_mode, size, sample)
+        models.calibrate_batchnorm(backbone, spec.preprocess_mode, size,
+                                   cache.batchnorm_sample(dataset_dir, size, config.data.seed))
         provenance["detail"] += "; BatchNorm statistics estimated from training images"
+    features = cache.FeatureCache(models.attach(backbone, spec.preprocess_mode, size), size,
+                                  config.augment, config.data.seed)
     with storage.atomic_dir(backbone_dir) as partial:
         models.save(backbone, os.path.join(partial, "backbone.keras"))
         storage.write_json(os.path.join(partial, "provenance.json"), provenance)
-    extractor = models.attach(backbone, spec.preprocess_mode, size)
-    facts = cache.compute_features(extractor, images_dir, features_dir, config.augment,
-                                   config.data.seed, classes=meta["classes"])
+    meta = cache.write_resized(batches, dataset_dir, images_dir, size, on_batch=features.add)
+    features.add_views(images_dir)
+    facts = features.save(features_dir, classes=meta["classes"])
     return {"image_size": size, "classes": meta["classes"], "weights": provenance["weights"],
             "weights_detail": provenance["detail"], **facts}
 

@@ -234,3 +234,28 @@ def test_head_candidates_trained_together_match_each_trained_alone():
             {"head": {"l2_candidates": [alone_l2]}}))[1]
         assert alone["steps_run"] == searched["steps_run"]  # each stopped on its own
         assert alone["val_loss"] == pytest.approx(searched["val_loss"], rel=1e-5)
+
+
+def test_head_search_history_is_logged_for_tensorboard_per_candidate(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    rng = np.random.default_rng(4)
+    labels = np.arange(90) % 3
+    features = (rng.normal(0, 1, (90, 8)) + labels[:, None] * 0.5).astype(np.float32)
+    split = {"train_features": features[:60], "train_labels": labels[:60],
+             "val_features": features[60:], "val_labels": labels[60:]}
+    config = PipelineConfig.from_dict({"head": {"l2_candidates": [0.0, 0.5], "max_steps": 25,
+                                                "patience": 100}})
+    _, report = training.train_head(split, 3, config, log_dir=str(tmp_path))
+    assert sorted(os.listdir(tmp_path)) == ["l2=0", "l2=0.5"]
+    for run, searched in zip(("l2=0", "l2=0.5"), report["search"]):
+        events = EventAccumulator(str(tmp_path / run))
+        events.Reload()
+        assert sorted(events.Tags()["scalars"]) == ["train_loss", "val_accuracy", "val_loss"]
+        points = events.Scalars("val_loss")
+        assert [point.step for point in points] == [10, 20, 25]  # a check every 10, and the last
+        assert min(point.value for point in points) == pytest.approx(searched["val_loss"])
+    chosen = EventAccumulator(str(tmp_path / f"l2={report['l2']:g}"))
+    chosen.Reload()
+    assert [point.value for point in chosen.Scalars("train_loss")] == pytest.approx(
+        report["history"]["train_loss"])

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import time
 
 import keras
 import numpy as np
@@ -24,6 +25,7 @@ SCRATCH_BATCHNORM_MOMENTUM = 0.9
 
 
 EVAL_EVERY = 10  # head training steps between two val checks
+HEAD_SCALARS = ("train_loss", "val_loss", "val_accuracy")  # per check, per candidate
 
 
 def train_head(features: dict[str, np.ndarray], num_classes: int, config: PipelineConfig,
@@ -48,12 +50,15 @@ def train_head(features: dict[str, np.ndarray], num_classes: int, config: Pipeli
     sample_weight = np.array([weights.get(int(y), 1.0) for y in features["train_labels"]],
                              np.float32)
     l2s = list(config.head.l2_candidates)
-    writers = [_summary_writer(log_dir, f"l2={l2:g}") for l2 in l2s]
     fits = fit_softmax_regressions(train_x, features["train_labels"], sample_weight, val_x,
-                                   features["val_labels"], num_classes, l2s, config, writers)
+                                   features["val_labels"], num_classes, l2s, config)
     candidates = []
-    for l2, writer, (kernel, bias, history) in zip(l2s, writers, fits):
+    for l2, (kernel, bias, history) in zip(l2s, fits):
+        writer = _scalar_writer(log_dir, f"l2={l2:g}")
         if writer is not None:
+            for row, step in enumerate(history["step"]):
+                _write_scalars(writer, step, {name: history[name][row]
+                                              for name in HEAD_SCALARS})
             writer.close()
         best = int(np.argmin(history["val_loss"]))
         candidates.append({"l2": l2, "val_loss": history["val_loss"][best],
@@ -72,7 +77,7 @@ def train_head(features: dict[str, np.ndarray], num_classes: int, config: Pipeli
 
 
 def fit_softmax_regressions(x, labels, sample_weight, val_x, val_labels, num_classes: int,
-                            l2s: list[float], config: PipelineConfig, writers=None):
+                            l2s: list[float], config: PipelineConfig):
     """One softmax regression per L2 strength in `l2s`, all trained at once: full-batch Adam on
     weighted, label-smoothed cross-entropy + l2 * ||kernel||^2, from zero weights (the problem
     is convex: no seed needed), for at most `config.head.max_steps` steps. Each candidate stops
@@ -80,8 +85,8 @@ def fit_softmax_regressions(x, labels, sample_weight, val_x, val_labels, num_cla
     cross-entropy; training ends when all have stopped.
 
     The candidates' weights are slices of one stacked variable and Adam is elementwise, so each
-    follows exactly the trajectory it would alone: one traced step serves them all.
-    writers: one TensorBoard writer (or None) per candidate.
+    follows exactly the trajectory it would alone: one traced step serves them all, and one
+    graph call runs the EVAL_EVERY steps between two checks.
     Returns, per candidate, (kernel (D, C), bias (C,), history) at its best check."""
     import tensorflow as tf
 
@@ -94,8 +99,8 @@ def fit_softmax_regressions(x, labels, sample_weight, val_x, val_labels, num_cla
     kernel = tf.Variable(tf.zeros((count, x.shape[1], num_classes)))
     bias = tf.Variable(tf.zeros((count, num_classes)))
     optimizer = keras.optimizers.Adam(config.head.learning_rate)
+    optimizer.build([kernel, bias])  # its variables exist before tracing: one trace, not two
 
-    @tf.function
     def train_step():
         with tf.GradientTape() as tape:
             logits = tf.einsum("nd,kdc->knc", x, kernel) + bias[:, None, :]
@@ -107,23 +112,29 @@ def fit_softmax_regressions(x, labels, sample_weight, val_x, val_labels, num_cla
         optimizer.apply_gradients(zip(tape.gradient(total, [kernel, bias]), [kernel, bias]))
         return losses
 
-    histories = [{"step": [], "train_loss": [], "val_loss": [], "val_accuracy": []}
-                 for _ in l2s]
+    @tf.function(input_signature=[tf.TensorSpec((), tf.int32)], autograph=False)
+    def train_steps(steps):
+        """Runs `steps` Adam steps in one graph call; returns the last step's losses (K,)."""
+        return tf.while_loop(lambda i, _: i < steps, lambda i, _: (i + 1, train_step()),
+                             (tf.constant(0), tf.zeros((count,))))[1]
+
+    histories = [{"step": [], **{name: [] for name in HEAD_SCALARS}} for _ in l2s]
     best = [np.inf] * count
     best_weights = [None] * count
     checks_without_gain = [0] * count
-    writers = writers or [None] * count
-    for step in range(1, config.head.max_steps + 1):
-        losses = train_step()
-        if step % EVAL_EVERY and step != config.head.max_steps:
-            continue
+    step = 0
+    while step < config.head.max_steps:
+        steps = min(EVAL_EVERY, config.head.max_steps - step)
+        losses = train_steps(tf.constant(steps, tf.int32))
+        step += steps
         kernels, biases, train_losses = kernel.numpy(), bias.numpy(), losses.numpy()
         active = [k for k in range(count) if checks_without_gain[k] < config.head.patience]
         for k in active:
             val_loss, val_accuracy = _scores(_softmax(val_x @ kernels[k] + biases[k]),
                                              val_labels)
-            _record(histories[k], writers[k], step, float(train_losses[k]), val_loss,
-                    val_accuracy)
+            for name, value in zip(("step", *HEAD_SCALARS),
+                                   (step, float(train_losses[k]), val_loss, val_accuracy)):
+                histories[k][name].append(value)
             if val_loss < best[k]:
                 best[k], best_weights[k], checks_without_gain[k] = val_loss, (kernels[k],
                                                                               biases[k]), 0
@@ -134,32 +145,32 @@ def fit_softmax_regressions(x, labels, sample_weight, val_x, val_labels, num_cla
     return [(*best_weights[k], histories[k]) for k in range(count)]
 
 
-def _record(history: dict, writer, step: int, train_loss: float, val_loss: float,
-            val_accuracy: float) -> None:
-    """Appends one val check to a head candidate's history and its TensorBoard log."""
-    import tensorflow as tf
-
-    figures = {"train_loss": train_loss, "val_loss": val_loss, "val_accuracy": val_accuracy}
-    history["step"].append(step)
-    for name, value in figures.items():
-        history[name].append(value)
-    if writer is not None:
-        with writer.as_default(step=step):
-            for name, value in figures.items():
-                tf.summary.scalar(name, value)
-
-
 def _softmax(logits: np.ndarray) -> np.ndarray:
     shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
     return shifted / shifted.sum(axis=1, keepdims=True)
 
 
-def _summary_writer(log_dir: str | None, name: str):
+def _scalar_writer(log_dir: str | None, run: str):
+    """A TensorBoard event writer for `<log_dir>/<run>`, or None without a log_dir.
+
+    TensorBoard's own writer (the one PyTorch's SummaryWriter uses), not tf.summary: an eager
+    tf.summary op costs about a millisecond, and the head search logs hundreds of points in
+    less time than that would take."""
     if not log_dir:
         return None
-    import tensorflow as tf
+    from tensorboard.summary.writer.event_file_writer import EventFileWriter
 
-    return tf.summary.create_file_writer(os.path.join(log_dir, name))
+    return EventFileWriter(os.path.join(log_dir, run))
+
+
+def _write_scalars(writer, step: int, figures: dict[str, float]) -> None:
+    """One event of scalar summaries {tag: value} at `step`."""
+    from tensorboard.compat.proto import event_pb2, summary_pb2
+
+    values = [summary_pb2.Summary.Value(tag=tag, simple_value=float(value))
+              for tag, value in figures.items()]
+    writer.add_event(event_pb2.Event(wall_time=time.time(), step=int(step),
+                                     summary=summary_pb2.Summary(value=values)))
 
 
 def _evaluate(predict, dataset) -> dict:
@@ -333,7 +344,7 @@ def _fit(model: keras.Model, optimizer, step, train_epoch, val, strategy,
         log.info("finetune: resuming after epoch %d from the backup in %s", state["epoch"],
                  backup_dir)
     resumed_from, predict = state["epoch"], _inference(model)
-    writers = {name: _summary_writer(log_dir, name) for name in ("train", "validation")}
+    writers = {name: _scalar_writer(log_dir, name) for name in ("train", "validation")}
     for epoch in range(state["epoch"], config.finetune.epochs):
         if state["epochs_without_gain"] >= config.finetune.patience:
             break
@@ -387,15 +398,12 @@ def _resume_epoch(strategy, backup_dir: str, epochs: int) -> int:
 
 def _write_epoch(writers: dict, epoch: int, figures: dict) -> None:
     """TensorBoard scalars of one epoch: loss and accuracy under train/ and validation/."""
-    import tensorflow as tf
-
     for name, writer in writers.items():
-        if writer is None:
-            continue
-        prefix = "val_" if name == "validation" else ""
-        with writer.as_default(step=epoch):
-            for metric in ("loss", "accuracy"):
-                tf.summary.scalar(f"epoch_{metric}", figures[prefix + metric])
+        if writer is not None:
+            prefix = "val_" if name == "validation" else ""
+            _write_scalars(writer, epoch, {f"epoch_{metric}": figures[prefix + metric]
+                                           for metric in ("loss", "accuracy")})
+            writer.flush()  # TensorBoard shows the epoch while training goes on
 
 
 def _backup_arrays(model: keras.Model, optimizer, best: dict) -> dict[str, np.ndarray]:

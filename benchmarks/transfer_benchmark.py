@@ -2,6 +2,7 @@
 steps, on the same split, backbone, weights and image size, in one invocation.
 
     python benchmarks/transfer_benchmark.py   # ../shared's weights and ants/bees by default
+    python benchmarks/transfer_benchmark.py --run hymenoptera:224   # one dataset and size
 
 (a) tutorial: the frozen backbone runs every epoch behind RandomFlip + RandomRotation(0.2),
     Adam 1e-4 for 10 epochs; then the top third of the backbone is unfrozen and trained with
@@ -271,6 +272,18 @@ def write_results(lines: list[str], path: str) -> None:
     print("\n".join(lines))
 
 
+DEFAULT_RUNS = ("hymenoptera:160", "hymenoptera:384", "digits:160")
+
+
+def run_spec(text: str) -> tuple[str, int]:
+    """'NAME:SIZE' -> (dataset name, image side in px), for --run."""
+    name, _, size = text.partition(":")
+    if name not in ("hymenoptera", "digits") or not size.isdigit() or int(size) < 32:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: use hymenoptera:SIZE or digits:SIZE with SIZE >= 32 (pixels)")
+    return name, int(size)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--weights", default=os.path.join(
@@ -278,11 +291,13 @@ def main(argv=None) -> int:
         help="MobileNet v1 alpha 0.25 ImageNet weights file (default: ../shared's)")
     parser.add_argument("--hymenoptera", default=os.path.join(
         SHARED, "data", "hymenoptera_data"), help="the ants/bees folder (default: ../shared's)")
-    parser.add_argument("--image-size", type=int, default=160)
+    parser.add_argument("--run", action="append", type=run_spec, metavar="NAME:SIZE",
+                        help="a dataset (hymenoptera or digits) and the image side the backbone "
+                             "sees, in px; repeat for more (default: "
+                             f"{' '.join(DEFAULT_RUNS)})")
     parser.add_argument("--output", default=os.path.join(HERE, "RESULTS.md"))
     args = parser.parse_args(argv)
-    config = {"model": {"backbone": "mobilenet", "alpha": 0.25, "image_size": args.image_size,
-                        "weights": os.path.abspath(args.weights)}}
+    runs = args.run or [run_spec(text) for text in DEFAULT_RUNS]
     from pipelines.demo import write_digits
 
     lines = [
@@ -291,14 +306,17 @@ def main(argv=None) -> int:
         f"Command: `python {' '.join(sys.argv)}`  ",
         f"Run {datetime.date.today()} on {platform.machine()}, {os.cpu_count()} cores, Python "
         f"{platform.python_version()}; MobileNet v1 alpha 0.25, ImageNet weights from the file, "
-        f"{args.image_size} px, tlpipe default config. Both recipes use the same ingest split "
-        f"(the given val/ folder of hymenoptera is the test split).",
+        f"tlpipe default config. In each section both recipes use the same ingest split and "
+        f"image size (the given val/ folder of hymenoptera is the test split).",
         "",
     ]
     with tempfile.TemporaryDirectory() as work:
-        digits = write_digits(os.path.join(work, "digits-source"))
-        for name, source in (("hymenoptera", args.hymenoptera), ("digits", digits)):
-            lines += benchmark(name, source, config, work)
+        sources = {"hymenoptera": args.hymenoptera,
+                   "digits": write_digits(os.path.join(work, "digits-source"))}
+        for name, size in runs:
+            config = {"model": {"backbone": "mobilenet", "alpha": 0.25, "image_size": size,
+                                "weights": os.path.abspath(args.weights)}}
+            lines += benchmark(f"{name}-{size}px", sources[name], config, work)
     write_results(lines, args.output)
     return 0
 

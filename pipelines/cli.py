@@ -233,7 +233,12 @@ def run_and_report(source: str, config: configs.PipelineConfig, output: str,
     checked = sources.check(source)
     models.preflight(config.model, config.finetune)
     if checked.kind == "folder":
-        _check_baseline_classes(config.evaluate.baseline_model, data.discover(source)[0])
+        classes, files = data.discover(source)
+        _check_baseline_classes(config.evaluate.baseline_model, classes)
+        if config.finetune.epochs and config.finetune.batch_size > len(files):
+            raise configs.ConfigError(
+                f"finetune.batch_size={config.finetune.batch_size} is larger than the "
+                f"{len(files)} images in {source}; use a smaller batch size, or add images")
     run_dir = local_run.run(source, config.to_dict(), output, settings)
     summary = local_run.summarize(run_dir)
     with open(os.path.join(output, "summary.json"), "w", encoding="utf-8") as handle:

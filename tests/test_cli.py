@@ -4,6 +4,8 @@ import os
 
 import pytest
 
+from components.core import stages
+from components.core.config import ConfigError, FinetuneConfig
 from pipelines.cli import main
 
 
@@ -48,6 +50,24 @@ def test_weights_for_another_architecture_are_rejected_before_the_run(capsys, tm
                            "--weights", mobilenet_weights, "--output", str(tmp_path / "out"))
     assert code == 2 and "does not match backbone mobilenet_v2" in err
     assert not os.path.exists(tmp_path / "out" / "runs")
+
+
+def test_a_batch_larger_than_the_data_is_rejected_before_the_run(capsys, tmp_path,
+                                                                 digits_folder):
+    config = tmp_path / "big-batch.yaml"
+    config.write_text("finetune: {batch_size: 5000}\n")
+    code, _, err = run_cli(capsys, "run", "--data", digits_folder, "--config", str(config),
+                           "--output", str(tmp_path / "out"))
+    assert code == 2 and "finetune.batch_size=5000 is larger than the 72 images" in err
+    assert not os.path.exists(tmp_path / "out" / "runs")
+
+
+def test_preprocess_rejects_a_batch_larger_than_the_training_split():
+    manifest = {"counts": {"train": {"a": 20, "b": 12}, "val": {"a": 5, "b": 5}}}
+    stages.check_batch_fits(FinetuneConfig(batch_size=32), manifest)
+    stages.check_batch_fits(FinetuneConfig(batch_size=33, epochs=0), manifest)  # no fine-tune
+    with pytest.raises(ConfigError, match="at most 32, or add images"):
+        stages.check_batch_fits(FinetuneConfig(batch_size=33), manifest)
 
 
 def test_help_and_backbone_listing(capsys):

@@ -30,6 +30,9 @@ def test_from_dict_coerces_kfp_struct_floats_and_round_trips():
     ({"model": {"weights": "/no/such/file.h5"}}, "does not exist"),
     ({"evaluate": {"min_accuracy": 2}}, "evaluate.min_accuracy"),
     ({"finetune": {"unfreeze_layers": -1}}, "finetune.unfreeze_layers"),
+    ({"finetune": {"precision": "float16"}}, "finetune.precision='float16'; use one of auto"),
+    ({"finetune": {"xla": True}}, "finetune.xla=True must be a string"),
+    ({"finetune": {"xla": "on"}}, "finetune.xla='on'; use one of auto, always, never"),
 ])
 def test_validate_names_the_field_and_the_fix(overrides, message):
     with pytest.raises(ConfigError, match=message.replace("[", r"\[")):

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from components.core import backbones, model as models, training
+from components.core import acceleration, backbones, model as models, training
 from components.core.config import ModelConfig, PipelineConfig
 
 MOBILENET_025 = dict(backbone="mobilenet", alpha=0.25, image_size=32)
@@ -97,17 +97,19 @@ def test_never_worse_rule():
                                             {"loss": 0.6, "accuracy": 0.9})[0]
 
 
-def _tiny_run(tmp_path, finetune_learning_rate):
-    """A pretrained-style fine-tune of a tiny MobileNet on separable random data."""
+def _tiny_run(tmp_path, finetune_learning_rate, dropout=0.2, **finetune):
+    """A pretrained-style fine-tune of a tiny MobileNet on separable random data; finetune:
+    more finetune config values. Seeded: the same arguments give the same run."""
+    keras.utils.set_random_seed(0)  # the random backbone
     rng = np.random.default_rng(0)
     labels = np.arange(48) % 2
     images = rng.integers(0, 120, (48, 32, 32, 3)).astype(np.uint8)
     images[labels == 1] += 120
     config = PipelineConfig.from_dict({
-        "model": {**MOBILENET_025, "weights": "none"},
+        "model": {**MOBILENET_025, "weights": "none", "dropout": dropout},
         "head": {"learning_rate": 10.0},
         "finetune": {"epochs": 2, "learning_rate": finetune_learning_rate, "batch_size": 16,
-                     "unfreeze_layers": 20}})
+                     "unfreeze_layers": 20, **finetune}})
     spec = backbones.get("mobilenet")
     backbone = backbones.build(spec, 32, 0.25, None)
     models.calibrate_batchnorm(backbone, "tf", 32, images)
@@ -142,6 +144,47 @@ def test_batchnorm_statistics_do_not_move_while_fine_tuning(tmp_path):
             np.testing.assert_array_equal(old.moving_mean.numpy(), new.moving_mean.numpy())
             np.testing.assert_array_equal(old.moving_variance.numpy(),
                                           new.moving_variance.numpy())
+
+
+def test_precision_and_xla_follow_the_hardware():
+    assert acceleration.resolve_precision("auto", []) == "float32"  # a CPU
+    assert acceleration.resolve_precision("auto", [(8, 0), (9, 0)]) == "mixed_bfloat16"
+    assert acceleration.resolve_precision("auto", [(8, 6), (7, 5)]) == "float32"  # a T4 too
+    assert acceleration.resolve_precision("mixed_bfloat16", []) == "mixed_bfloat16"
+    assert acceleration.resolve_precision("float32", [(9, 0)]) == "float32"
+    assert not acceleration.resolve_xla("auto", 0) and acceleration.resolve_xla("auto", 1)
+    assert acceleration.resolve_xla("always", 0) and not acceleration.resolve_xla("never", 2)
+    with pytest.raises(ValueError, match="use one of"):
+        acceleration.resolve_precision("fp16", [])
+
+
+def test_mixed_precision_fine_tuning_trains_in_bfloat16_and_ships_float32(tmp_path):
+    """bfloat16 maths run on a CPU too: forced on, fine-tuning computes differently, still
+    fits the separable data, and ships a model that is float32 in every layer."""
+    _, plain = _tiny_run(tmp_path / "plain", 1e-3, precision="float32", xla="never")
+    mixed, report = _tiny_run(tmp_path / "mixed", 1e-3, precision="mixed_bfloat16",
+                              xla="never")
+    assert (plain["precision"], report["precision"]) == ("float32", "mixed_bfloat16")
+    assert report["history"]["loss"] != plain["history"]["loss"]  # bfloat16 rounding
+    assert np.isfinite(report["history"]["loss"]).all()
+    assert report["finetuned_val"]["accuracy"] == 1.0  # evaluated as shipped: float32
+    nested = [mixed] + [layer for layer in mixed.layers if isinstance(layer, keras.Model)]
+    assert {layer.dtype_policy.name for model in nested for layer in model.layers} == {
+        "float32"}
+    images = np.random.default_rng(1).integers(0, 255, (4, 32, 32, 3)).astype(np.uint8)
+    assert mixed(images).dtype == "float32"
+
+
+def test_xla_compiled_fine_tuning_matches_the_plain_step(tmp_path):
+    """Without dropout (XLA draws other random numbers from the same seeds), the XLA-compiled
+    step follows the plain one to rounding."""
+    _, plain = _tiny_run(tmp_path / "plain", 1e-3, 0.0, precision="float32", xla="never")
+    _, compiled = _tiny_run(tmp_path / "xla", 1e-3, 0.0, precision="float32", xla="always")
+    assert (plain["xla"], compiled["xla"]) == (False, True)
+    for name in ("loss", "val_loss"):
+        np.testing.assert_allclose(compiled["history"][name], plain["history"][name],
+                                   rtol=1e-3, atol=1e-6)
+    assert compiled["chosen"] == plain["chosen"]
 
 
 def test_unfreeze_by_name_count_fraction_or_backbone_default():

@@ -13,7 +13,7 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-from components.core import backbones, export
+from components.core import acceleration, backbones, export
 
 
 class ConfigError(ValueError):
@@ -128,6 +128,12 @@ class FinetuneConfig:
         means the backbone's own default (`BackboneSpec.unfreeze_fraction`).
     batch_size: global batch size across all workers, >= 1 (default 32).
     patience: epochs without val-loss improvement before stopping, >= 1 (default 3).
+    precision: what the backbone computes in while fine-tuning (see
+        `components.core.acceleration`): "auto" (default: "mixed_bfloat16" where every GPU has
+        compute capability 8.0 or more, else "float32"), "float32" or "mixed_bfloat16"
+        (bfloat16 maths, float32 variables, head and loss). The shipped model is float32.
+    xla: compile the forward and backward pass with XLA: "auto" (default: where there is a
+        GPU), "always" or "never".
     """
 
     epochs: int = 10
@@ -139,6 +145,8 @@ class FinetuneConfig:
     unfreeze_fraction: float = 0.0
     batch_size: int = 32
     patience: int = 3
+    precision: str = "auto"
+    xla: str = "auto"
 
 
 @dataclass
@@ -312,6 +320,10 @@ def problems(config: PipelineConfig) -> list[str]:
     check(0 <= tune.warmup_epochs and (tune.warmup_epochs < tune.epochs or tune.epochs == 0),
           f"finetune.warmup_epochs={tune.warmup_epochs}; use fewer than finetune.epochs="
           f"{tune.epochs}")
+    for name, allowed in (("precision", acceleration.PRECISIONS),
+                          ("xla", acceleration.XLA_SETTINGS)):
+        check(getattr(tune, name) in allowed,
+              f"finetune.{name}={getattr(tune, name)!r}; use one of {', '.join(allowed)}")
     check(0 <= config.loss.label_smoothing < 0.5,
           f"loss.label_smoothing={config.loss.label_smoothing}; use a value in [0, 0.5)")
     check(config.loss.class_weight in ("none", "balanced"),

@@ -295,7 +295,9 @@ def render_model_card(evaluation: dict) -> str:
         f"- Head: softmax regression on cached features, L2 {head.get('l2', '-')}, "
         f"{head.get('steps_run', '-')} full-batch steps",
         f"- Fine-tuning: {tune.get('mode', '-')}; shipped: {tune.get('chosen', '-')} "
-        f"({tune.get('reason', '-')}); trained layers: {len(tune.get('trained_layers', []))}",
+        f"({tune.get('reason', '-')}); trained layers: {len(tune.get('trained_layers', []))}"
+        + (f"; backbone computed in {tune['precision']}, XLA {'on' if tune['xla'] else 'off'}"
+           if "precision" in tune else ""),
         "", "## Results (test split)", "",
         f"- Accuracy {_percent(metrics['accuracy'])} (95% bootstrap interval "
         f"{_interval(intervals.get('accuracy'))}, {intervals.get('samples', '-')} resamples of "

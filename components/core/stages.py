@@ -85,6 +85,7 @@ def preprocess(dataset_dir: str, images_dir: str, features_dir: str, backbone_di
     and val come from the same pass that writes the resized images."""
     from components.core import model as models
 
+    check_batch_fits(config.finetune, storage.read_json(os.path.join(dataset_dir, data.MANIFEST)))
     spec = backbones.get(config.model.backbone)
     size = backbones.resolved_size(spec, config.model.image_size)
     batches = cache.start_resizing(dataset_dir, size)
@@ -103,6 +104,16 @@ def preprocess(dataset_dir: str, images_dir: str, features_dir: str, backbone_di
     facts = features.save(features_dir, classes=meta["classes"])
     return {"image_size": size, "classes": meta["classes"], "weights": provenance["weights"],
             "weights_detail": provenance["detail"], **facts}
+
+
+def check_batch_fits(tune: configs.FinetuneConfig, manifest: dict) -> None:
+    """ConfigError when fine-tuning's global batch (finetune.batch_size images) is larger than
+    the training split of the ingested dataset (its manifest): checked before any training."""
+    train = sum(manifest["counts"]["train"].values())
+    if tune.epochs and tune.batch_size > train:
+        raise configs.ConfigError(
+            f"finetune.batch_size={tune.batch_size} is larger than the training split "
+            f"({train} images); use a batch size of at most {train}, or add images")
 
 
 @_stage

@@ -14,7 +14,7 @@ import time
 import keras
 import numpy as np
 
-from components.core import backbones, backup, model as models
+from components.core import acceleration, backbones, backup, model as models
 from components.core.config import PipelineConfig
 
 log = logging.getLogger("tlpipe.training")
@@ -266,10 +266,13 @@ def fine_tune(backbone_path: str, head_path: str, train_epoch, val, config: Pipe
             learning_rate, steps, config.finetune.warmup_epochs / config.finetune.epochs))
         optimizer.build(tuned.trainable_variables)
     weights = models.class_weights(class_counts, config.loss.class_weight) or {}
+    report.update(_accelerate(backbone, config.finetune))
     step = _train_step(tuned, optimizer, strategy, config.loss.label_smoothing,
-                       [weights.get(index, 1.0) for index in range(len(class_counts))])
+                       [weights.get(index, 1.0) for index in range(len(class_counts))],
+                       report["xla"])
     history, report["resumed_from_epoch"] = _fit(tuned, optimizer, step, train_epoch, val,
                                                  strategy, config, log_dir, backup_dir)
+    acceleration.set_compute_policy(backbone, acceleration.FLOAT32)  # shipped: float32
     for layer in batchnorms:
         layer.synchronized = False  # the shipped model runs anywhere
     report["history"] = history
@@ -283,15 +286,29 @@ def fine_tune(backbone_path: str, head_path: str, train_epoch, val, config: Pipe
     return head_only, {**report, "chosen": "head_only", "reason": reason}
 
 
+def _accelerate(backbone: keras.Model, tune) -> dict:
+    """Puts the backbone in the compute precision `tune.precision` resolves to on this
+    worker's hardware (the head stays float32). Returns {"precision": the dtype policy,
+    "xla": whether the training step is XLA-compiled} for the report."""
+    capabilities = acceleration.gpu_capabilities()
+    policy = acceleration.resolve_precision(tune.precision, capabilities)
+    acceleration.set_compute_policy(backbone, policy)
+    xla = acceleration.resolve_xla(tune.xla, len(capabilities))
+    log.info("finetune: backbone computes in %s, XLA %s (%d GPU(s))", policy,
+             "on" if xla else "off", len(capabilities))
+    return {"precision": policy, "xla": xla}
+
+
 CLIP_NORM = 1.0  # global gradient norm fine-tuning clips to
 
 
 def _train_step(model: keras.Model, optimizer, strategy, label_smoothing: float,
-                class_weight: list[float]):
+                class_weight: list[float], xla: bool = False):
     """A tf.function (images, labels) -> (summed weighted loss, correct predictions, examples)
     over one global batch (distributed values from the strategy's dataset). Each worker's
     gradients are summed across workers, clipped, then applied once: the same update as one
-    process on the whole batch, whatever the number of workers."""
+    process on the whole batch, whatever the number of workers. xla: each worker's forward
+    and backward pass is XLA-compiled (the all-reduce stays outside)."""
     import tensorflow as tf
 
     loss = models.SparseCrossentropy(label_smoothing)
@@ -299,20 +316,29 @@ def _train_step(model: keras.Model, optimizer, strategy, label_smoothing: float,
     variables = model.trainable_variables
     replicas = float(strategy.num_replicas_in_sync)
 
-    def replica_step(images, labels):
-        context = tf.distribute.get_replica_context()
-        examples = context.all_reduce("SUM", tf.cast(tf.shape(labels)[0], tf.float32))
+    def forward_backward(images, labels, examples):
+        """This worker's share: (gradients of its part of the objective, its summed weighted
+        loss, its correct predictions)."""
         with tf.GradientTape() as tape:
             probabilities = model(images, training=True)
             weighted = loss.call(labels, probabilities) * tf.gather(weight_of, labels)
             objective = tf.reduce_sum(weighted) / tf.maximum(examples, 1.0)
             if model.losses:  # regularisation: counted once across the replicas
                 objective += tf.add_n(model.losses) / replicas
-        gradients = context.all_reduce("SUM", tape.gradient(objective, variables))
-        gradients, _ = tf.clip_by_global_norm(gradients, CLIP_NORM)
         correct = tf.reduce_sum(tf.cast(
             tf.argmax(probabilities, axis=1) == tf.cast(labels, tf.int64), tf.float32))
-        return gradients, tf.reduce_sum(weighted), correct, examples
+        return tape.gradient(objective, variables), tf.reduce_sum(weighted), correct
+
+    if xla:
+        forward_backward = tf.function(forward_backward, jit_compile=True)
+
+    def replica_step(images, labels):
+        context = tf.distribute.get_replica_context()
+        examples = context.all_reduce("SUM", tf.cast(tf.shape(labels)[0], tf.float32))
+        gradients, weighted, correct = forward_backward(images, labels, examples)
+        gradients = context.all_reduce("SUM", gradients)
+        gradients, _ = tf.clip_by_global_norm(gradients, CLIP_NORM)
+        return gradients, weighted, correct, examples
 
     @tf.function
     def step(images, labels):

@@ -8,7 +8,9 @@ steps, on the same split, backbone, weights and image size, in one invocation.
     Adam 1e-4 for 10 epochs; then the top third of the backbone is unfrozen and trained with
     RMSprop 1e-5 for 10 more epochs (tensorflow.org/tutorials/images/transfer_learning).
 (b) tlpipe: preprocess (resize once + cached frozen features) and train-head, then finetune,
-    through `components.core.stages`, exactly as the pipeline steps run them.
+    through `components.core.stages`, exactly as the pipeline steps run them: the default
+    config, 8 cached augmented views, and mirror averaging (not on digits, where mirroring
+    changes the class).
 Also timed: one frozen-backbone pass over the training set (decode and resize included), and a
 converged linear probe (logistic regression, C chosen on val) on the frozen features.
 
@@ -153,7 +155,8 @@ def test_accuracy(model_path: str, backbone_dir: str, head_dir: str, images_dir:
         classifier = models.attach(models.load(os.path.join(backbone_dir, "backbone.keras")),
                                    spec.preprocess_mode,
                                    backbones.resolved_size(spec, settings.model.image_size),
-                                   models.load(os.path.join(head_dir, "head.keras")))
+                                   models.load(os.path.join(head_dir, "head.keras")),
+                                   mirror_average=settings.model.mirror_average)
     return float(np.mean(classifier.predict(images, verbose=0).argmax(1) == labels))
 
 
@@ -217,7 +220,16 @@ def tlpipe_rows(label: str, result: dict) -> list[str]:
         f"{result['final_test']:.4f} |"]
 
 
-def benchmark(name: str, source: str, config: dict, work: str) -> list[str]:
+def _merged(config: dict, overrides: dict) -> dict:
+    """config with the sections of overrides merged in (one level deep)."""
+    return {**config, **{section: {**config.get(section, {}), **values}
+                         for section, values in overrides.items()}}
+
+
+def benchmark(name: str, source: str, config: dict, work: str,
+              variants: list[tuple[str, dict]]) -> list[str]:
+    """One section of RESULTS.md: the frozen pass, the tutorial, each tlpipe variant (label,
+    config overrides; the first is the default) and the linear probe on one dataset."""
     from components.core import data
     from components.core.config import PipelineConfig
 
@@ -229,9 +241,9 @@ def benchmark(name: str, source: str, config: dict, work: str) -> list[str]:
     print(f"[{name}] frozen pass {frozen_wall:.1f} s", flush=True)
     tutorial_stages, _, _, tutorial_mb = in_child(tutorial, dataset_dir, config)
     print(f"[{name}] tutorial {tutorial_stages}", flush=True)
-    default = run_tlpipe(name, "tlpipe", config, dataset_dir, work)
-    views = run_tlpipe(name, "tlpipe, augment.views=8",
-                       {**config, "augment": {"views": 8}}, dataset_dir, work)
+    results = {label: run_tlpipe(name, label, _merged(config, overrides), dataset_dir, work)
+               for label, overrides in variants}
+    default = results[variants[0][0]]
     probe = in_child(linear_probe, default["paths"]["features"], default["paths"]["backbone"],
                      default["paths"]["images"], config)[0]
     tut_head, tut_tune = tutorial_stages["head"], tutorial_stages["finetune"]
@@ -249,15 +261,14 @@ def benchmark(name: str, source: str, config: dict, work: str) -> list[str]:
         f"| tutorial | fine-tune top third ({TUTORIAL_EPOCHS} epochs, RMSprop 1e-5) | "
         f"{tut_tune['wall']:.1f} | {tut_tune['cpu']:.1f} | {tutorial_mb:.0f} | "
         f"{tut_tune['val']:.4f} | {tut_tune['test']:.4f} |",
-        *tlpipe_rows("tlpipe (default: augment.views=0)", default),
-        *tlpipe_rows("tlpipe, augment.views=8", views),
+        *[row for label, result in results.items() for row in tlpipe_rows(label, result)],
         f"| linear probe | logistic regression on frozen features, C={probe['C']:g} | | | | "
         f"{probe['val']:.4f} | {probe['test']:.4f} |",
         "",
     ]
-    for label, result in (("default", default), ("augment.views=8", views)):
+    for label, result in results.items():
         lines += [
-            f"- tlpipe ({label}): head stage / one frozen pass **"
+            f"- {label}: head stage / one frozen pass **"
             f"{result['head_wall'] / frozen_wall:.2f}x** (goal: at most 3x); tutorial head stage "
             f"/ tlpipe head stage **{tut_head['wall'] / result['head_wall']:.2f}x** (goal: at "
             f"least 5x); final test accuracy {result['final_test']:.4f} vs linear probe "
@@ -273,6 +284,9 @@ def write_results(lines: list[str], path: str) -> None:
 
 
 DEFAULT_RUNS = ("hymenoptera:160", "hymenoptera:384", "digits:160")
+VARIANTS = [("tlpipe (default)", {}), ("tlpipe, augment.views=8", {"augment": {"views": 8}}),
+            ("tlpipe, model.mirror_average", {"model": {"mirror_average": True}})]
+MIRRORING_CHANGES_THE_CLASS = ("digits",)  # no mirror-averaged variant for these
 
 
 def run_spec(text: str) -> tuple[str, int]:
@@ -316,7 +330,9 @@ def main(argv=None) -> int:
         for name, size in runs:
             config = {"model": {"backbone": "mobilenet", "alpha": 0.25, "image_size": size,
                                 "weights": os.path.abspath(args.weights)}}
-            lines += benchmark(f"{name}-{size}px", sources[name], config, work)
+            variants = [(label, overrides) for label, overrides in VARIANTS
+                        if not (name in MIRRORING_CHANGES_THE_CLASS and "model" in overrides)]
+            lines += benchmark(f"{name}-{size}px", sources[name], config, work, variants)
     write_results(lines, args.output)
     return 0
 

@@ -33,6 +33,8 @@ def test_from_dict_coerces_kfp_struct_floats_and_round_trips():
     ({"finetune": {"precision": "float16"}}, "finetune.precision='float16'; use one of auto"),
     ({"finetune": {"xla": True}}, "finetune.xla=True must be a string"),
     ({"finetune": {"xla": "on"}}, "finetune.xla='on'; use one of auto, always, never"),
+    ({"model": {"mirror_average": True}, "augment": {"flip": False}},
+     "but augment.flip is off"),
 ])
 def test_validate_names_the_field_and_the_fix(overrides, message):
     with pytest.raises(ConfigError, match=message.replace("[", r"\[")):

@@ -200,3 +200,36 @@ def test_calibration_images_come_from_the_training_split_only(monkeypatch):
     config = PipelineConfig.from_dict({"export": {"calibration_samples": 6}})
     images = stages._calibration_images("images", config)
     assert read == ["train"] and images.shape == (6, 2, 2, 3) and (images == 0).all()
+
+
+def test_a_mirror_averaged_model_is_mirror_invariant_in_every_format(trained, tmp_path):
+    """model.mirror_average: the shipped model averages each image with its mirror image, and
+    the .keras file, the TFLite files (float and full integer) and ONNX all do the same: a
+    picture and its mirror image get the same answer."""
+    classifier, _, images, _, train_images, train_labels = trained
+    backbone, head = classifier.get_layer("backbone"), classifier.get_layer("head")
+    mirror = models.attach(backbone, "tf", 32, head, mirror_average=True)
+    models.save(mirror, str(tmp_path / "model.keras"))
+    loaded = models.load(str(tmp_path / "model.keras"))  # safe_mode: no Lambda layer
+    mirrored = np.ascontiguousarray(images[:, :, ::-1])
+    reference = loaded.predict(images, verbose=0)
+    np.testing.assert_allclose(reference, mirror.predict(images, verbose=0), atol=1e-6)
+    np.testing.assert_allclose(loaded.predict(mirrored, verbose=0), reference, atol=1e-5)
+    assert not np.allclose(classifier.predict(images, verbose=0), reference, atol=1e-3)
+    export.export_saved_model(loaded, str(tmp_path / "saved_model"))
+    calibration = export.calibration_sample(train_images, train_labels, 200, seed=0)
+    for variant in ("float32", "int8"):
+        path = str(tmp_path / f"{variant}.tflite")
+        with open(path, "wb") as handle:
+            handle.write(export.tflite_bytes(str(tmp_path / "saved_model"), variant,
+                                             calibration))
+        probabilities, _ = export.predict_tflite(path, images)
+        flipped, _ = export.predict_tflite(path, mirrored)
+        if variant == "float32":
+            np.testing.assert_allclose(flipped, probabilities, atol=1e-5)
+        else:  # int8 resizing rounds a mirrored picture a little differently
+            assert export.agreement(probabilities, flipped)["top1_agreement"] >= 0.95
+        assert export.agreement(reference, probabilities)["top1_agreement"] >= 0.95
+    export.export_onnx(loaded, str(tmp_path / "model.onnx"))
+    np.testing.assert_allclose(export.predict_onnx(str(tmp_path / "model.onnx"), images),
+                               reference, atol=1e-4)

@@ -48,6 +48,10 @@ class ModelConfig:
     allow_random_fallback: if ImageNet weights cannot be downloaded, continue from random
         initialisation (loudly, and recorded in the outputs) instead of failing. Default False.
     dropout: dropout rate before the classification layer, in [0, 1) (default 0.2).
+    mirror_average: the classifier sees the mean of the backbone's features of the image and
+        of its left-right mirror image, in training, evaluation and every exported model
+        (default False). Costs a second backbone pass per image (twice the latency); measured
+        in benchmarks/RESULTS.md on ants/bees. Needs augment.flip (mirroring keeps the class).
     """
 
     backbone: str = "mobilenet_v2"
@@ -56,6 +60,7 @@ class ModelConfig:
     weights: str = "imagenet"
     allow_random_fallback: bool = False
     dropout: float = 0.2
+    mirror_average: bool = False
 
 
 @dataclass
@@ -298,6 +303,9 @@ def problems(config: PipelineConfig) -> list[str]:
         found.extend(backbones.problems(spec, model.image_size, model.alpha, model.weights))
     check(0 <= model.dropout < 1, f"model.dropout={model.dropout}; use a value in [0, 1)")
     augment = config.augment
+    check(augment.flip or not model.mirror_average,
+          "model.mirror_average averages each image with its mirror image, but augment.flip is "
+          "off (mirroring changes the class); turn one of them off")
     check(0 <= augment.views <= 32, f"augment.views={augment.views}; use a count from 0 to 32")
     check(0 < augment.min_crop_scale <= 1,
           f"augment.min_crop_scale={augment.min_crop_scale}; use a value in (0, 1]")

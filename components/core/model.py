@@ -16,7 +16,7 @@ import keras
 
 from components.core import backbones, storage
 from components.core.config import FinetuneConfig, ModelConfig
-from components.core.preprocessing import RawImagePreprocessing
+from components.core.preprocessing import MirrorImages, RawImagePreprocessing
 
 log = logging.getLogger("tlpipe.model")
 
@@ -151,14 +151,21 @@ def build_head(standardize: Standardize, num_classes: int, dropout: float,
 
 
 def attach(backbone: keras.Model, preprocess_mode: str, image_size: int,
-           head: keras.Model | None = None, batchnorm_inference: bool = True) -> keras.Model:
+           head: keras.Model | None = None, batchnorm_inference: bool = True,
+           mirror_average: bool = False) -> keras.Model:
     """Raw RGB uint8 images (batch, H, W, 3), any H and W -> head output, or backbone features
     when `head` is None. With batchnorm_inference (the default, for pretrained weights) the
     backbone runs with training=False, so BatchNorm stays in inference mode even when its layers
-    are unfrozen; without it BatchNorm follows the training phase (training from scratch)."""
+    are unfrozen; without it BatchNorm follows the training phase (training from scratch).
+    mirror_average: the features are the mean of the backbone's features of the image and of
+    its mirror image (see `ModelConfig.mirror_average`): two backbone passes per image."""
     images = keras.Input((None, None, 3), dtype="uint8", name="image")
     x = RawImagePreprocessing(image_size, preprocess_mode, name="preprocess")(images)
-    features = backbone(x, training=False if batchnorm_inference else None)
+    training = False if batchnorm_inference else None
+    features = backbone(x, training=training)
+    if mirror_average:
+        mirrored = backbone(MirrorImages(name="mirror")(x), training=training)
+        features = keras.layers.Average(name="mirror_average")([features, mirrored])
     if head is None:
         return keras.Model(images, features, name="feature_extractor")
     return keras.Model(images, head(features), name="classifier")

@@ -69,6 +69,14 @@ class RawImagePreprocessing(keras.layers.Layer):
         return {**super().get_config(), "image_size": self.image_size, "mode": self.mode}
 
 
+@keras.saving.register_keras_serializable(package="tlpipe")
+class MirrorImages(keras.layers.Layer):
+    """Images (batch, H, W, C) mirrored left-right (the width axis reversed)."""
+
+    def call(self, images):
+        return ops.flip(images, axis=2)
+
+
 def augment(images, seed, min_crop_scale: float, flip: bool):
     """Random views of a uint8 batch (B, S, S, 3) -> uint8 (B, S, S, 3).
 

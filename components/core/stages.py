@@ -94,8 +94,10 @@ def preprocess(dataset_dir: str, images_dir: str, features_dir: str, backbone_di
         models.calibrate_batchnorm(backbone, spec.preprocess_mode, size,
                                    cache.batchnorm_sample(dataset_dir, size, config.data.seed))
         provenance["detail"] += "; BatchNorm statistics estimated from training images"
-    features = cache.FeatureCache(models.attach(backbone, spec.preprocess_mode, size), size,
-                                  config.augment, config.data.seed)
+    features = cache.FeatureCache(
+        models.attach(backbone, spec.preprocess_mode, size,
+                      mirror_average=config.model.mirror_average),
+        size, config.augment, config.data.seed)
     with storage.atomic_dir(backbone_dir) as partial:
         models.save(backbone, os.path.join(partial, "backbone.keras"))
         storage.write_json(os.path.join(partial, "provenance.json"), provenance)

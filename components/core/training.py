@@ -234,7 +234,8 @@ def fine_tune(backbone_path: str, head_path: str, train_epoch, val, config: Pipe
     with strategy.scope():
         backbone = models.load(backbone_path)
         head = models.load(head_path)
-        head_only = models.attach(backbone, spec.preprocess_mode, size, head)
+        head_only = models.attach(backbone, spec.preprocess_mode, size, head,
+                                  mirror_average=config.model.mirror_average)
     head_only_val = _evaluate(_inference(head_only), val)
     report = {"mode": "fine_tune" if pretrained else "from_scratch",
               "head_only_val": head_only_val, "finetuned_val": None, "history": {},
@@ -259,7 +260,8 @@ def fine_tune(backbone_path: str, head_path: str, train_epoch, val, config: Pipe
                 layer.synchronized = True  # batch statistics over the global batch
             report["trained_layers"] = [layer.name for layer in backbone.layers if layer.weights]
             tuned = models.attach(backbone, spec.preprocess_mode, size, head,
-                                  batchnorm_inference=False)
+                                  batchnorm_inference=False,
+                                  mirror_average=config.model.mirror_average)
             learning_rate = config.finetune.scratch_learning_rate
         steps = -(-sum(class_counts) // config.finetune.batch_size) * config.finetune.epochs
         optimizer = keras.optimizers.Adam(warmup_cosine(

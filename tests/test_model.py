@@ -146,6 +146,15 @@ def test_batchnorm_statistics_do_not_move_while_fine_tuning(tmp_path):
                                           new.moving_variance.numpy())
 
 
+def test_the_same_seed_gives_the_same_fine_tuned_model(tmp_path):
+    """On a CPU a seed fixes everything: the head, the epochs' batches and augmentation, the
+    dropout masks, so two runs ship bit-identical weights."""
+    first, first_report = _tiny_run(tmp_path / "first", 1e-3)
+    second, second_report = _tiny_run(tmp_path / "second", 1e-3)
+    assert first_report["history"] == second_report["history"]
+    assert training.weights_digest(first) == training.weights_digest(second)
+
+
 def test_precision_and_xla_follow_the_hardware():
     assert acceleration.resolve_precision("auto", []) == "float32"  # a CPU
     assert acceleration.resolve_precision("auto", [(8, 0), (9, 0)]) == "mixed_bfloat16"
@@ -277,6 +286,21 @@ def test_head_candidates_trained_together_match_each_trained_alone():
             {"head": {"l2_candidates": [alone_l2]}}))[1]
         assert alone["steps_run"] == searched["steps_run"]  # each stopped on its own
         assert alone["val_loss"] == pytest.approx(searched["val_loss"], rel=1e-5)
+
+
+def test_xla_compiled_head_steps_match_the_plain_ones(monkeypatch):
+    rng = np.random.default_rng(4)
+    labels = np.arange(300) % 3
+    features = (rng.normal(0, 1, (300, 32)) + labels[:, None] * 0.2).astype(np.float32)
+    split = {"train_features": features[:200], "train_labels": labels[:200],
+             "val_features": features[200:], "val_labels": labels[200:]}
+    config = PipelineConfig.from_dict({"head": {"l2_candidates": [1e-3, 1e-1]}})
+    plain = training.train_head(split, 3, config)[1]["search"]
+    monkeypatch.setattr(training, "HEAD_XLA_MIN_MULTIPLY_ADDS", 0)  # every problem compiled
+    compiled = training.train_head(split, 3, config)[1]["search"]
+    for ours, theirs in zip(compiled, plain):
+        assert ours["steps_run"] == theirs["steps_run"]
+        assert ours["val_loss"] == pytest.approx(theirs["val_loss"], rel=1e-4)
 
 
 def test_head_search_history_is_logged_for_tensorboard_per_candidate(tmp_path):

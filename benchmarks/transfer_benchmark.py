@@ -226,8 +226,9 @@ def _head_stage(name: str, label: str, config: dict, dataset_dir: str, work: str
 def tlpipe_rows(label: str, result: dict) -> list[str]:
     runs, tuned = result["runs"], result["runs"]["finetune"][0]
     return [
-        f"| {label} | head, median of {HEAD_REPEATS}: preprocess ({runs['preprocess'][1]:.1f} s) + train-head "
-        f"({runs['train_head'][1]:.1f} s) | {result['head_wall']:.1f} | "
+        f"| {label} | head, median of {HEAD_REPEATS}: preprocess "
+        f"({runs['preprocess'][1]:.1f} s) + train-head ({runs['train_head'][1]:.1f} s) | "
+        f"{result['head_wall']:.1f} | "
         f"{result['head_cpu']:.1f} | {result['head_mb']:.0f} | "
         f"{runs['train_head'][0]['val_accuracy']:.4f} | {result['head_test']:.4f} |",
         f"| {label} | finetune (shipped: {tuned['chosen']}) | {runs['finetune'][1]:.1f} | "

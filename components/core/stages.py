@@ -83,12 +83,15 @@ def preprocess(dataset_dir: str, images_dir: str, features_dir: str, backbone_di
     """Resizes once, builds the backbone with its weights, caches frozen features. Decoding
     runs in the background while the backbone is built, saved and traced; features of train
     and val come from the same pass that writes the resized images."""
+    import keras
+
     from components.core import model as models
 
     check_batch_fits(config.finetune, storage.read_json(os.path.join(dataset_dir, data.MANIFEST)))
     spec = backbones.get(config.model.backbone)
     size = backbones.resolved_size(spec, config.model.image_size)
     batches = cache.start_resizing(dataset_dir, size)
+    keras.utils.set_random_seed(config.data.seed)  # random weights, when used, from the seed
     backbone, provenance = models.load_backbone(config.model)
     if provenance["weights"] == "random":
         models.calibrate_batchnorm(backbone, spec.preprocess_mode, size,

@@ -273,12 +273,18 @@ def test_head_search_keeps_the_lowest_val_cross_entropy():
     assert report["val_loss"] == min(losses.values())
 
 
+def _noisy_split(count: int, dim: int, separation: float, seed: int) -> dict:
+    """Features of 3 classes, N(label x separation, 1) per dimension: 2/3 train, 1/3 val."""
+    rng = np.random.default_rng(seed)
+    labels = np.arange(count) % 3
+    features = (rng.normal(0, 1, (count, dim)) + labels[:, None] * separation).astype(np.float32)
+    cut = count * 2 // 3
+    return {"train_features": features[:cut], "train_labels": labels[:cut],
+            "val_features": features[cut:], "val_labels": labels[cut:]}
+
+
 def test_head_candidates_trained_together_match_each_trained_alone():
-    rng = np.random.default_rng(3)
-    labels = np.arange(300) % 3
-    features = (rng.normal(0, 1, (300, 32)) + labels[:, None] * 0.2).astype(np.float32)
-    split = {"train_features": features[:200], "train_labels": labels[:200],
-             "val_features": features[200:], "val_labels": labels[200:]}
+    split = _noisy_split(300, 32, 0.2, seed=3)
     together = training.train_head(split, 3, PipelineConfig.from_dict(
         {"head": {"l2_candidates": [1e-3, 1e-1]}}))[1]["search"]
     for alone_l2, searched in zip((1e-3, 1e-1), together):
@@ -289,11 +295,7 @@ def test_head_candidates_trained_together_match_each_trained_alone():
 
 
 def test_xla_compiled_head_steps_match_the_plain_ones(monkeypatch):
-    rng = np.random.default_rng(4)
-    labels = np.arange(300) % 3
-    features = (rng.normal(0, 1, (300, 32)) + labels[:, None] * 0.2).astype(np.float32)
-    split = {"train_features": features[:200], "train_labels": labels[:200],
-             "val_features": features[200:], "val_labels": labels[200:]}
+    split = _noisy_split(300, 32, 0.2, seed=4)
     config = PipelineConfig.from_dict({"head": {"l2_candidates": [1e-3, 1e-1]}})
     plain = training.train_head(split, 3, config)[1]["search"]
     monkeypatch.setattr(training, "HEAD_XLA_MIN_MULTIPLY_ADDS", 0)  # every problem compiled
@@ -306,11 +308,7 @@ def test_xla_compiled_head_steps_match_the_plain_ones(monkeypatch):
 def test_head_search_history_is_logged_for_tensorboard_per_candidate(tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    rng = np.random.default_rng(4)
-    labels = np.arange(90) % 3
-    features = (rng.normal(0, 1, (90, 8)) + labels[:, None] * 0.5).astype(np.float32)
-    split = {"train_features": features[:60], "train_labels": labels[:60],
-             "val_features": features[60:], "val_labels": labels[60:]}
+    split = _noisy_split(90, 8, 0.5, seed=4)
     config = PipelineConfig.from_dict({"head": {"l2_candidates": [0.0, 0.5], "max_steps": 25,
                                                 "patience": 100}})
     _, report = training.train_head(split, 3, config, log_dir=str(tmp_path))

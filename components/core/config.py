@@ -69,9 +69,9 @@ class AugmentConfig:
 
     views: augmented views of each training image whose frozen features are cached for head
         training, besides the image itself, in [0, 32] (default 0; each costs one backbone pass
-        over the training set. Measured in benchmarks/RESULTS.md: 8 views took 2-3x the head
-        stage for one more right test image of 153 on hymenoptera and 2.4 points less on
-        digits; fine-tuning augments either way).
+        over the training set. Measured in benchmarks/RESULTS.md: 8 views took 2-4x the head
+        stage; final test accuracy one image of 153 better on ants/bees at 160 px, the same at
+        384 px, 2.4 points lower on digits; fine-tuning augments either way).
     min_crop_scale: a view is a random square crop covering this share of each side or more,
         resized back, in (0, 1] (default 0.75; 1 disables cropping).
     flip: mirror half of the views left-right (default True; turn off where mirroring changes

@@ -227,7 +227,7 @@ def _run(args: argparse.Namespace) -> int:
 def run_and_report(source: str, config: configs.PipelineConfig, output: str,
                    settings=None) -> int:
     """Checks the data and model cheaply, runs the pipeline, prints and saves the summary."""
-    from components.core import model as models
+    from components.core import model as models, stages
     from pipelines import local_run
 
     checked = sources.check(source)
@@ -235,10 +235,7 @@ def run_and_report(source: str, config: configs.PipelineConfig, output: str,
     if checked.kind == "folder":
         classes, files = data.discover(source)
         _check_baseline_classes(config.evaluate.baseline_model, classes)
-        if config.finetune.epochs and config.finetune.batch_size > len(files):
-            raise configs.ConfigError(
-                f"finetune.batch_size={config.finetune.batch_size} is larger than the "
-                f"{len(files)} images in {source}; use a smaller batch size, or add images")
+        stages.check_batch_fits(config.finetune, len(files), source)
     run_dir = local_run.run(source, config.to_dict(), output, settings)
     summary = local_run.summarize(run_dir)
     with open(os.path.join(output, "summary.json"), "w", encoding="utf-8") as handle:

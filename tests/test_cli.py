@@ -63,11 +63,11 @@ def test_a_batch_larger_than_the_data_is_rejected_before_the_run(capsys, tmp_pat
 
 
 def test_preprocess_rejects_a_batch_larger_than_the_training_split():
-    manifest = {"counts": {"train": {"a": 20, "b": 12}, "val": {"a": 5, "b": 5}}}
-    stages.check_batch_fits(FinetuneConfig(batch_size=32), manifest)
-    stages.check_batch_fits(FinetuneConfig(batch_size=33, epochs=0), manifest)  # no fine-tune
+    stages.check_batch_fits(FinetuneConfig(batch_size=32), 32, "the training split")
+    stages.check_batch_fits(FinetuneConfig(batch_size=33, epochs=0), 32,  # no fine-tuning
+                            "the training split")
     with pytest.raises(ConfigError, match="at most 32, or add images"):
-        stages.check_batch_fits(FinetuneConfig(batch_size=33), manifest)
+        stages.check_batch_fits(FinetuneConfig(batch_size=33), 32, "the training split")
 
 
 def test_help_and_backbone_listing(capsys):

@@ -87,7 +87,9 @@ def preprocess(dataset_dir: str, images_dir: str, features_dir: str, backbone_di
 
     from components.core import model as models
 
-    check_batch_fits(config.finetune, storage.read_json(os.path.join(dataset_dir, data.MANIFEST)))
+    manifest = storage.read_json(os.path.join(dataset_dir, data.MANIFEST))
+    check_batch_fits(config.finetune, sum(manifest["counts"]["train"].values()),
+                     "the training split")
     spec = backbones.get(config.model.backbone)
     size = backbones.resolved_size(spec, config.model.image_size)
     batches = cache.start_resizing(dataset_dir, size)
@@ -111,14 +113,13 @@ def preprocess(dataset_dir: str, images_dir: str, features_dir: str, backbone_di
             "weights_detail": provenance["detail"], **facts}
 
 
-def check_batch_fits(tune: configs.FinetuneConfig, manifest: dict) -> None:
+def check_batch_fits(tune: configs.FinetuneConfig, images: int, where: str) -> None:
     """ConfigError when fine-tuning's global batch (finetune.batch_size images) is larger than
-    the training split of the ingested dataset (its manifest): checked before any training."""
-    train = sum(manifest["counts"]["train"].values())
-    if tune.epochs and tune.batch_size > train:
+    the `images` there are in `where` (e.g. "the training split"); checked before training."""
+    if tune.epochs and tune.batch_size > images:
         raise configs.ConfigError(
-            f"finetune.batch_size={tune.batch_size} is larger than the training split "
-            f"({train} images); use a batch size of at most {train}, or add images")
+            f"finetune.batch_size={tune.batch_size} is larger than the {images} images in "
+            f"{where}; use a batch size of at most {images}, or add images")
 
 
 @_stage

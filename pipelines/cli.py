@@ -34,25 +34,71 @@ OVERRIDES = {
 }
 
 
+# `tlpipe run` plans a local folder's splits before the pipeline (reading every file once)
+# when it has at most this many files, or when fine-tuning's batch is near its size.
+PREVIEW_MAX_FILES = 5000
+# Commands that import TensorFlow (which prints start-up notices to stderr whatever
+# TF_CPP_MIN_LOG_LEVEL says: held back, see _import_tensorflow_quietly).
+TENSORFLOW_COMMANDS = ("run", "demo", "predict")
+
+
 def main(argv: list[str] | None = None) -> int:
+    """The `tlpipe` command. Exit codes: 0 done; 1 a step or an image failed (one line on
+    stderr each); 2 bad input, before any work (one line); 130 interrupted (Ctrl-C)."""
+    from pipelines import local_run
+
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # steps inherit it: no C++ info spam
     parser = _parser()
     args = parser.parse_args(argv)
     try:
+        if args.command in TENSORFLOW_COMMANDS:
+            _import_tensorflow_quietly()
         return args.handler(args)
     except ValueError as error:  # ConfigError, DataError, WeightsError: bad input, named
-        print(f"tlpipe: error: {error}", file=sys.stderr)
+        print(f"tlpipe: error: {_one_line(error)}", file=sys.stderr)
         return 2
-    except RuntimeError as error:
-        print(f"tlpipe: the run failed: {error}", file=sys.stderr)
+    except RuntimeError as error:  # StepFailed: the step, its error and its log
+        print(f"tlpipe: {_one_line(error)}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt as interrupt:
+        local_run.end_child_processes()
+        where = getattr(interrupt, "run_dir", "")
+        print("tlpipe: interrupted" + (f"; partial run in {where}" if where else ""),
+              file=sys.stderr)
+        return 130
+
+
+def _one_line(error: BaseException) -> str:
+    return " ".join(str(error).split())
+
+
+def _import_tensorflow_quietly() -> None:
+    """Imports TensorFlow with file descriptor 2 sent to a temporary file: TensorFlow 2.21
+    writes its oneDNN and absl start-up notices there at import, whatever TF_CPP_MIN_LOG_LEVEL
+    says, which would bury a one-line error. Shown after all if the import fails."""
+    import tempfile
+
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as held:
+        os.dup2(held.fileno(), 2)
+        try:
+            import tensorflow  # noqa: F401
+        except BaseException:
+            os.dup2(saved, 2)
+            held.seek(0)
+            sys.stderr.write(held.read().decode(errors="replace"))
+            raise
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tlpipe", description="Transfer learning for image classification as a Kubeflow "
         "pipeline: run it locally, or compile it for a cluster.")
-    commands = parser.add_subparsers(required=True, metavar="COMMAND")
+    commands = parser.add_subparsers(required=True, metavar="COMMAND", dest="command")
 
     run = commands.add_parser("run", help="run the whole pipeline locally (kfp.local)",
                               description="Compile the pipeline and run it on this machine with "
@@ -230,16 +276,28 @@ def run_and_report(source: str, config: configs.PipelineConfig, output: str,
     from components.core import model as models, stages
     from pipelines import local_run
 
+    _check_output_folder(output)
     checked = sources.check(source)
     models.preflight(config.model, config.finetune)
     if checked.kind == "folder":
         classes, files = data.discover(source)
         _check_baseline_classes(config.evaluate.baseline_model, classes)
         stages.check_batch_fits(config.finetune, len(files), source)
-    run_dir = local_run.run(source, config.to_dict(), output, settings)
+        if len(files) <= PREVIEW_MAX_FILES or 2 * config.finetune.batch_size > len(files):
+            # plan the splits as ingest will (file hashes and headers, no decoding)
+            train = data.preview_counts(source, config.data)["train"]
+            stages.check_batch_fits(config.finetune, train, f"the training split of {source}")
+    try:
+        run_dir = local_run.run(source, config.to_dict(), output, settings)
+    except local_run.StepFailed as failure:
+        local_run.write_summary(output, failure.run_dir, "failed", {
+            "step": failure.step, "error": failure.error, "log": failure.log})
+        raise
+    except local_run.Interrupted as interrupt:
+        local_run.write_summary(output, interrupt.run_dir, "interrupted")
+        raise
+    local_run.write_summary(output, run_dir, "succeeded")
     summary = local_run.summarize(run_dir)
-    with open(os.path.join(output, "summary.json"), "w", encoding="utf-8") as handle:
-        json.dump({"run_dir": run_dir, "steps": summary}, handle, indent=2)
     print("\n" + "=" * 78)
     print(f"run: {run_dir}")
     print(local_run.report(summary))
@@ -248,6 +306,20 @@ def run_and_report(source: str, config: configs.PipelineConfig, output: str,
         print(f"report: {os.path.abspath(html)}\nmodel card: {os.path.abspath(card)}")
     print(f"summary: {os.path.abspath(os.path.join(output, 'summary.json'))}")
     return 0
+
+
+def _check_output_folder(folder: str) -> None:
+    """ConfigError unless `folder` is a writable folder or can be made one (its nearest
+    existing ancestor is a writable folder). Creates nothing."""
+    existing = os.path.abspath(folder)
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        raise configs.ConfigError(f"--output {folder}: {existing} is a file; give a folder (it "
+                                  f"is created if it does not exist)")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise configs.ConfigError(f"--output {folder}: {existing} is not writable; give a "
+                                  f"folder you can write to")
 
 
 def _check_baseline_classes(baseline: str, classes: list[str]) -> None:
@@ -272,6 +344,13 @@ def _demo(args: argparse.Namespace) -> int:
 def _compile(args: argparse.Namespace) -> int:
     from pipelines.transfer_learning import compile_pipeline
 
+    folder = os.path.dirname(os.path.abspath(args.output))
+    if os.path.isdir(args.output) or not os.path.isdir(folder):
+        raise configs.ConfigError(
+            f"-o {args.output}: " + ("that is a folder; name the YAML file to write" if
+                                     os.path.isdir(args.output) else
+                                     f"folder {folder} does not exist; create it or write "
+                                     f"elsewhere"))
     print(f"wrote {compile_pipeline(args.output, _settings(args))}")
     return 0
 
@@ -347,9 +426,15 @@ def _report(args: argparse.Namespace) -> int:
     from components.core import report
 
     run_dir = args.run
-    if os.path.isfile(os.path.join(run_dir, "summary.json")):
-        with open(os.path.join(run_dir, "summary.json"), encoding="utf-8") as handle:
-            run_dir = json.load(handle)["run_dir"]
+    summary_path = os.path.join(run_dir, "summary.json")
+    if os.path.isfile(summary_path):
+        summary = _read_summary(summary_path)
+        if summary.get("status") in ("failed", "interrupted"):
+            failure = summary.get("failure") or {}
+            raise RuntimeError(f"the run in {summary['run_dir']} {summary['status']}" + (
+                f" at step {failure['step']}: {failure['error']}" if failure else "") +
+                f"; finished steps: {', '.join(summary['finished_steps']) or 'none'}")
+        run_dir = summary["run_dir"]
     evaluation_dir = os.path.join(run_dir, "evaluate", "evaluation")
     if not os.path.isdir(evaluation_dir):
         raise ValueError(f"{args.run} holds no evaluated run (no evaluate/evaluation/ under "
@@ -369,13 +454,31 @@ def _report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _read_summary(path: str) -> dict:
+    """A summary.json `tlpipe run` wrote; ValueError naming the file when it is damaged."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            summary = json.load(handle)
+        if not isinstance(summary, dict) or "run_dir" not in summary:
+            raise ValueError("no run_dir in it")
+        return summary
+    except (ValueError, UnicodeDecodeError) as error:
+        raise ValueError(f"{path} is damaged ({type(error).__name__}: {error}); pass the run's "
+                         f"runs/<pipeline>-<time> folder instead, or run again") from None
+
+
 def _predict(args: argparse.Namespace) -> int:
     from components.core.predict import predict_files
 
+    failed = 0
     for result in predict_files(args.model, args.images, args.top):
+        if "error" in result:
+            failed += 1
+            print(f"tlpipe: {result['path']}: {result['error']}", file=sys.stderr, flush=True)
+            continue
         ranked = ", ".join(f"{label} {probability:.3f}" for label, probability in result["top"])
-        print(f"{result['path']}: {ranked}")
-    return 0
+        print(f"{result['path']}: {ranked}", flush=True)
+    return 1 if failed else 0
 
 
 def _backbones(args: argparse.Namespace) -> int:

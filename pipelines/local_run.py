@@ -6,21 +6,51 @@ the same package a cluster runs, each step a subprocess of this Python environme
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import re
+import shutil
 import warnings
 
 from pipelines.transfer_learning import STEP_ORDER, compile_pipeline
+
+LOGS = "logs"  # a run folder's subfolder of step logs and failure records
+
+
+class StepFailed(RuntimeError):
+    """A step of a local run failed. step: its name; error: "<Type>: <message>" as the step
+    recorded it; log: the step's log file ("" when it wrote none); run_dir: the partial run."""
+
+    def __init__(self, step: str, error: str, log: str, run_dir: str):
+        where = f"; its log: {log}" if log else "; see its output above"
+        super().__init__(f"step {step} failed: {error}{where}")
+        self.step, self.error, self.log, self.run_dir = step, error, log, run_dir
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C during a local run, after every process it started was ended. run_dir: the
+    partial run ("" when none had started)."""
+
+    def __init__(self, run_dir: str):
+        super().__init__(run_dir)
+        self.run_dir = run_dir
 
 
 def run(source: str, config: dict, output_dir: str, settings=None) -> str:
     """Compiles to OUTPUT/pipeline.yaml (with deployment `settings`, if given: kfp.local runs
     every step here and ignores images, resources, placement and secrets, which are for a
     cluster; a multi-worker fine-tune step starts its workers as local processes), runs it with
-    artifacts under OUTPUT/runs/, and returns the run's directory.
-    config: `PipelineConfig.to_dict()`, one pipeline parameter a section. Raises RuntimeError
-    naming the failed step."""
+    artifacts under OUTPUT/runs/, and returns the run's directory, which also gets logs/ (each
+    step's log). Steps get a temporary folder of their own (TMPDIR), removed afterwards.
+    config: `PipelineConfig.to_dict()`, one pipeline parameter a section. Raises StepFailed
+    naming the failed step and its error, or Interrupted on Ctrl-C (every step process and
+    its children ended first)."""
+    import tempfile
+
     from kfp import components, local
+
+    from components.core.stages import STEP_RECORDS_ENV
 
     output_dir = os.path.abspath(output_dir)
     root = os.path.join(output_dir, "runs")
@@ -31,13 +61,102 @@ def run(source: str, config: dict, output_dir: str, settings=None) -> str:
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=root,
                raise_on_error=True)
     before = set(os.listdir(root))
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*non-Python base image.*")
-        pipeline(source=_absolute(source), **config)
-    created = sorted(set(os.listdir(root)) - before)
-    if not created:
+    records = tempfile.mkdtemp(prefix=".step-records-", dir=output_dir)
+    scratch = tempfile.mkdtemp(prefix=".tmp-", dir=output_dir)
+    try:
+        with _environment({STEP_RECORDS_ENV: records, "TMPDIR": scratch}), \
+                warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*non-Python base image.*")
+            pipeline(source=_absolute(source), **config)
+    except KeyboardInterrupt:
+        end_child_processes()
+        raise Interrupted(_keep_records(_new_run(root, before), records)) from None
+    except RuntimeError as error:
+        run_dir = _keep_records(_new_run(root, before), records)
+        raise _step_failure(str(error), run_dir) from None
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+        shutil.rmtree(records, ignore_errors=True)
+    run_dir = _keep_records(_new_run(root, before), records)
+    if not run_dir:
         raise RuntimeError(f"the local run wrote nothing under {root}")
-    return os.path.join(root, created[-1])
+    return run_dir
+
+
+@contextlib.contextmanager
+def _environment(values: dict):
+    """os.environ with `values` set (the step processes inherit it), restored afterwards."""
+    previous = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for name, value in previous.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+def _new_run(root: str, before: set) -> str:
+    """The run folder kfp.local created under `root` since `before` was listed, or ""."""
+    created = sorted(name for name in set(os.listdir(root)) - before
+                     if not name.startswith("."))
+    return os.path.join(root, created[-1]) if created else ""
+
+
+def _keep_records(run_dir: str, records: str) -> str:
+    """Moves the steps' logs and failure records into run_dir/logs; returns run_dir."""
+    if run_dir and os.path.isdir(records):
+        shutil.move(records, os.path.join(run_dir, LOGS))
+    return run_dir
+
+
+def _step_failure(kfp_message: str, run_dir: str) -> StepFailed:
+    """The StepFailed for kfp.local's "Inner task failed: 'STEP'" message, with the error the
+    step recorded in run_dir/logs/STEP.error.json."""
+    found = re.search(r"Inner task failed: '([^']+)'", re.sub(r"\x1b\[[0-9;]*m", "", kfp_message))
+    step = found.group(1) if found else "unknown"
+    logs = os.path.join(run_dir, LOGS) if run_dir else ""
+    record_path = os.path.join(logs, f"{step}.error.json")
+    if logs and os.path.isfile(record_path):
+        with open(record_path, encoding="utf-8") as handle:
+            record = json.load(handle)
+        error = f"{record['type']}: {' '.join(record['message'].split())}"
+    else:
+        error = "the step process ended without recording an error (killed, or out of memory?)"
+    log_path = os.path.join(logs, f"{step}.log")
+    return StepFailed(step, error, log_path if os.path.isfile(log_path) else "", run_dir)
+
+
+def end_child_processes(grace_seconds: float = 2.0) -> int:
+    """SIGKILLs every process descended from this one (step processes and the workers they
+    started in sessions of their own; TensorFlow catches SIGTERM) and waits up to
+    `grace_seconds` for them to be gone. Returns how many there were."""
+    import psutil
+
+    children = psutil.Process().children(recursive=True)
+    for child in children:
+        try:
+            child.kill()
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(children, timeout=grace_seconds)
+    return len(children)
+
+
+def write_summary(output_dir: str, run_dir: str, status: str, failure: dict | None = None) -> str:
+    """Writes OUTPUT/summary.json (and a copy in run_dir): the run folder, its status
+    ("succeeded", "failed" or "interrupted"), what failed ({"step", "error", "log"}, or None)
+    and every step that finished with its outputs (see `summarize`). Returns the path."""
+    summary = summarize(run_dir) if run_dir else {}
+    record = {"run_dir": run_dir, "status": status, "failure": failure,
+              "finished_steps": list(summary), "steps": summary}
+    path = os.path.join(output_dir, "summary.json")
+    for target in (path, *([os.path.join(run_dir, "summary.json")] if run_dir else [])):
+        with open(target, "w", encoding="utf-8") as handle:
+            json.dump(record, handle, indent=2)
+    return path
 
 
 def summarize(run_dir: str) -> dict:

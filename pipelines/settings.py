@@ -240,15 +240,20 @@ def _step_problems(name: str, step: StepSettings) -> list[str]:
     for index, secret in enumerate(step.secrets):
         where = f"secrets[{index}]"
         check(bool(DNS_SUBDOMAIN.match(secret.name)),
-              f"{where}.name={secret.name!r}; give the name of a Kubernetes Secret (never its "
-              f"value)")
+              f"{where}.name is not a Kubernetes Secret name (lower-case letters, digits, '-' "
+              f"and '.'); give the Secret's name, never its value (not shown here in case it "
+              f"is one)")
         check(bool(secret.env) != bool(secret.mount_path),
               f"{where}: give either env ({{secret key: VARIABLE}}) or mount_path, not both "
               f"or neither")
         check(not secret.mount_path or secret.mount_path.startswith("/"),
               f"{where}.mount_path={secret.mount_path!r}; use an absolute path")
-        check(all(ENV_NAME.match(variable) for variable in secret.env.values()),
-              f"{where}.env has an invalid variable name in {sorted(secret.env.values())}")
+        wrong = sorted(key for key, variable in secret.env.items()
+                       if not ENV_NAME.match(str(variable)))
+        check(not wrong, f"{where}.env[{wrong[0]!r}] is not an environment variable name "
+                         f"(letters, digits and _, not starting with a digit); give the "
+                         f"variable's name there, never the secret's value (not shown here in "
+                         f"case it is one)" if wrong else "")
     check(0 <= step.retries <= 10, f"retries={step.retries}; use 0 to 10")
     check(step.backoff_seconds >= 0 and step.max_backoff_seconds >= step.backoff_seconds,
           f"backoff_seconds={step.backoff_seconds}, max_backoff_seconds="

@@ -122,7 +122,9 @@ def test_without_settings_images_follow_the_package_version(tmp_path):
     ("steps: {ingest: {secrets: [{name: creds, env: {key: KEY}, mount_path: /s}]}}",
      "give either env"),
     ("steps: {ingest: {secrets: [{name: 'My Secret!', mount_path: /s}]}}",
-     "give the name of a Kubernetes Secret"),
+     "secrets[0].name is not a Kubernetes Secret name"),
+    ("steps: {ingest: {secrets: [{name: w, env: {api-key: 'sk-live-9f8e7d6c5b4a'}}]}}",
+     "secrets[0].env['api-key'] is not an environment variable name"),
     ("steps: {finetune: {tolerations: [{key: gpu, operator: Exists, value: x}]}}",
      "operator Exists and a value"),
     ("steps: {finetune: {tolerations: [{key: gpu, effect: Never}]}}", "effect='Never'"),
@@ -141,6 +143,8 @@ def test_bad_settings_are_named_before_anything_is_written(capsys, tmp_path, tex
     assert main(["compile", "--settings", str(settings), "-o", str(output)]) == 2
     err = capsys.readouterr().err
     assert message in err and err.startswith("tlpipe: error:"), err
+    assert len(err.strip().splitlines()) == 1
+    assert "sk-live" not in err and "My Secret" not in err  # what may be a secret is not echoed
     assert not output.exists()
 
 

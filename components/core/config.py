@@ -268,8 +268,11 @@ def read_yaml(path: str, what: str):
             return yaml.safe_load(handle) or {}
     except FileNotFoundError:
         raise ConfigError(f"{what} {path} does not exist; pass the path of a YAML file")
+    except (IsADirectoryError, UnicodeDecodeError, PermissionError) as error:
+        raise ConfigError(f"{what} {path} cannot be read as text ({type(error).__name__}); "
+                          f"pass the path of a YAML file")
     except yaml.YAMLError as error:
-        raise ConfigError(f"{what} {path} is not valid YAML: {error}")
+        raise ConfigError(f"{what} {path} is not valid YAML: {' '.join(str(error).split())}")
 
 
 def load_yaml(path: str, base: Optional[PipelineConfig] = None) -> PipelineConfig:

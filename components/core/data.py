@@ -142,13 +142,30 @@ def check_image(source: SourceFile) -> tuple[Optional[CheckedImage], str]:
             image.load()
             conversion = _conversion_needed(image)
             width, height = image.size
-            colours = len(image.convert("RGB").getcolors(PLACEHOLDER_COLOURS) or ())
+            colours = len(_as_rgb(image).getcolors(PLACEHOLDER_COLOURS) or ())
     except UnidentifiedImageError:
         return None, "not an image file (no known image format)"
     except Exception as error:  # truncated, corrupt, decompression bomb, unreadable...
         return None, f"cannot be decoded: {type(error).__name__}: {error}"
     sha = hashlib.sha256(content).hexdigest()
     return CheckedImage(source, sha, width, height, conversion, colours), ""
+
+
+def identify_image(source: SourceFile) -> tuple[Optional[CheckedImage], str]:
+    """Like check_image, reading only the header (no pixel is decoded): cheap enough for a
+    preflight, but a truncated file still passes. conversion and colours are left empty."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with open(source.path, "rb") as handle:
+            content = handle.read()
+        with Image.open(io.BytesIO(content)) as image:
+            width, height = image.size
+    except UnidentifiedImageError:
+        return None, "not an image file (no known image format)"
+    except Exception as error:
+        return None, f"cannot be read: {type(error).__name__}: {error}"
+    return CheckedImage(source, hashlib.sha256(content).hexdigest(), width, height, ""), ""
 
 
 def _conversion_needed(image) -> str:
@@ -172,21 +189,28 @@ def rgb_image(path: str):
     Greyscale and 16-bit images are scaled to 8 bits, alpha is composited on white, CMYK and
     palette images are converted, animations keep their first frame.
     """
-    import numpy as np
     from PIL import Image, ImageOps
 
     with Image.open(path) as image:
-        image = ImageOps.exif_transpose(image)
-        if image.mode in ("I;16", "I;16B", "I;16L", "I"):
-            pixels = np.asarray(image, dtype=np.float64)
-            top = 65535.0 if pixels.max() > 255 else 255.0
-            image = Image.fromarray(np.round(pixels * (255.0 / top)).astype(np.uint8), "L")
-        if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and
-                                                  "transparency" in image.info):
-            rgba = image.convert("RGBA")
-            background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-            image = Image.alpha_composite(background, rgba)
-        return image.convert("RGB")
+        return _as_rgb(ImageOps.exif_transpose(image))
+
+
+def _as_rgb(image):
+    """A decoded PIL image as 8-bit RGB: 16-bit and 32-bit greyscale scaled from their real
+    range (0-65535 when any value is above 255, else 0-255), alpha composited on white."""
+    import numpy as np
+    from PIL import Image
+
+    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
+        pixels = np.asarray(image, dtype=np.float64)
+        top = 65535.0 if pixels.max() > 255 else 255.0
+        image = Image.fromarray(np.round(pixels * (255.0 / top)).astype(np.uint8), "L")
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and
+                                              "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        image = Image.alpha_composite(background, rgba)
+    return image.convert("RGB")
 
 
 def split_key(seed: int, sha256: str) -> str:
@@ -267,22 +291,26 @@ def fingerprint(splits: dict[str, list[CheckedImage]]) -> str:
     return digest.hexdigest()
 
 
-def check_all(files: list[SourceFile]) -> tuple[list[CheckedImage], list[dict]]:
-    """Decodes every file (with progress logs). Exact duplicates within a class are kept once.
+def check_all(files: list[SourceFile], check=check_image,
+              verbose: bool = True) -> tuple[list[CheckedImage], list[dict]]:
+    """Checks every file with `check` (check_image: decodes it fully; identify_image: reads
+    its header), with progress logs and a warning per skipped file when `verbose`. Exact
+    duplicates within a class are kept once.
 
-    Returns (usable images, skipped files as {"path", "reason"}).
+    Returns (usable images, skipped files as {"path", "class", "reason"}).
     """
     usable, skipped, seen = [], [], {}
     progress = Progress(log, "checked files", len(files))
     for source in files:
-        checked, reason = check_image(source)
+        checked, reason = check(source)
         if checked is not None:
             first = seen.setdefault((source.label, checked.sha256), source.relpath)
             if first != source.relpath:
                 checked, reason = None, f"exact duplicate of {first} (kept once)"
         if checked is None:
-            skipped.append({"path": source.relpath, "reason": reason})
-            log.warning("skipping %s: %s", source.relpath, reason)
+            skipped.append({"path": source.relpath, "class": source.label, "reason": reason})
+            if verbose:
+                log.warning("skipping %s: %s", source.relpath, reason)
         else:
             usable.append(checked)
         progress.advance()
@@ -299,17 +327,7 @@ def ingest_folder(root: str, output_dir: str, config: DataConfig, source: str = 
     """
     classes, files = discover(root)
     images, skipped = check_all(files)
-    empty = [label for label in classes if not any(i.source.label == label for i in images)]
-    if empty:
-        raise DataError(f"class {empty[0]!r} has no usable image in {root} (all its files were "
-                        f"skipped: see the log); add decodable images or remove the folder")
-    splits = assign_splits(images, classes, config)
-    conflicts = _label_conflicts(images)
-    splits["test"], excluded = _clean_test(splits, {c["sha256"] for c in conflicts})
-    for split in ("train", "val", "test"):
-        if not splits[split]:
-            raise DataError(f"the {split} split of {root} is empty; add images (at least 3 per "
-                            f"class) or give a {split}/ folder")
+    splits, conflicts, excluded = plan_splits(root, classes, images, skipped, config)
     manifest = {
         "source": source or os.path.abspath(root),
         "classes": classes,
@@ -335,6 +353,40 @@ def ingest_folder(root: str, output_dir: str, config: DataConfig, source: str = 
         storage.write_json(os.path.join(partial, MANIFEST), manifest)
     log.info("ingested %s: %s", root, {s: len(splits[s]) for s in SPLITS})
     return manifest
+
+
+def plan_splits(root: str, classes: list[str], images: list[CheckedImage],
+                skipped: list[dict], config: DataConfig
+                ) -> tuple[dict[str, list[CheckedImage]], list[dict], list]:
+    """(splits, label conflicts, images left out of test) of the usable `images` of `root`
+    (`skipped`: the files check_all skipped). DataError when a class has no usable image or
+    a split would be empty."""
+    empty = [label for label in classes if not any(i.source.label == label for i in images)]
+    if empty:
+        own = [entry for entry in skipped if entry["class"] == empty[0]]
+        first = f"; {own[0]['path']}: {own[0]['reason']}" if own else ""
+        more = f" (and {len(own) - 1} more like it)" if len(own) > 1 else ""
+        raise DataError(f"class {empty[0]!r} has no usable image in {root}: all its files were "
+                        f"skipped{first}{more}; add decodable images or remove the folder")
+    splits = assign_splits(images, classes, config)
+    conflicts = _label_conflicts(images)
+    splits["test"], excluded = _clean_test(splits, {c["sha256"] for c in conflicts})
+    for split in SPLITS:
+        if not splits[split]:
+            raise DataError(f"the {split} split of {root} is empty; add images (at least 3 per "
+                            f"class) or give a {split}/ folder")
+    return splits, conflicts, excluded
+
+
+def preview_counts(root: str, config: DataConfig) -> dict[str, int]:
+    """Images per split that ingest will make of the local folder `root` ({split: count}),
+    from every file's bytes and header (nothing is decoded): the preflight `tlpipe run` does
+    before the pipeline. A file that ingest later finds truncated is counted here, so counts
+    are upper bounds. DataError as ingest_folder would raise for the layout and splits."""
+    classes, files = discover(root)
+    images, skipped = check_all(files, identify_image, verbose=False)
+    splits, _, _ = plan_splits(root, classes, images, skipped, config)
+    return {split: len(members) for split, members in splits.items()}
 
 
 def _clean_test(splits: dict, conflicting: set) -> tuple[list, list[dict]]:

@@ -7,7 +7,7 @@ come from `labels.txt` (one per line, index order), which the pipeline writes be
 from __future__ import annotations
 
 import os
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 
@@ -63,21 +63,78 @@ def classifier(model_path: str) -> Callable[[np.ndarray], np.ndarray]:
     raise ValueError(f"{model_path} is not a model tlpipe can run; pass a {FORMATS}")
 
 
-def predict_files(model_path: str, image_paths: list[str], top: int = 3) -> list[dict]:
-    """[{"path", "top": [(label, probability), ...]}] for every image file, best first."""
-    from components.core.data import rgb_image
-
-    missing = [path for path in image_paths if not os.path.isfile(path)]
-    if missing:
-        raise ValueError(f"image file {missing[0]} does not exist; pass existing image files")
+def load_classifier(model_path: str) -> tuple[Callable[[np.ndarray], np.ndarray], list | None]:
+    """(classifier, class names or None) for the model at `model_path` (see `classifier`).
+    ValueError with one line naming the file and what is wrong when it is missing, damaged or
+    not a model."""
     if not os.path.exists(model_path):
         raise ValueError(f"model {model_path} does not exist; pass a {FORMATS}")
-    run, labels = classifier(model_path), labels_for(model_path)
-    results = []
+    if model_path.endswith(".keras"):
+        _check_keras_file(model_path)
+    try:
+        return classifier(model_path), labels_for(model_path)
+    except ValueError:
+        raise
+    except Exception as error:  # each runtime has its own: OSError, RuntimeError, protobuf...
+        raise ValueError(f"model {model_path} cannot be loaded ({_one_line(error)}); it is "
+                         f"damaged or was not written by tlpipe: export it again")
+
+
+def _check_keras_file(path: str) -> None:
+    """A .keras file is a zip archive with a valid config.json (Keras itself reports a
+    truncated one as "File not found"). ValueError naming what is wrong."""
+    import json
+    import zipfile
+
+    if os.path.isdir(path) or not zipfile.is_zipfile(path):
+        raise ValueError(f"model {path} is not a .keras file (not a zip archive: truncated or "
+                         f"another format); pass the model.keras a run wrote")
+    with zipfile.ZipFile(path) as archive:
+        try:
+            damaged = archive.testzip()
+            config = archive.read("config.json")
+        except KeyError:
+            raise ValueError(f"model {path} has no config.json: not a Keras model file")
+        except (zipfile.BadZipFile, OSError, EOFError) as error:
+            raise ValueError(f"model {path} is damaged ({_one_line(error)}); copy it again")
+    if damaged:
+        raise ValueError(f"model {path} is damaged: {damaged} inside fails its checksum; copy "
+                         f"the file again")
+    try:
+        json.loads(config)
+    except ValueError as error:
+        raise ValueError(f"model {path}: its config.json is not valid JSON ({error}); the file "
+                         f"is damaged: copy it again")
+
+
+def _one_line(error: BaseException, limit: int = 200) -> str:
+    """The exception's type and the first line of its message, at most `limit` characters."""
+    lines = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {(lines[0] if lines else '')[:limit]}"
+
+
+def predict_files(model_path: str, image_paths: list[str], top: int = 3) -> Iterator[dict]:
+    """For every image file, in order: {"path", "top": [(label, probability), ...] best
+    first} or, when it cannot be classified, {"path", "error": one-line reason}. A bad image
+    never stops the others. ValueError at once for a bad model or `top` < 1."""
+    from components.core.data import rgb_image
+
+    if top < 1:
+        raise ValueError(f"--top {top}: show at least 1 class (--top 1 or more)")
+    run, labels = load_classifier(model_path)
     for path in image_paths:
-        probabilities = np.asarray(run(np.asarray(rgb_image(path), dtype=np.uint8)))
-        labels = labels or [str(i) for i in range(len(probabilities))]
+        try:
+            if os.path.isdir(path):
+                raise ValueError("is a folder, not an image file; pass the image files in it")
+            if not os.path.exists(path):
+                raise ValueError("does not exist")
+            probabilities = np.asarray(run(np.asarray(rgb_image(path), dtype=np.uint8)))
+        except ValueError as error:
+            yield {"path": path, "error": str(error)}
+            continue
+        except Exception as error:  # PIL: not an image, truncated, unreadable
+            yield {"path": path, "error": f"cannot be read as an image ({_one_line(error)})"}
+            continue
+        names = labels or [str(i) for i in range(len(probabilities))]
         order = np.argsort(-probabilities)[:top]
-        results.append({"path": path,
-                        "top": [(labels[i], float(probabilities[i])) for i in order]})
-    return results
+        yield {"path": path, "top": [(names[i], float(probabilities[i])) for i in order]}

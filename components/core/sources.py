@@ -13,6 +13,7 @@ environment (Application Default Credentials), never from a pipeline parameter.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
@@ -20,6 +21,7 @@ import shutil
 import tarfile
 import urllib.parse
 import zipfile
+import zlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -72,6 +74,10 @@ def check(uri: str) -> Source:
     the source and the fix otherwise."""
     source = parse(uri)
     if source.kind == "folder":
+        if os.path.isfile(source.path):
+            raise DataError(f"{uri} is a file, not a folder of images or an archive; pass the "
+                            f"folder holding one subfolder per class, or a "
+                            f"{'/'.join(ARCHIVE_SUFFIXES)} archive of it")
         listing_fingerprint(source.path)  # checks the layout
     elif source.kind == "gcs":
         if not _gcs_listing(source.path):
@@ -80,8 +86,8 @@ def check(uri: str) -> Source:
     elif source.kind == "archive":
         if storage.is_gcs(source.path):
             _gcs_blob(source.path)
-        else:
-            _archive_members(source.path)  # refuses hostile archives before extracting
+        else:  # refuses hostile archives and checks the class layout before extracting
+            check_archive_layout(source.path)
     else:
         builder = _tfds_builder(source)
         if not builder.is_prepared():
@@ -120,7 +126,7 @@ def materialize(uri: str, workdir: str) -> str:
         check(uri)
     if source.kind == "folder":
         return source.path
-    target = os.path.join(workdir, "source")  # each kind creates it once its checks pass
+    target = materialized_folder(workdir)  # each kind creates it once its checks pass
     if source.kind == "gcs":
         download_prefix(source.path, target)
     elif source.kind == "archive":
@@ -133,15 +139,22 @@ def materialize(uri: str, workdir: str) -> str:
     return _content_root(target)
 
 
+def materialized_folder(workdir: str) -> str:
+    """Where `materialize` puts a source that is not a local folder."""
+    return os.path.join(workdir, "source")
+
+
 def _content_root(folder: str) -> str:
     """Descends through wrapping folders (an archive's or a prefix's single top folder) to the
-    folder of class folders or split folders."""
+    folder of class folders or split folders. A single folder with no subfolder is a class
+    folder, not a wrapper: the layout check then says there is only one class."""
     while True:
         entries = [name for name in os.listdir(folder) if not name.startswith(".")]
-        if len(entries) != 1 or not os.path.isdir(os.path.join(folder, entries[0])) or \
-                entries[0].lower() in SPLIT_FOLDER_NAMES:
+        inner = os.path.join(folder, entries[0]) if len(entries) == 1 else ""
+        if not os.path.isdir(inner) or entries[0].lower() in SPLIT_FOLDER_NAMES or \
+                not any(entry.is_dir() for entry in os.scandir(inner)):
             return folder
-        folder = os.path.join(folder, entries[0])
+        folder = inner
 
 
 # --- Cloud Storage -------------------------------------------------------------------------
@@ -258,6 +271,31 @@ def _archive_members(path: str) -> list[tuple[str, int]]:
     if not os.path.isfile(path):
         raise DataError(f"archive {path} does not exist; pass the path of a .zip, .tar, "
                         f".tar.gz or .tgz file")
+    try:
+        members = _checked_members(path)
+    except (zipfile.BadZipFile, tarfile.TarError, EOFError, zlib.error, OSError) as error:
+        raise DataError(f"archive {path} cannot be read ({_one_line(error)}); it "
+                        f"is damaged or not a {_archive_kind(path)} file: create it again")
+    if len(members) > MAX_ARCHIVE_FILES or sum(size for _, size in members) > MAX_ARCHIVE_BYTES:
+        raise DataError(f"archive {path} holds {len(members)} files, "
+                        f"{sum(s for _, s in members) / 2**30:.1f} GiB: over the limits "
+                        f"({MAX_ARCHIVE_FILES} files, {MAX_ARCHIVE_BYTES / 2**30:.0f} GiB)")
+    if not members:
+        raise DataError(f"archive {path} holds no files")
+    return members
+
+
+def _one_line(error: BaseException) -> str:
+    """The exception's type and message on one line (tarfile's span several)."""
+    return f"{type(error).__name__}: {' '.join(str(error).split())}"
+
+
+def _archive_kind(path: str) -> str:
+    return next(suffix for suffix in ARCHIVE_SUFFIXES if path.lower().endswith(suffix))
+
+
+def _checked_members(path: str) -> list[tuple[str, int]]:
+    """_archive_members' walk over the entries, letting the archive libraries' errors through."""
     members = []
     if path.lower().endswith(".zip"):
         with zipfile.ZipFile(path) as archive:
@@ -281,13 +319,38 @@ def _archive_members(path: str) -> list[tuple[str, int]]:
                                         f"{info.linkname!r} outside it; remove it")
                 elif info.isfile():
                     members.append((info.name, info.size))
-    if len(members) > MAX_ARCHIVE_FILES or sum(size for _, size in members) > MAX_ARCHIVE_BYTES:
-        raise DataError(f"archive {path} holds {len(members)} files, "
-                        f"{sum(s for _, s in members) / 2**30:.1f} GiB: over the limits "
-                        f"({MAX_ARCHIVE_FILES} files, {MAX_ARCHIVE_BYTES / 2**30:.0f} GiB)")
-    if not members:
-        raise DataError(f"archive {path} holds no files")
     return members
+
+
+def check_archive_layout(path: str) -> None:
+    """Refuses a hostile archive (see _archive_members) or one whose folders are not a class
+    layout (fewer than two classes, an empty class...), before anything is extracted: its
+    folders are laid out empty in a scratch folder (one empty file per folder that holds
+    files) and checked like a local folder. DataError names `path`, never the scratch folder."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="tlpipe-layout-") as scratch:
+        for folder in {os.path.dirname(name) for name, _ in _archive_members(path)
+                       if not os.path.basename(name).startswith(".")}:
+            os.makedirs(_inside(scratch, folder, path), exist_ok=True)
+            open(os.path.join(scratch, folder, "file"), "wb").close()
+        with local_names(scratch, path):
+            from components.core.data import discover
+
+            discover(_content_root(scratch))
+
+
+@contextlib.contextmanager
+def local_names(folder: str, uri: str):
+    """Re-raises a DataError whose message names `folder` (a download or extraction place)
+    with `uri`, the source the user gave, in its place."""
+    try:
+        yield
+    except DataError as error:
+        message = str(error)
+        if folder not in message:
+            raise
+        raise DataError(message.replace(folder.rstrip("/"), uri.rstrip("/"))) from None
 
 
 def extract_archive(path: str, target: str) -> int:
@@ -295,6 +358,15 @@ def extract_archive(path: str, target: str) -> int:
     links and special files are skipped. Returns the number of files written."""
     members = dict(_archive_members(path))
     os.makedirs(target, exist_ok=True)
+    try:
+        _extract(path, members, target)
+    except (zipfile.BadZipFile, tarfile.TarError, EOFError, zlib.error) as error:
+        raise DataError(f"archive {path} is damaged ({_one_line(error)}); "
+                        f"create it again")
+    return len(members)
+
+
+def _extract(path: str, members: dict, target: str) -> None:
     if path.lower().endswith(".zip"):
         with zipfile.ZipFile(path) as archive:
             for name in members:
@@ -306,7 +378,6 @@ def extract_archive(path: str, target: str) -> int:
         with tarfile.open(path, "r:*") as archive:
             chosen = [m for m in archive.getmembers() if m.isfile() and m.name in members]
             archive.extractall(target, members=chosen, filter="data")
-    return len(members)
 
 
 # --- TensorFlow Datasets -------------------------------------------------------------------

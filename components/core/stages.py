@@ -34,26 +34,58 @@ from components.core import (backbones, backup, cache, config as configs, data, 
 log = logging.getLogger("tlpipe.stages")
 
 
-def _stage(function):
-    """Configures logging for a step process and validates its config first."""
-
-    @functools.wraps(function)
-    def wrapper(*args, config, **kwargs):
-        logging.basicConfig(level=logging.INFO, stream=sys.stdout, force=True,
-                            format="%(asctime)s %(name)s %(levelname)s: %(message)s")
-        if not isinstance(config, configs.PipelineConfig):
-            config = configs.PipelineConfig.from_dict(config).validate()
-        return function(*args, config=config, **kwargs)
-
-    return wrapper
+# A folder named by this variable (local runs set it) gets each step's log, <step>.log, and,
+# when the step fails, <step>.error.json: {"step", "type", "message"} for a one-line report.
+STEP_RECORDS_ENV = "TLPIPE_STEP_RECORDS"
 
 
+def _stage(step: str):
+    """Decorates the stage of pipeline step `step`: configures logging for the step process
+    (also into the step records folder, if any), validates its `config` first, and records a
+    failure with its message before re-raising it."""
+
+    def decorate(function):
+        @functools.wraps(function)
+        def wrapper(*args, **kwargs):
+            records = _log_to_records(step)
+            try:
+                if not isinstance(kwargs.get("config"), (configs.PipelineConfig, type(None))):
+                    kwargs["config"] = configs.PipelineConfig.from_dict(
+                        kwargs["config"]).validate()
+                return function(*args, **kwargs)
+            except Exception as error:
+                if records:
+                    log.exception("step %s failed", step)
+                    storage.write_json(os.path.join(records, f"{step}.error.json"), {
+                        "step": step, "type": type(error).__name__, "message": str(error)})
+                raise
+
+        return wrapper
+
+    return decorate
+
+
+def _log_to_records(step: str) -> str:
+    """Logs INFO and up to stdout and, when $TLPIPE_STEP_RECORDS names a folder, also to
+    <folder>/<step>.log (appended). Returns that folder, or ""."""
+    records = os.environ.get(STEP_RECORDS_ENV, "")
+    handlers = [logging.StreamHandler(sys.stdout)]
+    if records:
+        os.makedirs(records, exist_ok=True)
+        handlers.append(logging.FileHandler(os.path.join(records, f"{step}.log"),
+                                            encoding="utf-8"))
+    logging.basicConfig(level=logging.INFO, handlers=handlers, force=True,
+                        format="%(asctime)s %(name)s %(levelname)s: %(message)s")
+    return records
+
+
+@_stage("fingerprint")
 def fingerprint(source: str) -> str:
     """What the source holds now (see sources.fingerprint); checks it can be read."""
     return sources.fingerprint(source)
 
 
-@_stage
+@_stage("ingest")
 def ingest(source: str, dataset_dir: str, report_path: str, *, config) -> dict:
     """Source URI (folder, gs:// prefix, archive, TFDS) -> dataset artifact, committed only if
     the source did not change while it was read, and its validation report (Markdown).
@@ -63,8 +95,9 @@ def ingest(source: str, dataset_dir: str, report_path: str, *, config) -> dict:
     before = sources.fingerprint(source)
     with tempfile.TemporaryDirectory(prefix="tlpipe-source-") as workdir, \
             storage.atomic_dir(dataset_dir) as partial:
-        folder = sources.materialize(source, workdir)
-        manifest = data.ingest_folder(folder, partial, config.data, source=source)
+        with sources.local_names(sources.materialized_folder(workdir), source):
+            folder = sources.materialize(source, workdir)
+            manifest = data.ingest_folder(folder, partial, config.data, source=source)
         if sources.fingerprint(source) != before:
             raise data.DataError(f"{source} changed while it was read; nothing was written: "
                                  f"run again once it is stable")
@@ -77,7 +110,7 @@ def ingest(source: str, dataset_dir: str, report_path: str, *, config) -> dict:
             "skipped": len(manifest["skipped"]), "converted": len(manifest["converted"])}
 
 
-@_stage
+@_stage("preprocess")
 def preprocess(dataset_dir: str, images_dir: str, features_dir: str, backbone_dir: str, *,
                config) -> dict:
     """Resizes once, builds the backbone with its weights, caches frozen features. Decoding
@@ -87,9 +120,6 @@ def preprocess(dataset_dir: str, images_dir: str, features_dir: str, backbone_di
 
     from components.core import model as models
 
-    manifest = storage.read_json(os.path.join(dataset_dir, data.MANIFEST))
-    check_batch_fits(config.finetune, sum(manifest["counts"]["train"].values()),
-                     "the training split")
     spec = backbones.get(config.model.backbone)
     size = backbones.resolved_size(spec, config.model.image_size)
     batches = cache.start_resizing(dataset_dir, size)
@@ -122,7 +152,7 @@ def check_batch_fits(tune: configs.FinetuneConfig, images: int, where: str) -> N
             f"{where}; use a batch size of at most {images}, or add images")
 
 
-@_stage
+@_stage("train-head")
 def train_head(features_dir: str, head_dir: str, *, config) -> dict:
     """Trains the head on cached features. Returns val metrics of the best epoch."""
     from components.core import model as models, training
@@ -137,7 +167,7 @@ def train_head(features_dir: str, head_dir: str, *, config) -> dict:
     return {name: report[name] for name in ("l2", "val_loss", "val_accuracy", "steps_run")}
 
 
-@_stage
+@_stage("finetune")
 def finetune(images_dir: str, backbone_dir: str, head_dir: str, model_dir: str, *,
              config, backup_root: str = "") -> dict:
     """Fine-tunes under MultiWorkerMirroredStrategy (the cluster comes from TF_CONFIG; without
@@ -187,7 +217,7 @@ def _finetune_facts(report: dict, workers: int) -> dict:
             "workers": workers}
 
 
-@_stage
+@_stage("finetune")
 def finetune_step(images_dir: str, backbone_dir: str, head_dir: str, model_dir: str, *,
                   config, distribution: dict, uris: dict | None = None) -> dict:
     """The fine-tune pipeline step. distribution (see pipelines.settings.distribution) with
@@ -196,6 +226,9 @@ def finetune_step(images_dir: str, backbone_dir: str, head_dir: str, model_dir: 
     read the artifacts at `uris` {"images", "backbone", "head", "model"}), restarts the group
     after a lost worker up to "restarts" times (it resumes from the backups), and returns the
     chief's figures plus "restarts" used."""
+    train_images = sum(storage.read_json(os.path.join(images_dir, cache.META))[
+        "train_class_counts"])
+    check_batch_fits(config.finetune, train_images, "the training split")
     workers = int(distribution.get("workers", 1))
     if workers <= 1:
         return finetune(images_dir, backbone_dir, head_dir, model_dir, config=config)
@@ -243,7 +276,7 @@ def _finetune_epoch(images_dir: str, config, epoch: int):
         augmentation.min_crop_scale, augmentation.flip), batch[1])).prefetch(2)
 
 
-@_stage
+@_stage("evaluate")
 def evaluate(model_dir: str, images_dir: str, dataset_dir: str, backbone_dir: str,
              head_dir: str, evaluation_dir: str, report_path: str, card_path: str, *,
              config) -> dict:
@@ -294,6 +327,7 @@ def evaluate(model_dir: str, images_dir: str, dataset_dir: str, backbone_dir: st
     return {key: value for key, value in record.items() if key != "wrong"}
 
 
+@_stage("report")
 def report(evaluation_dir: str, tflite_dir: str, onnx_dir: str, report_path: str,
            card_path: str) -> dict:
     """The evaluate step's report and model card, completed with every exported format."""
@@ -333,7 +367,7 @@ def _baseline(uri: str, classes: list[str]):
     return baseline
 
 
-@_stage
+@_stage("quantize")
 def quantize(model_dir: str, images_dir: str, tflite_dir: str, *, config) -> dict:
     """SavedModel, a float32 TFLite reference and the configured quantized TFLite variants, each
     evaluated on the test split and gated against the float model; names the recommended
@@ -384,7 +418,7 @@ def quantize(model_dir: str, images_dir: str, tflite_dir: str, *, config) -> dic
     return facts
 
 
-@_stage
+@_stage("tensorrt")
 def tensorrt(model_dir: str, images_dir: str, onnx_dir: str, *, config) -> dict:
     """ONNX export (export.onnx_opset) checked with ONNX Runtime against Keras; a TensorRT engine
     (export.tensorrt_precision) evaluated on the test split where TensorRT and a GPU exist,

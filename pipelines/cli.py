@@ -73,25 +73,11 @@ def _one_line(error: BaseException) -> str:
 
 
 def _import_tensorflow_quietly() -> None:
-    """Imports TensorFlow with file descriptor 2 sent to a temporary file: TensorFlow 2.21
-    writes its oneDNN and absl start-up notices there at import, whatever TF_CPP_MIN_LOG_LEVEL
-    says, which would bury a one-line error. Shown after all if the import fails."""
-    import tempfile
+    """Imports TensorFlow with its start-up notices held back (see console.held_stderr)."""
+    from components.core.console import held_stderr
 
-    sys.stderr.flush()
-    saved = os.dup(2)
-    with tempfile.TemporaryFile() as held:
-        os.dup2(held.fileno(), 2)
-        try:
-            import tensorflow  # noqa: F401
-        except BaseException:
-            os.dup2(saved, 2)
-            held.seek(0)
-            sys.stderr.write(held.read().decode(errors="replace"))
-            raise
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
+    with held_stderr():
+        import tensorflow  # noqa: F401
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -74,10 +74,11 @@ def run(source: str, config: dict, output_dir: str, settings=None) -> str:
     except RuntimeError as error:
         run_dir = _keep_records(_new_run(root, before), records)
         raise _step_failure(str(error), run_dir) from None
+    else:
+        run_dir = _keep_records(_new_run(root, before), records)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-        shutil.rmtree(records, ignore_errors=True)
-    run_dir = _keep_records(_new_run(root, before), records)
+        shutil.rmtree(records, ignore_errors=True)  # (moved into the run folder if there was one)
     if not run_dir:
         raise RuntimeError(f"the local run wrote nothing under {root}")
     return run_dir

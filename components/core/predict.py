@@ -15,6 +15,10 @@ LABELS = "labels.txt"
 FORMATS = ".keras file, SavedModel folder, .tflite, .onnx or TensorRT .engine file"
 
 
+class ModelError(ValueError):
+    """A model file that cannot be run; the message names the file, what is wrong and the fix."""
+
+
 def write_labels(directory: str, classes: list[str]) -> None:
     with open(os.path.join(directory, LABELS), "w", encoding="utf-8") as handle:
         handle.write("".join(f"{name}\n" for name in classes))
@@ -44,8 +48,15 @@ def classifier(model_path: str) -> Callable[[np.ndarray], np.ndarray]:
         loaded = models.load(model_path)
         return lambda image: loaded.predict(image[None], verbose=0)[0]
     if model_path.endswith(".tflite"):
+        from ai_edge_litert.interpreter import Interpreter
+
         from components.core import export
 
+        from components.core.console import held_stderr
+
+        Interpreter(model_path=model_path)  # a damaged file fails here, not at every image
+        with held_stderr():  # LiteRT's "Created TensorFlow Lite XNNPACK delegate" notice
+            export.predict_tflite(model_path, np.zeros((1, 32, 32, 3), np.uint8))
         return lambda image: export.predict_tflite(model_path, image[None])[0][0]
     if model_path.endswith(".onnx"):
         from components.core import export
@@ -57,10 +68,10 @@ def classifier(model_path: str) -> Callable[[np.ndarray], np.ndarray]:
 
         reason = tensorrt.unavailable_reason()
         if reason:
-            raise ValueError(f"cannot run the TensorRT engine {model_path}: {reason}")
+            raise ModelError(f"cannot run the TensorRT engine {model_path}: {reason}")
         engine = tensorrt.EngineClassifier(model_path)
         return lambda image: engine.predict(image[None])[0]
-    raise ValueError(f"{model_path} is not a model tlpipe can run; pass a {FORMATS}")
+    raise ModelError(f"{model_path} is not a model tlpipe can run; pass a {FORMATS}")
 
 
 def load_classifier(model_path: str) -> tuple[Callable[[np.ndarray], np.ndarray], list | None]:
@@ -68,15 +79,15 @@ def load_classifier(model_path: str) -> tuple[Callable[[np.ndarray], np.ndarray]
     ValueError with one line naming the file and what is wrong when it is missing, damaged or
     not a model."""
     if not os.path.exists(model_path):
-        raise ValueError(f"model {model_path} does not exist; pass a {FORMATS}")
+        raise ModelError(f"model {model_path} does not exist; pass a {FORMATS}")
     if model_path.endswith(".keras"):
         _check_keras_file(model_path)
     try:
         return classifier(model_path), labels_for(model_path)
-    except ValueError:
+    except ModelError:
         raise
     except Exception as error:  # each runtime has its own: OSError, RuntimeError, protobuf...
-        raise ValueError(f"model {model_path} cannot be loaded ({_one_line(error)}); it is "
+        raise ModelError(f"model {model_path} cannot be loaded ({_one_line(error)}); it is "
                          f"damaged or was not written by tlpipe: export it again")
 
 
@@ -87,23 +98,23 @@ def _check_keras_file(path: str) -> None:
     import zipfile
 
     if os.path.isdir(path) or not zipfile.is_zipfile(path):
-        raise ValueError(f"model {path} is not a .keras file (not a zip archive: truncated or "
+        raise ModelError(f"model {path} is not a .keras file (not a zip archive: truncated or "
                          f"another format); pass the model.keras a run wrote")
     with zipfile.ZipFile(path) as archive:
         try:
             damaged = archive.testzip()
             config = archive.read("config.json")
         except KeyError:
-            raise ValueError(f"model {path} has no config.json: not a Keras model file")
+            raise ModelError(f"model {path} has no config.json: not a Keras model file")
         except (zipfile.BadZipFile, OSError, EOFError) as error:
-            raise ValueError(f"model {path} is damaged ({_one_line(error)}); copy it again")
+            raise ModelError(f"model {path} is damaged ({_one_line(error)}); copy it again")
     if damaged:
-        raise ValueError(f"model {path} is damaged: {damaged} inside fails its checksum; copy "
+        raise ModelError(f"model {path} is damaged: {damaged} inside fails its checksum; copy "
                          f"the file again")
     try:
         json.loads(config)
     except ValueError as error:
-        raise ValueError(f"model {path}: its config.json is not valid JSON ({error}); the file "
+        raise ModelError(f"model {path}: its config.json is not valid JSON ({error}); the file "
                          f"is damaged: copy it again")
 
 

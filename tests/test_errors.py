@@ -1,0 +1,336 @@
+"""Every failure a person can act on: one line on stderr naming the problem and the fix, the
+right exit code (2 bad input before any work, 1 a failed step or image, 130 interrupted), no
+traceback, nothing half-written, and a predict that never loses the good results."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import zipfile
+
+import numpy as np
+import psutil
+import pytest
+from PIL import Image
+
+from pipelines.cli import main
+from tests.conftest import write_digits
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = ["--backbone", "mobilenet", "--alpha", "0.25", "--image-size", "32", "--weights", "none",
+        "--head-steps", "50", "--finetune-epochs", "2", "--min-accuracy", "0"]
+
+
+def cli(capfd, *args):
+    """Runs `tlpipe ARGS` in this process; (exit code, stdout, stderr) at the file-descriptor
+    level, so output of C++ code and child processes counts too."""
+    code = main([str(arg) for arg in args])
+    out, err = capfd.readouterr()
+    return code, out, err
+
+
+def assert_one_line(err: str, *words: str) -> None:
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("tlpipe: "), err
+    assert "Traceback" not in err and all(word in err for word in words), err
+    assert tempfile.gettempdir() + "/tlpipe-" not in err  # no internal temp path is named
+
+
+def truncated_jpeg(path, keep=0.5):
+    """A real photo cut to `keep` of its bytes: its header reads, its pixels do not decode."""
+    pixels = np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(path, format="JPEG")
+    content = open(path, "rb").read()
+    open(path, "wb").write(content[:int(len(content) * keep)])
+    return str(path)
+
+
+def zip_folder(folder, archive):
+    with zipfile.ZipFile(archive, "w") as handle:
+        for dirpath, _, names in os.walk(folder):
+            for name in names:
+                path = os.path.join(dirpath, name)
+                handle.write(path, os.path.relpath(path, os.path.dirname(folder)))
+    return str(archive)
+
+
+# --- bad input to `tlpipe run`: exit 2 before anything is written ---------------------------
+
+def _garbage(tmp_path, name):
+    path = tmp_path / name
+    path.write_bytes(np.random.default_rng(1).bytes(3000))
+    return str(path)
+
+
+def _one_class_archive(tmp_path):
+    write_digits(tmp_path / "photos", classes=(7,), per_class=4)
+    return zip_folder(tmp_path / "photos", tmp_path / "photos.zip")
+
+
+def _unreadable_class(tmp_path):
+    folder = write_digits(tmp_path / "data", per_class=16)
+    os.makedirs(tmp_path / "data" / "notes")
+    for i in range(3):
+        (tmp_path / "data" / "notes" / f"{i}.jpg").write_text("not a picture")
+    return folder
+
+
+def _an_image_file(tmp_path):
+    folder = write_digits(tmp_path / "data", per_class=4)
+    return os.path.join(folder, "digit0", "000.png")
+
+
+def _big_batch_config(tmp_path):
+    """A batch that fits the 24-image folder but not its training split."""
+    config = tmp_path / "batch.yaml"
+    config.write_text("finetune: {batch_size: 20}\n")
+    return str(config)
+
+
+@pytest.mark.parametrize("case, make_data, extra, words", [
+    ("garbage zip", lambda p: _garbage(p, "photos.zip"), [],
+     ["archive", "photos.zip cannot be read (BadZipFile", "create it again"]),
+    ("garbage tar.gz", lambda p: _garbage(p, "photos.tar.gz"), [],
+     ["photos.tar.gz cannot be read (ReadError", "not a .tar.gz file"]),
+    ("one-class archive", _one_class_archive, [],
+     ["photos.zip/photos has 1 class folder(s) ['digit7']", "at least two"]),
+    ("class of unreadable files", _unreadable_class, [],
+     ["class 'notes' has no usable image", "not an image file", "(and 2 more like it)"]),
+    ("an image as --data", _an_image_file, [], ["000.png is a file, not a folder"]),
+    ("batch larger than the training split",
+     lambda p: write_digits(p / "data", classes=(0, 1), per_class=12),
+     ["--config", "CONFIG"], ["finetune.batch_size=20 is larger than the",
+                              "images in the training split of"]),
+])
+def test_bad_run_input_is_one_line_before_anything_runs(capfd, tmp_path, case, make_data, extra,
+                                                         words):
+    data = make_data(tmp_path)
+    extra = [_big_batch_config(tmp_path) if arg == "CONFIG" else arg for arg in extra]
+    code, _, err = cli(capfd, "run", "--data", data, "--output", tmp_path / "out", *TINY, *extra)
+    assert code == 2, err
+    assert_one_line(err, "tlpipe: error:", *words)
+    assert not os.path.exists(tmp_path / "out")
+
+
+def test_output_that_is_a_file_and_compile_into_a_missing_folder(capfd, tmp_path, digits_folder):
+    (tmp_path / "taken").write_text("")
+    code, _, err = cli(capfd, "run", "--data", digits_folder, "--output", tmp_path / "taken")
+    assert code == 2
+    assert_one_line(err, "taken is a file; give a folder")
+    code, _, err = cli(capfd, "compile", "-o", tmp_path / "no" / "such" / "pipeline.yaml")
+    assert code == 2
+    assert_one_line(err, "does not exist; create it or write elsewhere")
+    assert not os.path.exists(tmp_path / "no")
+
+
+def test_report_on_a_truncated_summary(capfd, tmp_path):
+    (tmp_path / "summary.json").write_text('{"run_dir": "/x", "ste')
+    code, _, err = cli(capfd, "report", tmp_path)
+    assert code == 2
+    assert_one_line(err, "summary.json is damaged (JSONDecodeError")
+
+
+# --- a step that fails inside the pipeline: one line, exit 1, a summary of the failure -------
+
+def test_a_failing_step_is_reported_in_one_line_with_its_log(capfd, tmp_path):
+    data = write_digits(tmp_path / "data", per_class=16)
+    os.makedirs(tmp_path / "data" / "broken")
+    for i in range(3):  # headers read (the preflight passes), pixels do not: ingest fails
+        truncated_jpeg(tmp_path / "data" / "broken" / f"{i}.jpg")
+    code, _, err = cli(capfd, "run", "--data", data, "--output", tmp_path / "out", *TINY)
+    assert code == 1
+    assert_one_line(err, "tlpipe: step ingest failed: DataError: class 'broken' has no usable "
+                         "image", "image file is truncated", "its log:")
+    summary = json.load(open(tmp_path / "out" / "summary.json"))
+    assert summary["status"] == "failed" and summary["finished_steps"] == ["fingerprint"]
+    assert summary["failure"]["step"] == "ingest"
+    log = open(summary["failure"]["log"]).read()
+    assert summary["failure"]["log"] in err and "Traceback" in log and "DataError" in log
+    run_dir = summary["run_dir"]
+    assert json.load(open(os.path.join(run_dir, "summary.json"))) == summary
+    assert not [name for name in os.listdir(tmp_path / "out") if name.startswith(".")]
+    code, _, err = cli(capfd, "report", tmp_path / "out")  # says the run failed, and where
+    assert code == 1
+    assert_one_line(err, "failed at step ingest", "finished steps: fingerprint")
+
+
+# --- a small real run: the fine-tuning batch from the config, then predict on its models -----
+
+@pytest.fixture(scope="module")
+def small_run(tmp_path_factory):
+    """A tiny run whose training split (23 images) is smaller than the default fine-tuning
+    batch (32), with finetune.batch_size 4 from --config: it must pass."""
+    folder = tmp_path_factory.mktemp("small")
+    data = write_digits(folder / "data", per_class=11)
+    config = folder / "config.yaml"
+    config.write_text("finetune: {batch_size: 4}\nexport: {tflite_variants: [fp16]}\n")
+    scratch_before = {name for name in os.listdir(tempfile.gettempdir())
+                      if name.startswith("tmp.")}
+    assert main(["run", "--data", data, "--output", str(folder / "out"), *TINY,
+                 "--config", str(config)]) == 0
+    scratch_after = {name for name in os.listdir(tempfile.gettempdir())
+                     if name.startswith("tmp.")}
+    summary = json.load(open(folder / "out" / "summary.json"))
+    return {"folder": folder, "data": data, "summary": summary,
+            "leftovers": scratch_after - scratch_before}
+
+
+def test_the_configs_fine_tuning_batch_is_the_one_checked(small_run):
+    summary = small_run["summary"]
+    assert summary["status"] == "succeeded"
+    dataset = summary["steps"]["ingest"]["outputs"]["dataset"]["metadata"]
+    assert dataset["counts"]["train"] < 32  # the default batch would not fit
+    assert summary["steps"]["finetune"]["outputs"]["model"]["metadata"]["mode"]
+
+
+def test_steps_leave_no_temporary_folders(small_run):
+    assert not small_run["leftovers"]  # KFP's `mktemp -d` program folders went to the run's own
+    out = small_run["folder"] / "out"
+    assert not [name for name in os.listdir(out) if name.startswith(".")]
+    logs = os.listdir(os.path.join(small_run["summary"]["run_dir"], "logs"))
+    assert "preprocess.log" in logs and not [name for name in logs if "error" in name]
+
+
+def _model(run, kind):
+    steps = run["summary"]["steps"]
+    if kind == "keras":
+        return os.path.join(steps["finetune"]["outputs"]["model"]["path"], "model.keras")
+    return os.path.join(steps["quantize"]["outputs"]["tflite"]["path"], "model_fp16.tflite")
+
+
+def _damaged_copy(run, tmp_path, how):
+    """A copy of the run's model.keras, damaged `how`."""
+    source = open(_model(run, "keras"), "rb").read()
+    path = tmp_path / "model.keras"
+    if how == "truncated":
+        path.write_bytes(source[:len(source) // 2])
+    elif how == "garbage":
+        path.write_bytes(np.random.default_rng(2).bytes(len(source)))
+    elif how == "byte-flipped":
+        with zipfile.ZipFile(_model(run, "keras")) as archive:
+            info = archive.getinfo("model.weights.h5")
+        middle = info.header_offset + len(info.filename) + 30 + info.compress_size // 2
+        damaged = bytearray(source)
+        damaged[middle] ^= 0xFF
+        path.write_bytes(bytes(damaged))
+    elif how == "bad config.json":
+        with zipfile.ZipFile(_model(run, "keras")) as archive, \
+                zipfile.ZipFile(path, "w") as copy:
+            for item in archive.infolist():
+                content = archive.read(item.filename)
+                copy.writestr(item, b'{"class_name": ' if item.filename == "config.json"
+                              else content)
+    return str(path)
+
+
+@pytest.mark.parametrize("how, words", [
+    ("truncated", ["model.keras is not a .keras file (not a zip archive"]),
+    ("garbage", ["model.keras is not a .keras file"]),
+    ("byte-flipped", ["model.keras is damaged", "fails its checksum"]),
+    ("bad config.json", ["its config.json is not valid JSON"]),
+])
+def test_predict_names_a_damaged_model(capfd, tmp_path, small_run, how, words):
+    image = os.path.join(small_run["data"], "digit0", "000.png")
+    code, out, err = cli(capfd, "predict", _damaged_copy(small_run, tmp_path, how), image)
+    assert code == 2 and not out
+    assert_one_line(err, "tlpipe: error: model ", *words)
+
+
+@pytest.mark.parametrize("suffix", [".tflite", ".onnx"])
+def test_predict_names_a_garbage_model_of_other_formats(capfd, tmp_path, small_run, suffix):
+    path = _garbage(tmp_path, f"model{suffix}")
+    code, _, err = cli(capfd, "predict", path, os.path.join(small_run["data"], "digit0",
+                                                            "000.png"))
+    assert code == 2
+    assert_one_line(err, f"model{suffix} cannot be loaded", "export it again")
+
+
+@pytest.mark.parametrize("top", ["0", "-3"])
+def test_predict_top_must_be_at_least_one(capfd, small_run, top):
+    code, out, err = cli(capfd, "predict", _model(small_run, "keras"),
+                         os.path.join(small_run["data"], "digit0", "000.png"), "--top", top)
+    assert code == 2 and not out
+    assert_one_line(err, f"--top {top}: show at least 1 class")
+
+
+@pytest.mark.parametrize("kind", ["keras", "tflite"])
+def test_predict_reports_every_image_and_keeps_the_good_ones(capfd, tmp_path, small_run, kind):
+    good = [os.path.join(small_run["data"], label, "001.png") for label in ("digit1", "digit2")]
+    bad = {"truncated": truncated_jpeg(tmp_path / "cut.jpg"),
+           "not an image": str(tmp_path / "notes.txt"),
+           "a folder": str(tmp_path),
+           "missing": str(tmp_path / "missing.png")}
+    (tmp_path / "notes.txt").write_text("hello")
+    order = [good[0], bad["truncated"], bad["not an image"], good[1], bad["a folder"],
+             bad["missing"]]
+    code, out, err = cli(capfd, "predict", _model(small_run, kind), *order, "--top", "2")
+    assert code == 1
+    lines = out.strip().splitlines()
+    assert [line.split(": ")[0] for line in lines] == good  # both good images, in order
+    assert all(len(line.split(": ")[1].split(", ")) == 2 for line in lines)
+    problems = err.strip().splitlines()
+    assert len(problems) == 4 and "Traceback" not in err
+    assert problems[0].startswith(f"tlpipe: {bad['truncated']}: cannot be read as an image")
+    assert "truncated" in problems[0]
+    assert problems[1].startswith(f"tlpipe: {bad['not an image']}: cannot be read as an image")
+    assert problems[2] == f"tlpipe: {bad['a folder']}: is a folder, not an image file; pass " \
+                          f"the image files in it"
+    assert problems[3] == f"tlpipe: {bad['missing']}: does not exist"
+    code, out, err = cli(capfd, "predict", _model(small_run, kind), *good)
+    assert code == 0 and not err and len(out.strip().splitlines()) == 2
+
+
+# --- as a user runs it: a fresh process, TensorFlow's start-up notices, Ctrl-C ---------------
+
+def _tlpipe(*args, **kwargs):
+    return subprocess.Popen([sys.executable, "-m", "pipelines.cli", *map(str, args)], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONPATH": ROOT}, **kwargs)
+
+
+def test_a_fresh_process_prints_only_the_error(tmp_path):
+    """TensorFlow prints start-up notices on stderr at import whatever TF_CPP_MIN_LOG_LEVEL
+    says; the CLI holds them back, so the error is the only line."""
+    process = _tlpipe("run", "--data", _garbage(tmp_path, "x.zip"), "--output", tmp_path / "o",
+                      "--weights", "none")
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 2
+    assert_one_line(err, "x.zip cannot be read")
+
+
+def _processes_naming(text: str) -> list:
+    found = []
+    for process in psutil.process_iter(["cmdline"]):
+        try:
+            if any(text in part for part in process.info["cmdline"] or ()):
+                found.append(process)
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            pass
+    return found
+
+
+def test_ctrl_c_ends_every_process_and_says_where_the_partial_run_is(tmp_path):
+    data = write_digits(tmp_path / "data")
+    output = tmp_path / "interrupted"
+    process = _tlpipe("run", "--data", data, "--output", output, *TINY, "--workers", "2")
+    try:
+        deadline = time.monotonic() + 240
+        while not any("-m components.worker" in " ".join(p.info["cmdline"] or ())
+                      for p in _processes_naming(str(output))):  # the fine-tuning workers
+            assert process.poll() is None and time.monotonic() < deadline, \
+                process.communicate()[1][-2000:]
+            time.sleep(0.5)
+        process.send_signal(signal.SIGINT)  # what Ctrl-C sends to the CLI
+        _, err = process.communicate(timeout=60)
+    finally:
+        process.kill()
+    assert process.returncode == 130
+    assert_one_line(err, "tlpipe: interrupted; partial run in ", str(output / "runs"))
+    time.sleep(1)
+    assert not _processes_naming(str(output))  # steps and workers: no orphan left
+    summary = json.load(open(output / "summary.json"))
+    assert summary["status"] == "interrupted"
+    assert {"ingest", "preprocess", "train-head"} <= set(summary["finished_steps"])

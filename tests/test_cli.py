@@ -62,7 +62,7 @@ def test_a_batch_larger_than_the_data_is_rejected_before_the_run(capsys, tmp_pat
     assert not os.path.exists(tmp_path / "out" / "runs")
 
 
-def test_preprocess_rejects_a_batch_larger_than_the_training_split():
+def test_the_fine_tune_step_rejects_a_batch_larger_than_the_training_split():
     stages.check_batch_fits(FinetuneConfig(batch_size=32), 32, "the training split")
     stages.check_batch_fits(FinetuneConfig(batch_size=33, epochs=0), 32,  # no fine-tuning
                             "the training split")

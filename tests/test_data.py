@@ -69,6 +69,7 @@ def test_dirty_folder_is_checked_converted_split_and_reported(dirty, tmp_path):
     few = {entry["path"]: entry["colours"] for entry in manifest["few_colours"]}
     assert few["dogs/imageNotFound.gif"] == 2  # the placeholder is listed, the photos are not
     assert not [path for path in few if "img" in path or path.endswith(".jpeg")]
+    assert "dogs/deep16.png" not in few  # a 16-bit photo is judged on its 8-bit rendering
     assert converted["cats/cmyk.jpeg"].startswith("CMYK JPEG")
     assert manifest["classes"] == ["cats", "dogs"]
     total = {split: sum(counts.values()) for split, counts in manifest["counts"].items()}

@@ -124,3 +124,20 @@ def test_report_renders_in_headless_chromium_without_errors(record, tmp_path):
         assert "NOT BLESSED" not in driver.find_element("css selector", ".verdict").text
     finally:
         driver.quit()
+
+
+def test_data_report_escapes_names_that_would_break_markdown():
+    odd = ["cats/two\nlines.jpg", "cats/back`tick.png", "cats/pipe|star*.jpg"]
+    manifest = {"source": "/data/my_photos", "classes": ["cats", "dogs|wolves"],
+                "counts": {"train": {"cats": 3, "dogs|wolves": 2}},
+                "image_sizes": {"min_width": 1, "max_width": 2, "median_width": 1,
+                                "min_height": 1, "max_height": 2, "median_height": 1},
+                "imbalance_ratio": 1.5, "fingerprint": "f",
+                "skipped": [{"path": odd[0], "class": "cats", "reason": "not an image file"}],
+                "converted": [], "label_conflicts": [], "odd_names": odd}
+    text = report.render_data_report(manifest)
+    lines = text.splitlines()
+    assert "- `cats/two\\nlines.jpg`: not an image file" in lines  # one line, newline shown
+    assert "- ``cats/back`tick.png``" in lines and "- `cats/pipe|star*.jpg`" in lines
+    assert "| dogs\\|wolves | 2 |" in lines and "# Data report: /data/my\\_photos" in lines
+    assert not [line for line in lines if line.startswith("lines.jpg")]

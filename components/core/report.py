@@ -407,9 +407,9 @@ def _visible(text: str) -> str:
 
 
 def _md_text(text) -> str:
-    """Plain text for one Markdown line or table cell: control characters escaped, pipes and
-    the characters Markdown would read as markup backslash-escaped."""
-    return re.sub(r"([\\`*_\[\]<>|#])", r"\\\1", _visible(text))
+    """Plain text inside one Markdown line or table cell: control characters escaped, pipes and
+    the characters Markdown reads as inline markup there backslash-escaped."""
+    return re.sub(r"([\\`*_\[\]<|])", r"\\\1", _visible(text))
 
 
 def _md_code(text) -> str:

@@ -28,3 +28,9 @@ def held_stderr():
         finally:
             os.dup2(saved, 2)
             os.close(saved)
+
+
+def describe(error: BaseException, limit: int = 300) -> str:
+    """The exception's type and message on one line (tarfile's and Keras's span several), the
+    message cut to `limit` characters."""
+    return f"{type(error).__name__}: {' '.join(str(error).split())[:limit]}"

@@ -11,6 +11,8 @@ from typing import Callable, Iterator
 
 import numpy as np
 
+from components.core.console import describe
+
 LABELS = "labels.txt"
 FORMATS = ".keras file, SavedModel folder, .tflite, .onnx or TensorRT .engine file"
 
@@ -87,7 +89,7 @@ def load_classifier(model_path: str) -> tuple[Callable[[np.ndarray], np.ndarray]
     except ModelError:
         raise
     except Exception as error:  # each runtime has its own: OSError, RuntimeError, protobuf...
-        raise ModelError(f"model {model_path} cannot be loaded ({_one_line(error)}); it is "
+        raise ModelError(f"model {model_path} cannot be loaded ({describe(error)}); it is "
                          f"damaged or was not written by tlpipe: export it again")
 
 
@@ -107,7 +109,7 @@ def _check_keras_file(path: str) -> None:
         except KeyError:
             raise ModelError(f"model {path} has no config.json: not a Keras model file")
         except (zipfile.BadZipFile, OSError, EOFError) as error:
-            raise ModelError(f"model {path} is damaged ({_one_line(error)}); copy it again")
+            raise ModelError(f"model {path} is damaged ({describe(error)}); copy it again")
     if damaged:
         raise ModelError(f"model {path} is damaged: {damaged} inside fails its checksum; copy "
                          f"the file again")
@@ -116,12 +118,6 @@ def _check_keras_file(path: str) -> None:
     except ValueError as error:
         raise ModelError(f"model {path}: its config.json is not valid JSON ({error}); the file "
                          f"is damaged: copy it again")
-
-
-def _one_line(error: BaseException, limit: int = 200) -> str:
-    """The exception's type and the first line of its message, at most `limit` characters."""
-    lines = str(error).strip().splitlines()
-    return f"{type(error).__name__}: {(lines[0] if lines else '')[:limit]}"
 
 
 def predict_files(model_path: str, image_paths: list[str], top: int = 3) -> Iterator[dict]:
@@ -144,7 +140,7 @@ def predict_files(model_path: str, image_paths: list[str], top: int = 3) -> Iter
             yield {"path": path, "error": str(error)}
             continue
         except Exception as error:  # PIL: not an image, truncated, unreadable
-            yield {"path": path, "error": f"cannot be read as an image ({_one_line(error)})"}
+            yield {"path": path, "error": f"cannot be read as an image ({describe(error)})"}
             continue
         names = labels or [str(i) for i in range(len(probabilities))]
         order = np.argsort(-probabilities)[:top]

@@ -26,6 +26,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from components.core import storage
+from components.core.console import describe
 from components.core.data import SPLIT_FOLDER_NAMES, DataError, listing_fingerprint
 
 log = logging.getLogger("tlpipe.sources")
@@ -274,7 +275,7 @@ def _archive_members(path: str) -> list[tuple[str, int]]:
     try:
         members = _checked_members(path)
     except (zipfile.BadZipFile, tarfile.TarError, EOFError, zlib.error, OSError) as error:
-        raise DataError(f"archive {path} cannot be read ({_one_line(error)}); it "
+        raise DataError(f"archive {path} cannot be read ({describe(error)}); it "
                         f"is damaged or not a {_archive_kind(path)} file: create it again")
     if len(members) > MAX_ARCHIVE_FILES or sum(size for _, size in members) > MAX_ARCHIVE_BYTES:
         raise DataError(f"archive {path} holds {len(members)} files, "
@@ -283,11 +284,6 @@ def _archive_members(path: str) -> list[tuple[str, int]]:
     if not members:
         raise DataError(f"archive {path} holds no files")
     return members
-
-
-def _one_line(error: BaseException) -> str:
-    """The exception's type and message on one line (tarfile's span several)."""
-    return f"{type(error).__name__}: {' '.join(str(error).split())}"
 
 
 def _archive_kind(path: str) -> str:
@@ -361,7 +357,7 @@ def extract_archive(path: str, target: str) -> int:
     try:
         _extract(path, members, target)
     except (zipfile.BadZipFile, tarfile.TarError, EOFError, zlib.error) as error:
-        raise DataError(f"archive {path} is damaged ({_one_line(error)}); "
+        raise DataError(f"archive {path} is damaged ({describe(error)}); "
                         f"create it again")
     return len(members)
 

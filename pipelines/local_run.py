@@ -207,7 +207,9 @@ def report(summary: dict) -> str:
                      for name, figures in quantized["variants"].items())
     exported = summary.get("tensorrt", {}).get("outputs", {}).get("onnx", {}).get("metadata", {})
     if exported:
-        lines.append(_format_line("onnx", exported["onnx"]))
+        lines.append(f"ONNX (same gate; recommended: {exported['recommended_onnx']}):")
+        lines.extend(_format_line(name, exported[name])
+                     for name in ("onnx", "onnx_fp16", "onnx_int8") if name in exported)
         engine = exported["tensorrt"]
         lines.append(_format_line("tensorrt", engine) if engine["status"] == "built" else
                      f"  {'tensorrt':>13}: skipped: {engine['reason']}")
@@ -219,10 +221,15 @@ def report(summary: dict) -> str:
 
 
 def _format_line(name: str, figures: dict) -> str:
-    """One exported format: test accuracy, agreement with Keras, size, batch-1 CPU latency."""
+    """One exported format: test accuracy (and its drop below float, where gated), agreement
+    with Keras, size (and how many times smaller than the float ONNX), batch-1 CPU latency."""
     verdict = f" {figures['status'].upper()}" if "status" in figures else ""
+    if "accuracy_drop_points" in figures:
+        verdict += f" (drop {figures['accuracy_drop_points']:.2f} points)"
+    ratio = f" ({figures['size_ratio']:.2f}x smaller)" if "size_ratio" in figures else ""
     return (f"  {name:>13}: test accuracy {figures['test_accuracy']:.4f}{verdict}, top-1 "
-            f"agreement {figures['top1_agreement']:.3f}, {figures['size_bytes'] / 1e6:.2f} MB, "
+            f"agreement {figures['top1_agreement']:.3f}, {figures['size_bytes'] / 1e6:.2f} MB"
+            f"{ratio}, "
             f"{figures['latency_ms_median']:.2f} ms/image median, "
             f"{figures['latency_ms_p90']:.2f} p90")
 

@@ -64,6 +64,11 @@ def test_yaml_overrides_apply_on_a_preset(tmp_path):
 @pytest.mark.parametrize("overrides, message", [
     ({"export": {"tflite_variants": ["fp16", "int4"]}}, "unknown ['int4']"),
     ({"export": {"onnx_opset": 11}}, "export.onnx_opset=11; use 13 to 18"),
+    ({"export": {"onnx_variants": ["fp8"]}}, "export.onnx_variants has unknown ['fp8']; use any "
+                                             "of fp16, int8"),
+    ({"export": {"onnx_variants": ["fp16"], "tensorrt_precision": "int8"}},
+     "export.tensorrt_precision=int8 builds the engine from the int8 ONNX model; add int8 to "
+     "export.onnx_variants"),
 ])
 def test_export_settings_are_validated(overrides, message):
     with pytest.raises(ConfigError, match=re.escape(message)):

@@ -116,6 +116,101 @@ def test_onnx_matches_keras_at_the_chosen_opset_with_any_batch(trained, tmp_path
     assert figures["top1_agreement"] == 1.0 and figures["max_abs_diff"] < 1e-4
 
 
+@pytest.fixture(scope="module")
+def onnx_variants(trained, tmp_path_factory):
+    """The trained model as float ONNX, BatchNorm-folded ONNX and each reduced-precision
+    variant: {"float", "folded", "fp16", "int8"} -> path."""
+    from components.core import onnx_precision
+
+    classifier, _, _, _, train_images, train_labels = trained
+    folder = tmp_path_factory.mktemp("onnx")
+    paths = {name: str(folder / f"{name}.onnx") for name in ("float", "folded", "fp16", "int8")}
+    export.export_onnx(classifier, paths["float"])
+    onnx_precision.fold_constants(paths["float"], paths["folded"])
+    calibration = export.calibration_sample(train_images, train_labels, 200, seed=0)
+    for variant in onnx_precision.VARIANTS:
+        onnx_precision.convert(variant, paths["folded"], paths[variant], calibration)
+    return paths
+
+
+def io_types(model):
+    return ([i.type.tensor_type.elem_type for i in model.graph.input],
+            [o.type.tensor_type.elem_type for o in model.graph.output])
+
+
+def test_folding_keeps_the_model_and_removes_the_batchnorm_arithmetic(trained, onnx_variants):
+    import onnx
+
+    classifier, _, test_images, _, _, _ = trained
+    counts = [sum(node.op_type in ("Mul", "Add", "BatchNormalization")
+                  for node in onnx.load(onnx_variants[name]).graph.node)
+              for name in ("float", "folded")]
+    assert counts[1] < counts[0] / 2  # only the preprocessing's scale and shift are left
+    figures = export.agreement(classifier.predict(test_images, verbose=0),
+                               export.predict_onnx(onnx_variants["folded"], test_images))
+    assert figures["top1_agreement"] == 1.0 and figures["max_abs_diff"] < 1e-4
+
+
+def test_the_fp16_onnx_computes_in_float16_behind_the_same_interface(trained, onnx_variants):
+    import onnx
+    from onnx import TensorProto
+
+    classifier, _, test_images, _, _, _ = trained
+    model = onnx.load(onnx_variants["fp16"])
+    assert io_types(model) == ([TensorProto.UINT8], [TensorProto.FLOAT])
+    weights = [w for w in model.graph.initializer if len(w.dims) == 4]  # convolution kernels
+    assert weights and all(w.data_type == TensorProto.FLOAT16 for w in weights)
+    assert os.path.getsize(onnx_variants["fp16"]) < 0.6 * os.path.getsize(onnx_variants["float"])
+    figures = export.agreement(classifier.predict(test_images, verbose=0),
+                               export.predict_onnx(onnx_variants["fp16"], test_images))
+    assert figures["top1_agreement"] >= 0.98 and figures["max_abs_diff"] < 0.1
+
+
+def test_the_int8_onnx_is_symmetric_qdq_on_the_inputs_of_every_conv_and_gemm(trained,
+                                                                            onnx_variants):
+    """TensorRT's explicit-quantization placement: a DequantizeLinear feeds the activation and
+    the weight of every Conv/MatMul/Gemm, zero points are 0 (symmetric), weights per output
+    channel, biases and outputs float."""
+    import onnx
+    from onnx import TensorProto, numpy_helper
+
+    classifier, _, test_images, _, _, _ = trained
+    model = onnx.load(onnx_variants["int8"])
+    assert io_types(model) == ([TensorProto.UINT8], [TensorProto.FLOAT])
+    producers = {out: node for node in model.graph.node for out in node.output}
+    constants = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    computing = [n for n in model.graph.node if n.op_type in ("Conv", "MatMul", "Gemm")]
+    assert len(computing) > 10
+    for node in computing:
+        activation, weight = (producers[name] for name in node.input[:2])
+        assert activation.op_type == weight.op_type == "DequantizeLinear", node.name
+        assert constants[weight.input[0]].dtype == np.int8  # the weight is stored as int8
+        channels = constants[weight.input[0]].shape[1 if node.op_type != "Conv" else 0]
+        assert constants[weight.input[1]].shape == (channels,)  # one scale per channel
+        assert len(node.input) < 3 or node.input[2] in constants  # the bias stays float
+        consumers = [n.op_type for n in model.graph.node if node.output[0] in n.input]
+        assert "QuantizeLinear" not in consumers, node.name  # outputs are not quantized
+    quantizers = [n for n in model.graph.node if n.op_type in ("QuantizeLinear",
+                                                               "DequantizeLinear")]
+    assert all(not constants[n.input[2]].any() for n in quantizers)  # zero points all 0
+    size_ratio = os.path.getsize(onnx_variants["float"]) / os.path.getsize(onnx_variants["int8"])
+    figures = export.agreement(classifier.predict(test_images, verbose=0),
+                               export.predict_onnx(onnx_variants["int8"], test_images))
+    print("onnx int8:", figures, f"{size_ratio:.2f}x smaller")
+    assert size_ratio > 2 and figures["top1_agreement"] >= 0.9
+
+
+def test_unknown_onnx_variants_and_an_empty_calibration_set_are_errors(onnx_variants, tmp_path):
+    from components.core import onnx_precision
+
+    with pytest.raises(ValueError, match="unknown ONNX variant 'int4'"):
+        onnx_precision.convert("int4", onnx_variants["folded"], str(tmp_path / "x.onnx"), None)
+    with pytest.raises(ValueError, match="calibration_samples"):
+        onnx_precision.convert("int8", onnx_variants["folded"], str(tmp_path / "x.onnx"),
+                               np.zeros((0, 32, 32, 3), np.uint8))
+    assert not os.listdir(tmp_path)
+
+
 def test_gate_rejects_variants_losing_more_than_the_threshold_and_recommends_the_smallest():
     variants = {"float32": {"test_accuracy": 0.90, "size_bytes": 800},
                 "fp16": {"test_accuracy": 0.90, "size_bytes": 400},
@@ -142,37 +237,32 @@ def test_latency_summary_reports_median_and_p90():
     assert summary == {"latency_ms_median": 5.5, "latency_ms_p90": pytest.approx(9.1)}
 
 
-def test_calibration_batches_for_tensorrt_cover_every_image_in_full_batches():
-    from components.core import tensorrt
-
-    images = np.arange(10, dtype=np.uint8)[:, None, None, None] * np.ones((1, 2, 2, 3), np.uint8)
-    batches = tensorrt.calibration_batches(images, 4)
-    assert [b.shape for b in batches] == [(4, 2, 2, 3)] * 3
-    assert all(b.flags["C_CONTIGUOUS"] and b.dtype == np.uint8 for b in batches)
-    seen = np.concatenate(batches)[:, 0, 0, 0]
-    assert set(seen) == set(range(10)) and list(seen[10:]) == [0, 1]
-    with pytest.raises(ValueError, match="calibration_samples"):
-        tensorrt.calibration_batches(images[:0], 4)
-
-
 @pytest.mark.gpu
 def test_tensorrt_engines_classify_like_keras(trained, tmp_path):
-    from components.core import tensorrt
+    """On a GPU: an engine from each ONNX precision (float, FP16, Q/DQ INT8) agrees with Keras."""
+    from components.core import onnx_precision, tensorrt
 
     reason = tensorrt.unavailable_reason()
     if reason:
         pytest.skip(reason)
     classifier, _, test_images, _, train_images, train_labels = trained
-    onnx_path = str(tmp_path / "model.onnx")
-    export.export_onnx(classifier, onnx_path)
-    reference = classifier.predict(test_images, verbose=0)
+    float_path, folded = str(tmp_path / "model.onnx"), str(tmp_path / "folded.onnx")
+    export.export_onnx(classifier, float_path)
+    onnx_precision.fold_constants(float_path, folded)
     calibration = export.calibration_sample(train_images, train_labels, 64, seed=0)
-    for precision in tensorrt.PRECISIONS:
+    sources = {"fp32": float_path}
+    for variant in onnx_precision.VARIANTS:
+        sources[variant] = str(tmp_path / f"model_{variant}.onnx")
+        onnx_precision.convert(variant, folded, sources[variant], calibration)
+    reference = classifier.predict(test_images, verbose=0)
+    for precision, source in sources.items():
         engine = str(tmp_path / f"{precision}.engine")
-        tensorrt.build_engine(onnx_path, engine, precision, 32, calibration)
-        probabilities = tensorrt.EngineClassifier(engine).predict(test_images)
-        assert export.agreement(reference, probabilities)["top1_agreement"] >= 0.95, precision
-    assert os.path.isfile(str(tmp_path / "int8.engine.calibration"))
+        tensorrt.build_engine(source, engine, 32)
+        with tensorrt.EngineClassifier(engine) as runner:
+            probabilities = runner.predict(test_images)
+        expected = export.predict_onnx(source, test_images)  # the same precision on the CPU
+        assert export.agreement(expected, probabilities)["top1_agreement"] >= 0.95, precision
+        assert export.agreement(reference, probabilities)["top1_agreement"] >= 0.9, precision
 
 
 def test_calibration_sample_is_class_stratified():

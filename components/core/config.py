@@ -13,7 +13,7 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-from components.core import acceleration, backbones, export
+from components.core import acceleration, backbones, export, onnx_precision
 
 
 class ConfigError(ValueError):
@@ -193,7 +193,11 @@ class ExportConfig:
     max_accuracy_drop: percentage points of test accuracy a variant may lose against the float
         model before it is rejected, >= 0 (default 1.0).
     onnx_opset: ONNX opset of the exported model, 13-18 (default 17).
-    tensorrt_precision: "fp32", "fp16" (default) or "int8" (calibrated on the same images)."""
+    onnx_variants: reduced-precision ONNX models to build beside the float one, each evaluated
+        and gated like the TFLite variants: any of "fp16", "int8" (explicit Q/DQ, calibrated on
+        the same images); default both.
+    tensorrt_precision: "fp32", "fp16" (default) or "int8": the TensorRT engine is built from
+        the float, fp16 or int8 ONNX model (the latter two must be in onnx_variants)."""
 
     tflite_variants: list[str] = field(
         default_factory=lambda: ["fp16", "dynamic_int8", "int8", "int16x8"])
@@ -201,6 +205,7 @@ class ExportConfig:
     calibration_samples: int = 200
     max_accuracy_drop: float = 1.0
     onnx_opset: int = 17
+    onnx_variants: list[str] = field(default_factory=lambda: ["fp16", "int8"])
     tensorrt_precision: str = "fp16"
 
 
@@ -367,8 +372,15 @@ def problems(config: PipelineConfig) -> list[str]:
           f"export.max_accuracy_drop={shipping.max_accuracy_drop}; use points >= 0")
     check(13 <= shipping.onnx_opset <= 18,
           f"export.onnx_opset={shipping.onnx_opset}; use 13 to 18 (what tf2onnx supports)")
+    unknown = sorted(set(shipping.onnx_variants) - set(onnx_precision.VARIANTS))
+    check(not unknown, f"export.onnx_variants has unknown {unknown}; use any of "
+                       f"{', '.join(onnx_precision.VARIANTS)}")
     check(shipping.tensorrt_precision in ("fp32", "fp16", "int8"),
           f"export.tensorrt_precision={shipping.tensorrt_precision!r}; use fp32, fp16 or int8")
+    check(shipping.tensorrt_precision in ("fp32", *shipping.onnx_variants),
+          f"export.tensorrt_precision={shipping.tensorrt_precision} builds the engine from the "
+          f"{shipping.tensorrt_precision} ONNX model; add {shipping.tensorrt_precision} to "
+          f"export.onnx_variants")
     return found
 
 

@@ -152,6 +152,20 @@ def timed(classify_one, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.stack(outputs), np.array(latencies)
 
 
+def batch_latency(classify, images: np.ndarray, batch_size: int = 32, repeats: int = 5) -> float:
+    """Median wall time in milliseconds of `classify` (uint8 images (N, H, W, 3) -> (N, C)) on
+    one batch of `batch_size` images (the first ones, repeated if there are fewer), over
+    `repeats` runs after one warm-up run."""
+    batch = np.ascontiguousarray(np.resize(images, (batch_size, *images.shape[1:])))
+    classify(batch)
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        classify(batch)
+        times.append((time.perf_counter() - started) * 1000)
+    return float(np.median(times))
+
+
 def _input_values(images: np.ndarray, detail: dict) -> np.ndarray:
     """uint8 pixels in the interpreter's input type: as they are, or quantized with the input's
     scale and zero point for an int8 input (pixel - 128 for the int8-input model)."""

@@ -145,12 +145,12 @@ def formats_rows(evaluation: dict) -> list[dict]:
         recommended = " (recommended)" if name == exports.get("recommended") else ""
         rows.append({"format": f"tflite {name}", **figures,
                      "status": figures.get("status", "") + recommended})
-    for name in ("onnx", "tensorrt"):
+    for name in ("onnx", "onnx_fp16", "onnx_int8", "tensorrt"):
         figures = exports.get(name)
         if figures:
+            recommended = " (recommended)" if name == exports.get("recommended_onnx") else ""
             rows.append({"format": name, **figures,
-                         "status": figures.get("status", "built") if name == "tensorrt"
-                         else "built"})
+                         "status": figures.get("status", "built") + recommended})
     return rows
 
 

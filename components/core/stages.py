@@ -13,7 +13,7 @@ Artifact layouts (directories):
     model     model.keras + finetune.json + labels.txt
     evaluation evaluation.json (metrics, intervals, blessing, provenance, curves, thumbnails)
     tflite    saved_model/ + model_<variant>.tflite + quantization.json + labels.txt
-    onnx      model.onnx [+ model.engine [+ .calibration]] + tensorrt.json + labels.txt
+    onnx      model.onnx + model_<fp16|int8>.onnx [+ model.engine] + tensorrt.json + labels.txt
 """
 
 from __future__ import annotations
@@ -420,37 +420,74 @@ def quantize(model_dir: str, images_dir: str, tflite_dir: str, *, config) -> dic
 
 @_stage("tensorrt")
 def tensorrt(model_dir: str, images_dir: str, onnx_dir: str, *, config) -> dict:
-    """ONNX export (export.onnx_opset) checked with ONNX Runtime against Keras; a TensorRT engine
-    (export.tensorrt_precision) evaluated on the test split where TensorRT and a GPU exist,
-    otherwise status "skipped" with the reason."""
-    from components.core import export, model as models, tensorrt as trt
+    """ONNX export (export.onnx_opset) and its reduced-precision variants (export.onnx_variants:
+    FP16, INT8 by Q/DQ calibrated on the quantize step's calibration images), each evaluated on
+    the test split with ONNX Runtime and gated like the TFLite variants; a TensorRT engine built
+    from the export.tensorrt_precision one where TensorRT and a GPU exist and that variant was
+    accepted, otherwise status "skipped" with the reason."""
+    from components.core import export, model as models, onnx_precision
 
+    shipping = config.export
     model = models.load(os.path.join(model_dir, "model.keras"))
     images, labels = cache.read_arrays(images_dir, "test")
     meta = storage.read_json(os.path.join(images_dir, cache.META))
     reference = model.predict(images, batch_size=64, verbose=0)  # also builds the loaded model
-    with storage.atomic_dir(onnx_dir) as partial:
-        onnx_path = os.path.join(partial, "model.onnx")
-        export.export_onnx(model, onnx_path, config.export.onnx_opset)
-        facts = {"onnx": _runtime_figures(
-            export.onnx_classifier(onnx_path), images, labels, reference,
-            size_bytes=os.path.getsize(onnx_path), opset=config.export.onnx_opset)}
-        reason = trt.unavailable_reason()
-        if reason:
-            log.warning("TensorRT engine skipped: %s", reason)
-            facts["tensorrt"] = {"status": "skipped", "reason": reason}
-        else:
-            precision = config.export.tensorrt_precision
-            engine_path = os.path.join(partial, "model.engine")
-            calibration = _calibration_images(images_dir, config) if precision == "int8" else None
-            built = trt.build_engine(onnx_path, engine_path, precision, meta["image_size"],
-                                     calibration)
-            facts["tensorrt"] = {"status": "built", **built, **_runtime_figures(
-                trt.EngineClassifier(engine_path).predict, images, labels, reference,
-                size_bytes=os.path.getsize(engine_path))}
+    calibration = (_calibration_images(images_dir, config) if "int8" in shipping.onnx_variants
+                   else None)
+    with storage.atomic_dir(onnx_dir) as partial, tempfile.TemporaryDirectory() as scratch:
+        files = {"onnx": os.path.join(partial, "model.onnx")}
+        export.export_onnx(model, files["onnx"], shipping.onnx_opset)
+        folded = os.path.join(scratch, "folded.onnx")
+        onnx_precision.fold_constants(files["onnx"], folded)
+        for variant in shipping.onnx_variants:
+            files[f"onnx_{variant}"] = os.path.join(partial, f"model_{variant}.onnx")
+            onnx_precision.convert(variant, folded, files[f"onnx_{variant}"], calibration)
+        formats = {name: _runtime_figures(export.onnx_classifier(path), images, labels,
+                                          reference, file=os.path.basename(path),
+                                          size_bytes=os.path.getsize(path))
+                   for name, path in files.items()}
+        for name in files.keys() - {"onnx"}:  # how many times smaller than the float ONNX
+            formats[name]["size_ratio"] = formats["onnx"]["size_bytes"] / formats[name]["size_bytes"]
+        float_accuracy = _accuracy(reference, labels)
+        recommended = export.gate(float_accuracy, formats, shipping.max_accuracy_drop)
+        if calibration is not None:
+            formats["onnx_int8"]["calibration_images"] = len(calibration)
+        for name, figures in formats.items():
+            log.info("%s: %s", name, figures)
+        facts = {**formats, "float_test_accuracy": float_accuracy,
+                 "max_accuracy_drop_points": shipping.max_accuracy_drop,
+                 "recommended_onnx": recommended, "opset": shipping.onnx_opset,
+                 "tensorrt": _engine(files, formats, shipping.tensorrt_precision,
+                                     meta["image_size"], (images, labels, reference), partial)}
         storage.write_json(os.path.join(partial, "tensorrt.json"), facts)
         predict.write_labels(partial, meta["classes"])
     return facts
+
+
+def _engine(files: dict, formats: dict, precision: str, image_size: int, test: tuple,
+            folder: str) -> dict:
+    """The TensorRT engine of `precision` built from its ONNX format in `files` into `folder`
+    and evaluated on `test` (images, labels, Keras probabilities); or "skipped" and why: that
+    format was rejected by the gate, or TensorRT or a GPU is missing here."""
+    from components.core import tensorrt as trt
+
+    source = trt.SOURCE_FORMAT[precision]
+    plan = {"precision": precision, "onnx": os.path.basename(files[source]),
+            "api": trt.planned_api()}
+    reason = trt.unavailable_reason()
+    if formats[source]["status"] == "rejected":
+        reason = (f"{source} is {formats[source]['accuracy_drop_points']} points below the "
+                  f"float model, more than export.max_accuracy_drop; choose another "
+                  f"export.tensorrt_precision or raise the limit")
+    if reason:
+        log.warning("TensorRT engine skipped: %s", reason)
+        return {"status": "skipped", "reason": reason, **plan}
+    engine_path = os.path.join(folder, "model.engine")
+    built = trt.build_engine(files[source], engine_path, image_size)
+    with trt.EngineClassifier(engine_path) as engine:
+        figures = _runtime_figures(engine.predict, *test,
+                                   size_bytes=os.path.getsize(engine_path))
+    return {"status": "built", **plan, **built, **figures}
 
 
 KERAS_TIMED_IMAGES = 50  # eager Keras calls are slow: the latency of the first 50 is enough
@@ -458,14 +495,16 @@ KERAS_TIMED_IMAGES = 50  # eager Keras calls are slow: the latency of the first 
 
 def _runtime_figures(classify, images: np.ndarray, labels: np.ndarray, reference: np.ndarray,
                      **facts) -> dict:
-    """Test accuracy, agreement with the Keras `reference` and batch-1 latency of `classify`
-    (uint8 images (N, H, W, 3) -> probabilities (N, C)), merged with `facts`."""
+    """Test accuracy, agreement with the Keras `reference`, batch-1 latency (median, p90) and
+    batch-32 latency (median) of `classify` (uint8 images (N, H, W, 3) -> probabilities (N, C)),
+    merged with `facts`."""
     from components.core import export
 
     probabilities = classify(images)
     _, latency = export.timed(lambda image: classify(image[None])[0], images)
     return {**facts, "test_accuracy": _accuracy(probabilities, labels),
-            **export.agreement(reference, probabilities), **export.latency_summary(latency)}
+            **export.agreement(reference, probabilities), **export.latency_summary(latency),
+            "latency_ms_batch32_median": export.batch_latency(classify, images, 32)}
 
 
 def _calibration_images(images_dir: str, config) -> np.ndarray:

@@ -1,14 +1,20 @@
 """ONNX -> TensorRT engine with the `tensorrt` Python API (TF-TRT is gone from TensorFlow 2.18+),
 and a runner that classifies raw images with a serialized engine.
 
-Needs an NVIDIA GPU, TensorRT 10 and cuda-python (images/Dockerfile.tensorrt). Where any is
-missing, `unavailable_reason()` says which, and the pipeline step records "skipped" with that
-reason: it never writes an engine it did not build.
+The network is strongly typed on every TensorRT it supports (10.x and 11.x): the precision is the
+ONNX file's own (`onnx_precision`: float32, float16, or int8 by explicit Q/DQ), never a builder
+flag. TensorRT 11 removed the weak-typing API (BuilderFlag.FP16/INT8, the INT8 calibrators,
+set_calibration_profile); TensorRT 10 still has it, so there strong typing is asked for with
+NetworkDefinitionCreationFlag.STRONGLY_TYPED. `network_flags` picks the branch from the API the
+imported module has.
+
+Needs an NVIDIA GPU, TensorRT and cuda-python (images/Dockerfile.tensorrt). Where any is missing,
+`unavailable_reason()` says which, and the pipeline step records "skipped" with that reason: it
+never writes an engine it did not build.
 """
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 
@@ -17,9 +23,15 @@ import numpy as np
 from components.core import storage
 
 PRECISIONS = ("fp32", "fp16", "int8")
+# the tensorrt step's ONNX format an engine of each precision is built from
+SOURCE_FORMAT = {"fp32": "onnx", "fp16": "onnx_fp16", "int8": "onnx_int8"}
 MAX_BATCH = 32
 MIN_SIDE, MAX_SIDE = 32, 1024  # raw image sides (pixels) the engine's profile accepts
-CALIBRATION_BATCH = 8
+OPTIMAL_BATCH = 8  # the batch size the profile is tuned for
+WORKSPACE_BYTES = 1 << 30  # scratch memory TensorRT's tactics may use (bytes; default 1 GiB)
+API_PATHS = {
+    "10": "TensorRT 10.x: strongly typed network by NetworkDefinitionCreationFlag.STRONGLY_TYPED",
+    "11": "TensorRT 11.x: strongly typed network (the only kind; create_network flags 0)"}
 
 
 def unavailable_reason() -> str:
@@ -39,118 +51,70 @@ def unavailable_reason() -> str:
     return ""
 
 
-def calibration_batches(images: np.ndarray, batch_size: int) -> list[np.ndarray]:
-    """uint8 images (N, S, S, 3) as C-contiguous batches of exactly `batch_size` (>= 1); the
-    last batch is completed with images from the start, so every image is seen at least once."""
-    if len(images) == 0:
-        raise ValueError("no calibration images; set export.calibration_samples >= 1")
-    count = -(-len(images) // batch_size) * batch_size
-    padded = np.concatenate([images] * -(-count // len(images)))[:count]
-    return [np.ascontiguousarray(padded[i:i + batch_size])
-            for i in range(0, count, batch_size)]
+def network_flags(trt) -> tuple[int, str]:
+    """(flags for `Builder.create_network`, the API path taken) for the `tensorrt` module `trt`:
+    a module that still has the weak-typing BuilderFlag.FP16 (10.x) must be asked for a
+    strongly typed network; one without it (11.x) builds nothing else."""
+    if hasattr(trt.BuilderFlag, "FP16"):
+        return 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED), API_PATHS["10"]
+    return 0, API_PATHS["11"]
 
 
-def build_engine(onnx_path: str, engine_path: str, precision: str, image_size: int,
-                 calibration_images: np.ndarray | None = None) -> dict:
-    """Builds and serializes an engine for the ONNX classifier (input uint8 (batch, H, W, 3)).
+def planned_api() -> str:
+    """The API path an engine build here would take; where TensorRT is not installed, the
+    rule that picks it."""
+    try:
+        import tensorrt as trt
+    except ImportError:
+        return "TensorRT not installed here; at build time: " + "; ".join(API_PATHS.values())
+    return network_flags(trt)[1]
 
-    precision: "fp32", "fp16" or "int8" (INT8 with FP16 fallback, activation ranges calibrated
-    with entropy calibration on `calibration_images`, uint8 (N, image_size, image_size, 3)
-    training images; the calibration cache is written beside the engine as
-    `<engine>.calibration`). The optimisation profile covers batch 1..MAX_BATCH and image sides
-    MIN_SIDE..MAX_SIDE pixels, tuned for batch 8 at `image_size`. Returns build facts.
-    """
+
+def build_engine(onnx_path: str, engine_path: str, image_size: int,
+                 workspace_bytes: int = WORKSPACE_BYTES) -> dict:
+    """Builds and serializes an engine for the ONNX classifier at `onnx_path` (input uint8
+    (batch, H, W, 3); its precision is the ONNX file's) to `engine_path`.
+
+    The optimisation profile covers batch 1..MAX_BATCH and image sides MIN_SIDE..MAX_SIDE
+    pixels, tuned for OPTIMAL_BATCH images of `image_size` pixels; tactics may use at most
+    `workspace_bytes` of GPU scratch memory. Returns the build facts (TensorRT version, API
+    path, input name, profile, workspace)."""
     import tensorrt as trt
 
-    if precision not in PRECISIONS:
-        raise ValueError(f"unknown TensorRT precision {precision!r}; use one of {PRECISIONS}")
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
-    network = builder.create_network(0)
+    flags, api = network_flags(trt)
+    network = builder.create_network(flags)
     parser = trt.OnnxParser(network, logger)
     with open(onnx_path, "rb") as handle:
         if not parser.parse(handle.read()):
             errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
             raise RuntimeError(f"TensorRT cannot parse {onnx_path}: {errors}")
     config = builder.create_builder_config()
-    calibrator = None
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_bytes)
     source = network.get_input(0)
-    config.add_optimization_profile(_profile(builder, source.name, (1, MIN_SIDE, MIN_SIDE, 3),
-                                             (8, image_size, image_size, 3),
-                                             (MAX_BATCH, MAX_SIDE, MAX_SIDE, 3)))
-    facts = {"tensorrt_version": trt.__version__, "precision": precision,
-             "input": source.name, "max_batch": MAX_BATCH}
-    if precision in ("fp16", "int8"):
-        config.set_flag(trt.BuilderFlag.FP16)
-    if precision == "int8":
-        batches = calibration_batches(calibration_images, CALIBRATION_BATCH)
-        shape = batches[0].shape
-        config.set_flag(trt.BuilderFlag.INT8)
-        config.set_calibration_profile(_profile(builder, source.name, shape, shape, shape))
-        calibrator = _entropy_calibrator(trt, batches, engine_path + ".calibration")
-        config.int8_calibrator = calibrator
-        facts["calibration_images"] = len(calibration_images)
-    try:
-        serialized = builder.build_serialized_network(network, config)
-    finally:
-        if calibrator is not None:
-            calibrator.release()
+    shapes = {"min": (1, MIN_SIDE, MIN_SIDE, 3),
+              "opt": (OPTIMAL_BATCH, image_size, image_size, 3),
+              "max": (MAX_BATCH, MAX_SIDE, MAX_SIDE, 3)}
+    profile = builder.create_optimization_profile()
+    profile.set_shape(source.name, shapes["min"], shapes["opt"], shapes["max"])
+    config.add_optimization_profile(profile)
+    serialized = builder.build_serialized_network(network, config)
     if serialized is None:
         raise RuntimeError("TensorRT could not build the engine; its log above says why")
     with storage.atomic_file(engine_path) as partial:
         with open(partial, "wb") as handle:
             handle.write(serialized)
-    return facts
-
-
-def _profile(builder, name: str, smallest: tuple, optimal: tuple, largest: tuple):
-    profile = builder.create_optimization_profile()
-    profile.set_shape(name, smallest, optimal, largest)
-    return profile
-
-
-def _entropy_calibrator(trt, batches: list[np.ndarray], cache_path: str):
-    """A TensorRT entropy calibrator feeding `batches` (uint8) and keeping its cache at
-    `cache_path`, so a rebuild with the same images skips calibration."""
-    cudart = _cudart()
-
-    class Calibrator(trt.IInt8EntropyCalibrator2):
-        def __init__(self):
-            super().__init__()
-            self.position = 0
-            self.device = _check(cudart.cudaMalloc(batches[0].nbytes))
-
-        def get_batch_size(self):
-            return batches[0].shape[0]
-
-        def get_batch(self, names):
-            if self.position == len(batches):
-                return None
-            batch = batches[self.position]
-            self.position += 1
-            _check(cudart.cudaMemcpy(self.device, batch.ctypes.data, batch.nbytes,
-                                     cudart.cudaMemcpyKind.cudaMemcpyHostToDevice))
-            return [int(self.device)]
-
-        def read_calibration_cache(self):
-            if os.path.isfile(cache_path):
-                with open(cache_path, "rb") as handle:
-                    return handle.read()
-            return None
-
-        def write_calibration_cache(self, cache):
-            with storage.atomic_file(cache_path) as partial:
-                with open(partial, "wb") as handle:
-                    handle.write(bytes(cache))
-
-        def release(self):
-            _check(cudart.cudaFree(self.device))
-
-    return Calibrator()
+    return {"tensorrt_version": trt.__version__, "api": api, "input": source.name,
+            "profile": {name: list(shape) for name, shape in shapes.items()},
+            "workspace_bytes": workspace_bytes}
 
 
 class EngineClassifier:
-    """Classifies raw uint8 images (N, H, W, 3) with a serialized TensorRT engine on the GPU."""
+    """Classifies raw uint8 images (N, H, W, 3) with a serialized TensorRT engine on the GPU.
+
+    Device buffers are allocated once per batch shape and reused; `close()` (or leaving a
+    `with` block) frees them and the CUDA stream."""
 
     def __init__(self, engine_path: str):
         import tensorrt as trt
@@ -167,7 +131,15 @@ class EngineClassifier:
         modes = {name: self.engine.get_tensor_mode(name) for name in names}
         self.input = next(n for n in names if modes[n] == trt.TensorIOMode.INPUT)
         self.output = next(n for n in names if modes[n] == trt.TensorIOMode.OUTPUT)
+        self.output_dtype = np.dtype(trt.nptype(self.engine.get_tensor_dtype(self.output)))
+        self.buffers = {}  # batch shape -> (input device pointer, output device pointer, host out)
         self.stream = _check(self.cudart.cudaStreamCreate())
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        self.close()
 
     def predict(self, images: np.ndarray) -> np.ndarray:
         """Class probabilities float32 (N, C), in batches of at most MAX_BATCH."""
@@ -175,26 +147,41 @@ class EngineClassifier:
                                                               dtype=np.uint8))
                                for i in range(0, len(images), MAX_BATCH)])
 
+    def close(self) -> None:
+        """Frees every device buffer and the stream; the classifier cannot run afterwards."""
+        for source, target, _ in self.buffers.values():
+            _check(self.cudart.cudaFree(source))
+            _check(self.cudart.cudaFree(target))
+        self.buffers = {}
+        if self.stream is not None:
+            _check(self.cudart.cudaStreamDestroy(self.stream))
+            self.stream = None
+
+    def _buffers_for(self, shape: tuple):
+        """(input pointer, output pointer, host output array) for a batch of `shape`."""
+        if shape not in self.buffers:
+            self.context.set_input_shape(self.input, shape)
+            result = np.empty(tuple(self.context.get_tensor_shape(self.output)),
+                              dtype=self.output_dtype)
+            source = _check(self.cudart.cudaMalloc(int(np.prod(shape))))  # uint8 pixels
+            target = _check(self.cudart.cudaMalloc(result.nbytes))
+            self.buffers[shape] = (source, target, result)
+        return self.buffers[shape]
+
     def _run(self, batch: np.ndarray) -> np.ndarray:
         cudart, copy = self.cudart, self.cudart.cudaMemcpyKind
+        source, target, result = self._buffers_for(batch.shape)
         self.context.set_input_shape(self.input, batch.shape)
-        result = np.empty(tuple(self.context.get_tensor_shape(self.output)), dtype=np.float32)
-        source = _check(cudart.cudaMalloc(batch.nbytes))
-        target = _check(cudart.cudaMalloc(result.nbytes))
-        try:
-            _check(cudart.cudaMemcpyAsync(source, batch.ctypes.data, batch.nbytes,
-                                          copy.cudaMemcpyHostToDevice, self.stream))
-            self.context.set_tensor_address(self.input, int(source))
-            self.context.set_tensor_address(self.output, int(target))
-            if not self.context.execute_async_v3(self.stream):
-                raise RuntimeError("TensorRT failed to run the engine; its log above says why")
-            _check(cudart.cudaMemcpyAsync(result.ctypes.data, target, result.nbytes,
-                                          copy.cudaMemcpyDeviceToHost, self.stream))
-            _check(cudart.cudaStreamSynchronize(self.stream))
-        finally:
-            cudart.cudaFree(source)
-            cudart.cudaFree(target)
-        return result
+        _check(cudart.cudaMemcpyAsync(source, batch.ctypes.data, batch.nbytes,
+                                      copy.cudaMemcpyHostToDevice, self.stream))
+        self.context.set_tensor_address(self.input, int(source))
+        self.context.set_tensor_address(self.output, int(target))
+        if not self.context.execute_async_v3(self.stream):
+            raise RuntimeError("TensorRT failed to run the engine; its log above says why")
+        _check(cudart.cudaMemcpyAsync(result.ctypes.data, target, result.nbytes,
+                                      copy.cudaMemcpyDeviceToHost, self.stream))
+        _check(cudart.cudaStreamSynchronize(self.stream))
+        return result.astype(np.float32)  # a copy: the host buffer is reused
 
 
 def _cudart():

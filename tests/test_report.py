@@ -66,7 +66,12 @@ def record():
                                         "latency_ms_median": 0.6, "latency_ms_p90": 0.7,
                                         "status": "rejected"}},
                     "onnx": {"test_accuracy": 0.8, "size_bytes": 880_000,
-                             "latency_ms_median": 0.5, "latency_ms_p90": 0.6},
+                             "latency_ms_median": 0.5, "latency_ms_p90": 0.6,
+                             "status": "accepted"},
+                    "onnx_int8": {"test_accuracy": 0.79, "size_bytes": 300_000,
+                                  "latency_ms_median": 0.4, "latency_ms_p90": 0.5,
+                                  "status": "accepted"},
+                    "recommended_onnx": "onnx_int8",
                     "tensorrt": {"status": "skipped", "reason": "no GPU"}},
     }
 
@@ -89,6 +94,7 @@ def test_model_card_states_data_provenance_results_and_limits(record):
     assert f"{100 * low:.1f}-{100 * high:.1f}%" in card and "200 resamples" in card
     assert "ImageNet-pretrained" in card and "`zero/bad.jpg`: truncated JPEG" in card
     assert "| tflite int8 | 75.0% | 0.32 MB | 0.60 / 0.70 ms | rejected |" in card
+    assert "| onnx_int8 | 79.0% | 0.30 MB | 0.40 / 0.50 ms | accepted (recommended) |" in card
     assert "## Intended use" in card and "## Known limits" in card
     random_card = report.render_model_card({**record, "model": {**record["model"],
                                                                  "weights": "random"}})

@@ -173,3 +173,17 @@ def test_an_engine_is_not_built_from_a_variant_the_gate_rejected(tmp_path, monke
     assert "onnx_int8 is 2.5 points below the float model" in record["reason"]
     assert "export.tensorrt_precision" in record["reason"]
     assert not (tmp_path / "model.engine").exists()
+
+
+def test_the_gpu_check_says_why_it_cannot_run_on_a_machine_without_a_gpu():
+    import subprocess
+    import sys
+
+    if not tensorrt.unavailable_reason():
+        pytest.skip("TensorRT and a GPU are here: run bash benchmarks/gpu_check.sh itself")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = {**os.environ, "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"]}
+    done = subprocess.run(["bash", os.path.join(root, "benchmarks", "gpu_check.sh")], env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.startswith("gpu_check: cannot run here: TensorRT or cuda-python")

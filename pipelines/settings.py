@@ -80,8 +80,10 @@ class StepSettings:
     local processes in `tlpipe run`) and each worker gets this step's GPUs, node selector,
     tolerations, resources and secrets. worker_restarts: times the worker group is started again
     after a lost worker, resuming from the last completed epoch, 0-10 (default 3).
-    worker_start_timeout_seconds: how long every worker has to join the group, >= 10 (default
-    600: pods may wait for a node and pull the image)."""
+    worker_start_timeout_seconds: how long every worker pod has to be Running, >= 10 (default
+    600: pods may wait for a node and pull the image). worker_service_account: the Kubernetes
+    service account the worker pods run as (e.g. one bound to a Google service account by
+    Workload Identity for gs://); "" (default): the one the fine-tune step's own pod runs as."""
 
     cpu_request: str = ""
     cpu_limit: str = ""
@@ -101,6 +103,7 @@ class StepSettings:
     workers: int = 1
     worker_restarts: int = 3
     worker_start_timeout_seconds: int = 600
+    worker_service_account: str = ""
 
 
 @dataclass
@@ -268,6 +271,10 @@ def _step_problems(name: str, step: StepSettings) -> list[str]:
     check(0 <= step.worker_restarts <= 10, f"worker_restarts={step.worker_restarts}; use 0 to 10")
     check(step.worker_start_timeout_seconds >= 10,
           f"worker_start_timeout_seconds={step.worker_start_timeout_seconds}; use 10 or more")
+    check(not step.worker_service_account or bool(DNS_SUBDOMAIN.match(
+        step.worker_service_account)) and name == MULTI_WORKER_STEP,
+          f"worker_service_account={step.worker_service_account!r}; give a Kubernetes service "
+          f"account name (lower-case letters, digits, '-' and '.'), in steps.{MULTI_WORKER_STEP}")
     check(not (name in ALWAYS_RUN and step.caching),
           f"caching=true: the {name} step must always run (it is what tells whether the data "
           f"changed); leave caching out for it")
@@ -276,7 +283,12 @@ def _step_problems(name: str, step: StepSettings) -> list[str]:
 
 # What each TFJob worker pod gets from steps.finetune.
 WORKER_POD_KEYS = ("cpu_request", "cpu_limit", "memory_request", "memory_limit", "gpus",
-                   "gpu_type", "node_selector", "tolerations", "secrets")
+                   "gpu_type", "node_selector", "tolerations", "secrets", "worker_service_account")
+# What the launcher pod learns about itself through the downward API: the job's owner reference
+# (so Kubernetes deletes the workers with a cancelled or killed step) and the service account
+# its workers default to.
+LAUNCHER_POD_FIELDS = {"TLPIPE_POD_NAME": "metadata.name", "TLPIPE_POD_UID": "metadata.uid",
+                       "TLPIPE_SERVICE_ACCOUNT": "spec.serviceAccountName"}
 LAUNCHERS = ("local", "tfjob")
 
 
@@ -302,6 +314,15 @@ def launcher_step(step: StepSettings) -> StepSettings:
     """The fine-tune step's own pod when it launches a TFJob: it only waits and copies the model,
     so the accelerators and their placement go to the workers, not to it."""
     return replace(step, gpus=0, node_selector={}, tolerations=[])
+
+
+def expose_launcher_pod(task) -> None:
+    """Gives the launcher task's pod its own name, uid and service account as environment
+    variables (LAUNCHER_POD_FIELDS, from the downward API)."""
+    from kfp import kubernetes
+
+    for variable, field_path in LAUNCHER_POD_FIELDS.items():
+        kubernetes.use_field_path_as_env(task, variable, field_path)
 
 
 def apply(task, step: StepSettings, image: str) -> None:

@@ -30,8 +30,10 @@ def build_pipeline(settings: deployment.Settings | None = None, launcher: str = 
 
     def configure(task, step: str):
         own = settings.step(step)
-        if step == deployment.MULTI_WORKER_STEP and distribution.get("pod"):
+        launches = step == deployment.MULTI_WORKER_STEP and bool(distribution.get("pod"))
+        if launches:
             own = deployment.launcher_step(own)
+            deployment.expose_launcher_pod(task)
         deployment.apply(task, own, settings.image(IMAGE_NAMES.get(step, "tlpipe-train")))
         return task
 

@@ -1,25 +1,41 @@
 """A local stand-in for the few Kubernetes API endpoints the TFJob launcher uses (tfjobs of
 kubeflow.org/v1, pods, pod logs), driven by the test: it scripts the TFJob's conditions and the
-pods, and reads back every request."""
+pods, and reads back every request.
+
+Where it matters to the launcher it behaves like the real API server: a created TFJob is
+validated against the published CRD schema (422 Invalid otherwise); creating a name that still
+exists answers 409 AlreadyExists; a Foreground deletion keeps the object, with its
+deletionTimestamp set, for `deletion_seconds` (the real one keeps it until its pods are gone);
+and unless the test gives its own pods, the job's worker pods follow its condition: Pending
+before the operator says Running, Running after.
+"""
 
 from __future__ import annotations
 
+import time
+import uuid
+
+from tests import k8s_schema
 from tests.fake_http import FakeApi
 
-TFJOBS = "/apis/kubeflow.org/v1/namespaces/{namespace}/tfjobs"
 
 
 class FakeKubernetes(FakeApi):
     """The API on 127.0.0.1 (see FakeApi for `url` and `requests`). `conditions`: the TFJob's
     condition type per status read (the last one repeats; None: no status yet); `pods`: Pod
-    objects (dicts) its pod listing returns; `logs`: pod name -> log text."""
+    objects (dicts) its pod listing returns, or a function of the fake returning them (default:
+    the job's workers, Running once a condition Running was served); `logs`: pod name -> log
+    text; `deletion_seconds`: how long a Foreground-deleted job stays."""
 
-    def __init__(self, conditions: list, pods: list[dict] | None = None,
-                 logs: dict[str, str] | None = None, failure_message: str = ""):
+    def __init__(self, conditions: list, pods=None, logs: dict[str, str] | None = None,
+                 failure_message: str = "", deletion_seconds: float = 2.0):
         super().__init__()
-        self.conditions, self.pods, self.logs = list(conditions), pods or [], logs or {}
-        self.failure_message = failure_message
+        self.conditions, self.logs = list(conditions), logs or {}
+        self.pods = pods if pods is not None else workers_following_the_job
+        self.failure_message, self.deletion_seconds = failure_message, deletion_seconds
         self.jobs: dict[str, dict] = {}
+        self.gone_at: dict[str, float] = {}  # name -> when a deleted job disappears
+        self.served: list = []  # every condition served, in order
 
     def client(self):
         """A kubernetes ApiClient talking to this server."""
@@ -33,8 +49,20 @@ class FakeKubernetes(FakeApi):
         """'METHOD kind' of every request in order, kind being tfjob, pods or log."""
         return [f"{r['method']} {_kind(r['path'])}" for r in self.requests]
 
+    def live_jobs(self) -> dict[str, dict]:
+        """The jobs that exist and are not being deleted."""
+        self._collect()
+        return {name: job for name, job in self.jobs.items() if name not in self.gone_at}
+
+    def _collect(self) -> None:
+        for name, when in list(self.gone_at.items()):
+            if time.monotonic() >= when:
+                self.jobs.pop(name, None)
+                del self.gone_at[name]
+
     def _status(self) -> dict:
         condition = self.conditions.pop(0) if len(self.conditions) > 1 else self.conditions[0]
+        self.served.append(condition)
         if condition is None:
             return {}
         entry = {"type": condition, "status": "True", "reason": f"TFJob{condition}",
@@ -43,30 +71,64 @@ class FakeKubernetes(FakeApi):
 
     def _answer(self, method: str, path: str, query: dict, body: dict):
         parts = path.strip("/").split("/")
+        self._collect()
         if path.startswith("/apis/kubeflow.org/v1/namespaces/") and parts[5] == "tfjobs":
             name = parts[6] if len(parts) > 6 else body.get("metadata", {}).get("name")
             if method == "POST":
-                self.jobs[name] = body
-                return 201, body
+                return self._create(name, body)
             if name not in self.jobs:
-                return 404, {"kind": "Status", "status": "Failure", "reason": "NotFound",
-                             "code": 404}
+                return 404, _status(404, "NotFound", f'tfjobs.kubeflow.org "{name}" not found')
             if method == "DELETE":
-                del self.jobs[name]
-                return 200, {"kind": "Status", "status": "Success"}
+                return self._delete(name, body, query)
             return 200, {**self.jobs[name], "status": self._status()}
         if path.startswith("/api/v1/namespaces/") and parts[4] == "pods":
             if len(parts) == 7 and parts[6] == "log":
                 return 200, self.logs.get(parts[5], "")
-            return 200, {"kind": "PodList", "apiVersion": "v1", "metadata": {},
-                         "items": self.pods}
+            pods = self.pods(self) if callable(self.pods) else self.pods
+            return 200, {"kind": "PodList", "apiVersion": "v1", "metadata": {}, "items": pods}
         return 404, {"kind": "Status", "code": 404, "message": f"no route {method} {path}"}
+
+    def _create(self, name: str, body: dict):
+        found = k8s_schema.problems(body, *k8s_schema.TFJOB)
+        if found:
+            return 422, _status(422, "Invalid", f'TFJob.kubeflow.org "{name}" is invalid: '
+                                                + "; ".join(found))
+        if name in self.jobs:
+            return 409, _status(409, "AlreadyExists",
+                                f'tfjobs.kubeflow.org "{name}" already exists')
+        self.jobs[name] = {**body, "metadata": {**body["metadata"], "uid": str(uuid.uuid4())}}
+        return 201, self.jobs[name]
+
+    def _delete(self, name: str, body: dict, query: dict):
+        policy = body.get("propagationPolicy") or (query.get("propagationPolicy") or [""])[0]
+        if policy == "Foreground":
+            self.gone_at.setdefault(name, time.monotonic() + self.deletion_seconds)
+            self.jobs[name]["metadata"]["deletionTimestamp"] = "2026-12-03T12:00:00Z"
+            return 200, self.jobs[name]
+        del self.jobs[name]
+        return 200, _status(200, "Success", "")
+
+
+def _status(code: int, reason: str, message: str) -> dict:
+    return {"kind": "Status", "apiVersion": "v1", "status": "Success" if code < 300 else "Failure",
+            "reason": reason, "message": message, "code": code}
 
 
 def _kind(path: str) -> str:
     if "/tfjobs" in path:
         return "tfjob"
     return "log" if path.endswith("/log") else "pods"
+
+
+def workers_following_the_job(fake: FakeKubernetes) -> list[dict]:
+    """The live job's worker pods: Running once the operator has said Running, else Pending."""
+    jobs = fake.live_jobs()
+    if not jobs:
+        return []
+    name, job = next(iter(jobs.items()))
+    phase = "Running" if "Running" in fake.served else "Pending"
+    return [pod(f"{name}-worker-{index}", phase)
+            for index in range(job["spec"]["tfReplicaSpecs"]["Worker"]["replicas"])]
 
 
 def pod(name: str, phase: str, exit_code: int | None = None, reason: str = "",

@@ -1,11 +1,16 @@
-"""Multi-worker fine-tuning on a cluster: the TFJob manifest checked against the TFJob schema
-(the kubeflow-training SDK's models, generated from the Training Operator's OpenAPI spec), and
-the launcher's wait / failure / clean-up logic against a fake Kubernetes API the test drives.
-No real cluster is used."""
+"""Multi-worker fine-tuning on a cluster: the TFJob manifest checked against the published TFJob
+CRD schema (tests/k8s/) and the kubeflow-training SDK's typed models, and the launcher's wait /
+failure / retry / clean-up logic against a fake Kubernetes API the test drives (409 on a name
+that still exists, Foreground deletion that takes 2 s, schema validation on create). No real
+cluster is used."""
 
 import json
 import os
 import re
+import signal
+import subprocess
+import sys
+import time
 
 import pytest
 import yaml
@@ -17,6 +22,7 @@ from components.core.config import ConfigError
 from pipelines import settings as deployment
 from pipelines.cli import main
 from pipelines.transfer_learning import STEP_ORDER, compile_pipeline
+from tests import k8s_schema
 from tests.fake_kubernetes import FakeKubernetes, pod
 
 SETTINGS = {
@@ -41,12 +47,16 @@ def distribution():
     return deployment.distribution(deployment.parse(SETTINGS, STEP_ORDER), "tfjob")
 
 
-def job_manifest(dist=None):
+LAUNCHER = {"name": "tlpipe-run-finetune-driver", "uid": "9b1c3d2e-0000-4000-8000-000000000001",
+            "service_account": "pipeline-runner"}
+
+
+def job_manifest(dist=None, owner=None):
     dist = dist or distribution()
     command = ["python", "-m", "components.worker", "--backup-root", "gs://b/backups"]
     return tfjob.manifest(tfjob.job_name(URIS["model"]), "team-a", dist["image"], command,
                           dist["workers"], dist["pod"], dist["restarts"],
-                          dist["timeout_seconds"])
+                          dist["timeout_seconds"], owner)
 
 
 # ---------------------------------------------------------------- the manifest
@@ -92,8 +102,15 @@ def schema_problems(value, type_name: str, where: str = "") -> list[str]:
 
 
 def test_the_manifest_follows_the_tfjob_schema_and_carries_the_step_settings():
-    job = job_manifest()
-    assert schema_problems(job, "KubeflowOrgV1TFJob") == []
+    job = job_manifest(owner=LAUNCHER)
+    assert k8s_schema.problems(job, *k8s_schema.TFJOB) == []  # the published CRD
+    assert schema_problems(job, "KubeflowOrgV1TFJob") == []  # the SDK's models, metadata too
+    broken = json.loads(json.dumps(job))
+    broken["spec"]["runPolicy"]["cleanupPolicy"] = "All"
+    broken["spec"]["tfReplicaSpecs"]["Worker"]["replicas"] = "3"
+    assert k8s_schema.problems(broken, *k8s_schema.TFJOB) == [
+        "spec.runPolicy: Additional properties are not allowed ('cleanupPolicy' was unexpected)",
+        "spec.tfReplicaSpecs.Worker.replicas: '3' is not of type 'integer'"]
     # the checker does catch a wrong type, an unknown key and a missing required field
     assert schema_problems({**job, "spec": {**job["spec"], "tfReplicaSpecs": {"Worker": {
         "replicas": "3"}}}}, "KubeflowOrgV1TFJob")
@@ -104,14 +121,19 @@ def test_the_manifest_follows_the_tfjob_schema_and_carries_the_step_settings():
     assert job["metadata"]["name"] == tfjob.job_name(URIS["model"])
     assert re.fullmatch(r"[a-z0-9-]{1,63}", job["metadata"]["name"])
     spec = job["spec"]
-    assert spec["runPolicy"] == {"backoffLimit": 2, "cleanPodPolicy": "None",
+    assert spec["runPolicy"] == {"backoffLimit": 2, "cleanPodPolicy": "Running",
                                  "activeDeadlineSeconds": 21600}
+    # owned by the launcher pod: Kubernetes deletes the job when that pod goes
+    assert job["metadata"]["ownerReferences"] == [{
+        "apiVersion": "v1", "kind": "Pod", "name": LAUNCHER["name"], "uid": LAUNCHER["uid"],
+        "blockOwnerDeletion": True}]
     assert list(spec["tfReplicaSpecs"]) == ["Worker"]  # worker 0 is the chief
     worker = spec["tfReplicaSpecs"]["Worker"]
     assert worker["replicas"] == 3 and worker["restartPolicy"] == "OnFailure"
     pod_spec = worker["template"]["spec"]
     container, = pod_spec["containers"]
     assert container["name"] == "tensorflow"
+    assert pod_spec["serviceAccountName"] == "pipeline-runner"  # the launcher's, by default
     assert container["image"] == "registry.example.com/ml/tlpipe-train:1.2.3"
     assert container["command"][:3] == ["python", "-m", "components.worker"]
     assert container["resources"] == {"requests": {"cpu": "4"},
@@ -150,6 +172,32 @@ def test_the_step_passes_backup_location_and_artifacts_to_the_workers(gcs, tmp_p
     assert arguments["--backup-root"] == f"gs://tlpipe-backups/ft/{name}/backups"
     assert json.loads(arguments["--config"]) == {"finetune": {}}
     assert created["metadata"]["namespace"] == "default"  # not in a pod: "default"
+    assert "ownerReferences" not in created["metadata"]  # nor is there an owner to name
+    assert created["spec"]["runPolicy"]["activeDeadlineSeconds"] == 21300  # 5 min before the step
+
+
+def test_the_job_deadline_leaves_the_launcher_time_to_report():
+    assert tfjob.job_deadline(0) == 0
+    assert tfjob.job_deadline(21600) == 21600 - tfjob.LAUNCHER_MARGIN_SECONDS
+    assert tfjob.job_deadline(600) == 540  # a tenth of a short step
+
+
+def test_the_launcher_pod_and_the_worker_service_account(monkeypatch):
+    assert tfjob.launcher_pod() is None
+    monkeypatch.setenv("TLPIPE_POD_NAME", LAUNCHER["name"])
+    monkeypatch.setenv("TLPIPE_POD_UID", LAUNCHER["uid"])
+    monkeypatch.setenv("TLPIPE_SERVICE_ACCOUNT", "pipeline-runner")
+    assert tfjob.launcher_pod() == LAUNCHER
+    settings = json.loads(json.dumps(SETTINGS))
+    settings["steps"]["finetune"]["worker_service_account"] = "gcs-workload-identity"
+    dist = deployment.distribution(deployment.parse(settings, STEP_ORDER), "tfjob")
+    job = job_manifest(dist, tfjob.launcher_pod())
+    assert job["spec"]["tfReplicaSpecs"]["Worker"]["template"]["spec"][
+        "serviceAccountName"] == "gcs-workload-identity"
+    settings["steps"]["finetune"]["worker_service_account"] = "Not_A_Name"
+    with pytest.raises(ConfigError, match="worker_service_account='Not_A_Name'; give a "
+                                          "Kubernetes service account name"):
+        deployment.parse(settings, STEP_ORDER)
 
 
 def test_a_cluster_run_needs_a_gcs_backup_root(tmp_path):
@@ -163,8 +211,9 @@ def test_success_counts_restarts_and_deletes_the_job():
     job = job_manifest()
     with FakeKubernetes(["Created", "Running", "Restarting", "Running", "Succeeded"]) as fake:
         assert tfjob.run(job, fake.client(), poll_seconds=0.01) == 1
-    assert fake.methods()[:2] == ["DELETE tfjob", "POST tfjob"]  # a leftover job removed first
-    assert fake.methods()[-1] == "DELETE tfjob" and fake.jobs == {}
+    # a leftover job is deleted and known gone before the create
+    assert fake.methods()[:3] == ["DELETE tfjob", "GET tfjob", "POST tfjob"]
+    assert fake.methods()[-1] == "DELETE tfjob" and fake.live_jobs() == {}
     created = [r["body"] for r in fake.requests if r["method"] == "POST"][0]
     assert created == job
 
@@ -187,7 +236,111 @@ def test_a_failed_worker_is_named_with_its_reason_and_last_lines():
     assert "worker-0" not in message and "worker-2" not in message  # healthy pods left out
     log_request, = [r for r in fake.requests if r["path"].endswith("/log")]
     assert log_request["query"]["tailLines"] == [str(tfjob.LOG_LINES)]
-    assert fake.methods()[-1] == "DELETE tfjob" and fake.jobs == {}
+    assert fake.methods()[-1] == "DELETE tfjob" and fake.live_jobs() == {}
+
+
+def test_a_retry_waits_until_the_failed_attempts_job_is_gone():
+    """KFP retries the step: the first attempt's job (same name) is still being deleted, as a
+    real API server keeps it until its pods are gone; the retry waits, then creates."""
+    failing = [pod("w0", "Running"), pod("w1", "Failed", exit_code=1, reason="Error")]
+    with FakeKubernetes(["Created", "Failed"], failing, deletion_seconds=2) as fake:
+        with pytest.raises(tfjob.TFJobFailure, match="failed"):
+            tfjob.run(job_manifest(), fake.client(), poll_seconds=0.05)
+        assert fake.jobs and fake.live_jobs() == {}  # deleted, not gone yet
+        first = len(fake.requests)
+        fake.conditions, fake.pods = ["Running", "Succeeded"], [pod("w0", "Running"),
+                                                                 pod("w1", "Running"),
+                                                                 pod("w2", "Running")]
+        assert tfjob.run(job_manifest(), fake.client(), poll_seconds=0.05) == 0
+        retry = fake.methods()[first:]
+    posts = [i for i, method in enumerate(retry) if method == "POST tfjob"]
+    assert len(posts) == 1  # no 409: the create waited
+    assert retry[posts[0] - 1] == "GET tfjob"
+    assert fake.requests[first + posts[0] - 1]["path"].endswith(tfjob.job_name(URIS["model"]))
+    assert retry.count("GET tfjob") > 3  # it polled through the two seconds
+
+
+def test_a_pending_second_worker_fails_the_step_at_the_start_timeout_naming_it():
+    """The operator reports Running as soon as one worker is; the step still waits for all."""
+    name = tfjob.job_name(URIS["model"])
+    pods = [pod(f"{name}-worker-0", "Running"), pod(f"{name}-worker-1", "Running"),
+            pod(f"{name}-worker-2", "Pending",
+                unschedulable="0/4 nodes are available: 4 Insufficient nvidia.com/gpu.")]
+    with FakeKubernetes(["Created", "Running"], pods) as fake:
+        with pytest.raises(tfjob.TFJobFailure) as failure:
+            tfjob.run(job_manifest(), fake.client(), start_timeout_seconds=0.3,
+                      poll_seconds=0.02)
+    message = str(failure.value)
+    assert "did not have all 3 worker pods Running within 0.3 s (2 running)" in message
+    assert (f"pod {name}-worker-2: Pending, Unschedulable: 0/4 nodes are available: 4 "
+            f"Insufficient nvidia.com/gpu.") in message
+    assert "worker-0" not in message.split("\n", 1)[1]  # only the pod that is not running
+    assert fake.live_jobs() == {}
+
+
+def test_the_shipped_rbac_grants_exactly_what_the_launcher_calls():
+    """images/k8s/tfjob-rbac.yaml against every request a succeeding and a failing run make."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    with open(os.path.join(root, "images", "k8s", "tfjob-rbac.yaml")) as handle:
+        documents = list(yaml.safe_load_all(handle))
+    role, = [d for d in documents if d["kind"] == "Role"]
+    granted = {(resource, verb) for rule in role["rules"] for resource in rule["resources"]
+               for verb in rule["verbs"]}
+    used = set()
+    failing = [pod("w0", "Failed", exit_code=1, reason="Error")]
+    for conditions, pods in ((["Created", "Running", "Succeeded"], None),
+                             (["Created", "Failed"], failing)):
+        with FakeKubernetes(conditions, pods, {"w0": "Traceback"}, deletion_seconds=0) as fake:
+            try:
+                tfjob.run(job_manifest(), fake.client(), poll_seconds=0.01)
+            except tfjob.TFJobFailure:
+                pass
+        verbs = {"POST": "create", "DELETE": "delete"}
+        for request in fake.requests:
+            kind = fake.methods()[fake.requests.index(request)].split()[1]
+            resource = {"tfjob": "tfjobs", "pods": "pods", "log": "pods/log"}[kind]
+            verb = verbs.get(request["method"]) or ("list" if kind == "pods" else "get")
+            used.add((resource, verb))
+    assert used == granted
+    binding, = [d for d in documents if d["kind"] == "RoleBinding"]
+    assert binding["roleRef"]["name"] == role["metadata"]["name"]
+
+
+def test_sigterm_to_the_launcher_deletes_the_job(tmp_path):
+    """A cancelled run: KFP's pod gets SIGTERM; the launcher deletes the job before it exits."""
+    job = tmp_path / "job.json"
+    job.write_text(json.dumps(job_manifest()))
+    script = ("import json, sys\n"
+              "from kubernetes import client\n"
+              "from components.core import tfjob\n"
+              "configuration = client.Configuration()\n"
+              "configuration.host = sys.argv[2]\n"
+              "tfjob.run(json.load(open(sys.argv[1])), client.ApiClient(configuration), "
+              "poll_seconds=0.05)\n")
+    with FakeKubernetes(["Created", "Running"]) as fake:
+        launcher = subprocess.Popen([sys.executable, "-c", script, str(job), fake.url],
+                                    stderr=subprocess.PIPE, text=True,
+                                    cwd=os.path.dirname(os.path.dirname(__file__)))
+        waited = 0
+        while "Running" not in fake.served and waited < 600 and launcher.poll() is None:
+            time.sleep(0.1)
+            waited += 1
+        launcher.send_signal(signal.SIGTERM)
+        _, stderr = launcher.communicate(timeout=60)
+        assert launcher.returncode != 0
+        assert "Terminated: the launcher was sent SIGTERM" in stderr
+        assert fake.methods()[-1] == "DELETE tfjob" and fake.live_jobs() == {}
+
+
+def test_a_manifest_the_schema_refuses_is_refused_by_the_fake_as_by_the_api_server():
+    from kubernetes.client.exceptions import ApiException
+
+    job = job_manifest()
+    job["spec"]["runPolicy"]["backoffLimit"] = "two"
+    with FakeKubernetes(["Created"]) as fake:
+        with pytest.raises(ApiException) as refused:
+            tfjob.run(job, fake.client(), poll_seconds=0.01)
+    assert refused.value.status == 422 and "backoffLimit" in refused.value.body
 
 
 def test_workers_that_never_start_fail_at_the_start_timeout_with_why():
@@ -195,18 +348,19 @@ def test_workers_that_never_start_fail_at_the_start_timeout_with_why():
     pending = pod(f"{name}-worker-1", "Pending",
                   unschedulable="0/3 nodes are available: 3 Insufficient nvidia.com/gpu.")
     with FakeKubernetes([None, "Created"], [pending]) as fake:
-        with pytest.raises(tfjob.TFJobFailure, match=r"(?s)did not start all workers within "
-                           r"0.2 s.*Unschedulable: 0/3 nodes .*Insufficient nvidia.com/gpu"):
+        with pytest.raises(tfjob.TFJobFailure, match=r"(?s)did not have all 3 worker pods Running "
+                           r"within 0.2 s \(0 running\).*Unschedulable: 0/3 nodes .*"
+                           r"Insufficient nvidia.com/gpu"):
             tfjob.run(job_manifest(), fake.client(), start_timeout_seconds=0.2,
                       poll_seconds=0.01)
-    assert fake.jobs == {}
+    assert fake.live_jobs() == {}
 
 
 def test_a_job_that_runs_too_long_is_stopped_and_deleted():
     with FakeKubernetes(["Running"]) as fake:
         with pytest.raises(tfjob.TFJobFailure, match="did not finish within 0.2 s"):
             tfjob.run(job_manifest(), fake.client(), timeout_seconds=0.2, poll_seconds=0.01)
-    assert fake.jobs == {} and fake.methods()[-1] == "DELETE tfjob"
+    assert fake.live_jobs() == {} and fake.methods()[-1] == "DELETE tfjob"
 
 
 # ---------------------------------------------------------------- the compiled pipeline
@@ -233,6 +387,9 @@ def test_compiled_multi_worker_pipeline_gives_the_accelerators_to_the_workers(tm
     kubernetes_config = documents[1]["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
     assert "nodeSelector" not in kubernetes_config.get("exec-finetune", {})
     assert kubernetes_config["exec-finetune"]["secretAsEnv"]  # it still reads gs:// itself
+    # the launcher knows its own pod (the job's owner) and service account (the workers')
+    assert {entry["name"]: entry["fieldPath"] for entry in kubernetes_config["exec-finetune"][
+        "fieldPathAsEnv"]} == deployment.LAUNCHER_POD_FIELDS
 
 
 def test_multi_worker_settings_are_checked_before_anything_runs(tmp_path):

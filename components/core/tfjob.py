@@ -6,16 +6,27 @@ worker's reason and last log lines, and deletes it when done. Workers read the s
 their artifact URIs and the chief writes the model under `backup_root` (gs://), where every worker
 also keeps its backup: a pod restarted after a lost node resumes from the last completed epoch.
 
+The job is owned by the launcher pod (an ownerReference, from the downward API: Kubernetes
+deletes the job and its workers when the step's pod goes, however it goes) and deleted by the
+launcher on success, failure, time-out and SIGTERM (a cancelled run). The job's deadline is a few
+minutes shorter than the step's, so the launcher is still there to report it. A retried step
+waits until the previous attempt's job is really gone (Foreground deletion keeps it until its
+pods are) before it creates the new one under the same name.
+
 The cluster needs the Training Operator (which sets each worker's TF_CONFIG), and the service
 account the pipeline's pods run as needs create/get/delete on tfjobs.kubeflow.org and get/list on
-pods and pods/log in the namespace (README: "Multi-worker fine-tuning").
+pods and pods/log in the namespace (images/k8s/tfjob-rbac.yaml; README: "Multi-worker
+fine-tuning").
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
+import signal
+import threading
 import time
 
 from components.core import distribute, storage
@@ -27,7 +38,8 @@ CONTAINER = "tensorflow"  # the container name the Training Operator expects
 JOB_LABEL = "training.kubeflow.org/job-name"  # the label the operator puts on its pods
 LOG_LINES = 40
 SERVICE_ACCOUNT_NAMESPACE = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
-TERMINAL = ("Succeeded", "Failed")
+DELETION_TIMEOUT_SECONDS = 600  # how long a previous attempt's job may take to go away
+LAUNCHER_MARGIN_SECONDS = 300  # the job's deadline is this much before the step's (or 10%)
 
 
 def job_name(model_uri: str) -> str:
@@ -36,16 +48,37 @@ def job_name(model_uri: str) -> str:
     return "tlpipe-finetune-" + hashlib.sha256(model_uri.encode()).hexdigest()[:12]
 
 
+def job_deadline(step_timeout_seconds: int) -> int:
+    """The job's activeDeadlineSeconds for a step with that timeout (0: none): the step's less
+    LAUNCHER_MARGIN_SECONDS, or less a tenth of it when that is shorter."""
+    if not step_timeout_seconds:
+        return 0
+    return step_timeout_seconds - min(LAUNCHER_MARGIN_SECONDS, step_timeout_seconds // 10)
+
+
+def launcher_pod() -> dict | None:
+    """{"name", "uid", "service_account"} of the pod this runs in, from the downward-API
+    variables the compiled pipeline sets (pipelines.settings.LAUNCHER_POD_FIELDS); None outside
+    such a pod."""
+    name, uid = os.environ.get("TLPIPE_POD_NAME"), os.environ.get("TLPIPE_POD_UID")
+    if not (name and uid):
+        return None
+    return {"name": name, "uid": uid,
+            "service_account": os.environ.get("TLPIPE_SERVICE_ACCOUNT", "")}
+
+
 def manifest(name: str, namespace: str, image: str, command: list[str], workers: int,
-             pod: dict, restarts: int, timeout_seconds: int = 0) -> dict:
+             pod: dict, restarts: int, timeout_seconds: int = 0,
+             owner: dict | None = None) -> dict:
     """The TFJob as the JSON the Kubernetes API takes.
 
     workers: Worker replicas (>= 2; worker 0 is the chief). pod: what every worker pod gets,
     keys of pipelines.settings.WORKER_POD_KEYS (cpu/memory requests and limits, gpus of
-    gpu_type, node_selector, tolerations, secrets as env or volumes). restarts: the job's
-    backoffLimit: pod restarts (restartPolicy OnFailure: the survivors of a lost worker fail
-    their collectives and restart too) before the job fails. timeout_seconds: the job's
-    activeDeadlineSeconds (0: none).
+    gpu_type, node_selector, tolerations, secrets as env or volumes, the service account).
+    restarts: the job's backoffLimit: pod restarts (restartPolicy OnFailure: the survivors of a
+    lost worker fail their collectives and restart too) before the job fails. timeout_seconds:
+    the job's activeDeadlineSeconds (0: none). owner: the launcher pod (see `launcher_pod`):
+    the job's owner, and its service account the workers' when the settings name none.
     """
     from kubeflow.training import models as kf
     from kubernetes import client as k8s
@@ -55,22 +88,28 @@ def manifest(name: str, namespace: str, image: str, command: list[str], workers:
     container = k8s.V1Container(
         name=CONTAINER, image=image, command=command, env=env or None, volume_mounts=mounts or None,
         resources=k8s.V1ResourceRequirements(requests=requests or None, limits=limits or None))
+    account = pod.get("worker_service_account") or (owner or {}).get("service_account")
     template = k8s.V1PodTemplateSpec(
         # a service-mesh sidecar would keep a finished worker's pod running
         metadata=k8s.V1ObjectMeta(annotations={"sidecar.istio.io/inject": "false"}),
         spec=k8s.V1PodSpec(
-            containers=[container], node_selector=pod.get("node_selector") or None,
+            containers=[container], service_account_name=account or None,
+            node_selector=pod.get("node_selector") or None,
             volumes=volumes or None, tolerations=[
                 k8s.V1Toleration(key=t.get("key") or None, operator=t.get("operator") or None,
                                  value=t.get("value") or None, effect=t.get("effect") or None)
                 for t in pod.get("tolerations", [])] or None))
     job = kf.KubeflowOrgV1TFJob(
         api_version=f"{GROUP}/{VERSION}", kind="TFJob",
-        metadata=k8s.V1ObjectMeta(name=name, namespace=namespace,
-                                  labels={"app.kubernetes.io/managed-by": "tlpipe"}),
+        metadata=k8s.V1ObjectMeta(
+            name=name, namespace=namespace, labels={"app.kubernetes.io/managed-by": "tlpipe"},
+            owner_references=[k8s.V1OwnerReference(
+                api_version="v1", kind="Pod", name=owner["name"], uid=owner["uid"],
+                block_owner_deletion=True)] if owner else None),
         spec=kf.KubeflowOrgV1TFJobSpec(
             run_policy=kf.KubeflowOrgV1RunPolicy(
-                backoff_limit=restarts, clean_pod_policy="None",
+                # when the job ends, pods still running go; failed ones stay for their logs
+                backoff_limit=restarts, clean_pod_policy="Running",
                 active_deadline_seconds=timeout_seconds or None),
             tf_replica_specs={"Worker": kf.KubeflowOrgV1ReplicaSpec(
                 replicas=workers, restart_policy="OnFailure", template=template)}))
@@ -108,14 +147,20 @@ class TFJobFailure(distribute.WorkerFailure):
     """The TFJob failed or timed out: names the worker pod, its reason and its last lines."""
 
 
+class Terminated(Exception):
+    """The launcher got SIGTERM (a cancelled run, or its pod's deadline) while a job ran."""
+
+
 def run(job: dict, api_client=None, timeout_seconds: float = 0,
         start_timeout_seconds: float = distribute.START_TIMEOUT_SECONDS,
         poll_seconds: float = 10) -> int:
-    """Creates `job` (a `manifest`), waits until it succeeds, and deletes it whatever happens.
+    """Creates `job` (a `manifest`), waits until it succeeds, and deletes it whatever happens
+    (SIGTERM included, in the main thread).
 
-    A job of the same name left by an earlier attempt of the step is deleted first (its workers'
-    backups stay, so the new job resumes). Fails with TFJobFailure when the job fails, when its
-    workers are not all running within `start_timeout_seconds`, or when it has not finished
+    A job of the same name left by an earlier attempt of the step is deleted first and waited
+    for until it is gone (its workers' backups stay, so the new job resumes). Fails with
+    TFJobFailure when the job fails, when its worker pods are not all Running within
+    `start_timeout_seconds` (naming the ones that are not, and why), or when it has not finished
     within `timeout_seconds` (0: no limit). api_client: a kubernetes ApiClient (default: the
     in-cluster service account, else the kubeconfig). Returns the worker restarts seen.
     """
@@ -124,21 +169,77 @@ def run(job: dict, api_client=None, timeout_seconds: float = 0,
     api_client = api_client or _default_client()
     custom, core = k8s.CustomObjectsApi(api_client), k8s.CoreV1Api(api_client)
     name, namespace = job["metadata"]["name"], job["metadata"]["namespace"]
-    _delete(custom, name, namespace)
-    custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, job)
-    log.info("created TFJob %s/%s with %d workers", namespace, name,
-             job["spec"]["tfReplicaSpecs"]["Worker"]["replicas"])
+    workers = job["spec"]["tfReplicaSpecs"]["Worker"]["replicas"]
+    with _terminated_on_sigterm():
+        _create_replacing(custom, job, poll_seconds)
+        log.info("created TFJob %s/%s with %d workers", namespace, name, workers)
+        try:
+            return _wait(custom, core, name, namespace, workers, timeout_seconds,
+                         start_timeout_seconds, poll_seconds)
+        finally:
+            _delete(custom, name, namespace)
+            log.info("deleted TFJob %s/%s", namespace, name)
+
+
+@contextlib.contextmanager
+def _terminated_on_sigterm():
+    """Within the block, SIGTERM raises Terminated (so `finally` clauses run); outside the main
+    thread, where Python cannot take signals, nothing changes."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def terminate(signum, frame):
+        raise Terminated("the launcher was sent SIGTERM (run cancelled or step deadline); "
+                         "its TFJob is deleted")
+
+    previous = signal.signal(signal.SIGTERM, terminate)
     try:
-        return _wait(custom, core, name, namespace, timeout_seconds, start_timeout_seconds,
-                     poll_seconds)
+        yield
     finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _create_replacing(custom, job: dict, poll_seconds: float) -> None:
+    """Deletes a job of the same name, waits until the API no longer has it (at most
+    DELETION_TIMEOUT_SECONDS), then creates `job`; a 409 AlreadyExists (it came back, or
+    another deletion was still running) waits again."""
+    from kubernetes.client.exceptions import ApiException
+
+    name, namespace = job["metadata"]["name"], job["metadata"]["namespace"]
+    deadline = time.monotonic() + DELETION_TIMEOUT_SECONDS
+    while True:
         _delete(custom, name, namespace)
-        log.info("deleted TFJob %s/%s", namespace, name)
+        while _exists(custom, name, namespace):
+            if time.monotonic() > deadline:
+                raise TFJobFailure(
+                    f"TFJob {namespace}/{name} from an earlier attempt is still being deleted "
+                    f"after {DELETION_TIMEOUT_SECONDS} s; look at its pods' finalizers "
+                    f"(kubectl get pods -l {JOB_LABEL}={name}) and retry")
+            time.sleep(poll_seconds)
+        try:
+            custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, job)
+            return
+        except ApiException as error:
+            if error.status != 409:
+                raise
 
 
-def _wait(custom, core, name: str, namespace: str, timeout_seconds: float,
+def _exists(custom, name: str, namespace: str) -> bool:
+    from kubernetes.client.exceptions import ApiException
+
+    try:
+        custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
+    except ApiException as error:
+        if error.status == 404:
+            return False
+        raise
+    return True
+
+
+def _wait(custom, core, name: str, namespace: str, workers: int, timeout_seconds: float,
           start_timeout_seconds: float, poll_seconds: float) -> int:
-    started, restarts, running, last = time.monotonic(), 0, False, None
+    started, restarts, all_running, last = time.monotonic(), 0, False, None
     while True:
         status = custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL,
                                                      name).get("status") or {}
@@ -147,21 +248,28 @@ def _wait(custom, core, name: str, namespace: str, timeout_seconds: float,
             log.info("TFJob %s: %s", name, condition or "waiting for the operator")
             restarts += condition == "Restarting"
             last = condition
-        running = running or condition == "Running"
         if condition == "Succeeded":
             return restarts
+        # the operator says Running as soon as one worker runs: wait for every worker pod
+        all_running = all_running or _running_pods(core, name, namespace) >= workers
         elapsed = time.monotonic() - started
         problem = None
         if condition == "Failed":
             problem = f"TFJob {name} failed: {_message(status)}"
-        elif not running and elapsed > start_timeout_seconds:
-            problem = (f"TFJob {name} did not start all workers within "
-                       f"{start_timeout_seconds:g} s")
+        elif not all_running and elapsed > start_timeout_seconds:
+            problem = (f"TFJob {name} did not have all {workers} worker pods Running within "
+                       f"{start_timeout_seconds:g} s ({_running_pods(core, name, namespace)} "
+                       f"running)")
         elif timeout_seconds and elapsed > timeout_seconds:
             problem = f"TFJob {name} did not finish within {timeout_seconds:g} s"
         if problem:
             raise TFJobFailure(f"{problem}\n{worker_report(core, name, namespace)}")
         time.sleep(poll_seconds)
+
+
+def _running_pods(core, name: str, namespace: str) -> int:
+    pods = core.list_namespaced_pod(namespace, label_selector=f"{JOB_LABEL}={name}").items
+    return sum(pod.status.phase in ("Running", "Succeeded") for pod in pods)
 
 
 def current_condition(status: dict) -> str | None:
@@ -178,7 +286,8 @@ def _message(status: dict) -> str:
 
 def worker_report(core, name: str, namespace: str) -> str:
     """Why the job's worker pods are not well: each failing or pending pod with its phase,
-    reason and exit code, and the last LOG_LINES lines of the first failed one."""
+    reason and exit code (a pending pod's scheduling reason), and the last LOG_LINES lines of
+    the first failed one."""
     pods = core.list_namespaced_pod(namespace, label_selector=f"{JOB_LABEL}={name}").items
     lines, logged = [], False
     for pod in sorted(pods, key=lambda p: p.metadata.name):
@@ -258,11 +367,12 @@ def fine_tune(distribution: dict, uris: dict, config_json: str, model_dir: str,
     command = stages.worker_command(uris["images"], uris["backbone"], uris["head"],
                                     f"{remote}/model", config_json,
                                     f"{remote}/backups", python="python")
+    deadline = job_deadline(distribution.get("timeout_seconds", 0))
     job = manifest(name, distribution.get("namespace") or own_namespace(), distribution["image"],
                    command, distribution["workers"], distribution["pod"],
-                   distribution["restarts"], distribution.get("timeout_seconds", 0))
-    restarts = run(job, api_client, distribution.get("timeout_seconds", 0),
-                   distribution["start_timeout_seconds"], poll_seconds)
+                   distribution["restarts"], deadline, launcher_pod())
+    restarts = run(job, api_client, deadline, distribution["start_timeout_seconds"],
+                   poll_seconds)
     with storage.atomic_dir(model_dir) as partial:
         sources.download_prefix(f"{remote}/model/", partial)
     return restarts

@@ -2,7 +2,8 @@
 --model DIR --config JSON [--backup-root URI]`.
 
 Reads the cluster from TF_CONFIG (set by the local launcher, or by the Training Operator in a
-TFJob pod) and runs the fine-tune stage under MultiWorkerMirroredStrategy. Artifact locations
+TFJob pod; in a Trainer v2 TrainJob pod it is computed from what JobSet gives the pod, see
+components/core/trainjob.py) and runs the fine-tune stage under MultiWorkerMirroredStrategy. Artifact locations
 are local paths or gs:// URIs: gs:// inputs are downloaded first, and the chief uploads the
 model to a gs:// --model once it is complete.
 """
@@ -35,6 +36,10 @@ def main(argv: list[str] | None = None) -> int:
     from components.core import distribute, sources, stages, storage
 
     args = parse_args(sys.argv[1:] if argv is None else argv)
+    if not os.environ.get("TF_CONFIG") and os.environ.get("TLPIPE_JOBSET_NAME"):
+        from components.core import trainjob
+
+        os.environ["TF_CONFIG"] = trainjob.tf_config_from_jobset(os.environ)
     with tempfile.TemporaryDirectory(prefix="tlpipe-worker-inputs-") as scratch:
         inputs = {}
         for name in ("images", "backbone", "head"):

@@ -28,6 +28,7 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Optional
 
 from components import __version__
+from components.core import cluster_job
 from components.steps import IMAGE_REGISTRY
 from components.core.config import ConfigError, from_mapping, read_yaml
 
@@ -68,6 +69,16 @@ class SecretRef:
 
 
 @dataclass
+class BackupVolume:
+    """A PersistentVolumeClaim (ReadWriteMany, so every worker pod and the fine-tune step's pod
+    can mount it at once) mounted at `mount_path` (absolute), for backup_root on a cluster
+    without a bucket."""
+
+    claim_name: str = ""
+    mount_path: str = ""
+
+
+@dataclass
 class StepSettings:
     """Where and how one step's pod runs. Quantities are Kubernetes quantities ("500m", "4",
     "16Gi"); "" leaves the cluster's default. gpus: accelerators of `gpu_type` (default
@@ -76,10 +87,14 @@ class StepSettings:
     timeout_seconds: 0 (none) or the step's deadline. caching: reuse an earlier identical run
     of the step (same image, code and inputs).
     Fine-tune step only: workers, >= 1 (default 1): processes training together under
-    MultiWorkerMirroredStrategy; with more than 1 the step launches them (a TFJob on a cluster,
-    local processes in `tlpipe run`) and each worker gets this step's GPUs, node selector,
-    tolerations, resources and secrets. worker_restarts: times the worker group is started again
-    after a lost worker, resuming from the last completed epoch, 0-10 (default 3).
+    MultiWorkerMirroredStrategy; with more than 1 the step launches them (on a cluster, as the
+    job of `launcher`; local processes in `tlpipe run`) and each worker gets this step's GPUs,
+    node selector,
+    tolerations, resources and secrets. launcher: "trainjob" (default: a Kubeflow Trainer v2
+    TrainJob on tlpipe's runtime) or "tfjob" (a Training Operator v1 TFJob, legacy).
+    worker_restarts: times the worker group is started again after a lost worker, resuming from
+    the last completed epoch, 0-10 (default 3; a TrainJob's come from the runtime's JobSet
+    failurePolicy.maxRestarts instead).
     worker_start_timeout_seconds: how long every worker pod has to be Running, >= 10 (default
     600: pods may wait for a node and pull the image). worker_service_account: the Kubernetes
     service account the worker pods run as (e.g. one bound to a Google service account by
@@ -101,6 +116,7 @@ class StepSettings:
     timeout_seconds: int = 0
     caching: bool = True
     workers: int = 1
+    launcher: str = "trainjob"
     worker_restarts: int = 3
     worker_start_timeout_seconds: int = 600
     worker_service_account: str = ""
@@ -111,15 +127,18 @@ class Settings:
     """A deployment: step images <registry>/tlpipe-train:<tag> and <registry>/tlpipe-tensorrt:
     <tag>, the pipeline root (gs://, s3:// or minio://; "" for the cluster's default) and each
     step's settings (`defaults` overlaid by its entry in `steps`).
-    backup_root: gs:// prefix where multi-worker fine-tuning keeps each worker's backup and the
-    chief's model (per run); required on a cluster when steps.finetune.workers > 1, because a
-    restarted pod must find what its predecessor saved. tfjob_namespace: where the TFJob is
-    created ("" for the namespace the pipeline's pods run in)."""
+    backup_root: where multi-worker fine-tuning keeps each worker's backup and the chief's model
+    (per run): a gs:// prefix, or a folder inside backup_volume.mount_path; required on a
+    cluster when steps.finetune.workers > 1, because a restarted pod must find what its
+    predecessor saved. backup_volume: the PersistentVolumeClaim such a folder is on (mounted in
+    the worker pods and the fine-tune step's pod). tfjob_namespace: where the TrainJob or TFJob
+    is created ("" for the namespace the pipeline's pods run in)."""
 
     registry: str = IMAGE_REGISTRY
     tag: str = __version__
     pipeline_root: str = ""
     backup_root: str = ""
+    backup_volume: BackupVolume = field(default_factory=BackupVolume)
     tfjob_namespace: str = ""
     steps: dict[str, StepSettings] = field(default_factory=dict)
 
@@ -181,8 +200,18 @@ def problems(settings: Settings) -> list[str]:
     check(bool(IMAGE_TAG.match(settings.tag)), f"tag={settings.tag!r} is not a valid image tag")
     check(not settings.pipeline_root or settings.pipeline_root.startswith(ROOT_SCHEMES),
           f"pipeline_root={settings.pipeline_root!r}; use a {', '.join(ROOT_SCHEMES)} URI")
-    check(not settings.backup_root or settings.backup_root.startswith("gs://"),
-          f"backup_root={settings.backup_root!r}; use a gs://BUCKET/PATH prefix")
+    volume = settings.backup_volume
+    check(not settings.backup_root or settings.backup_root.startswith("gs://")
+          or bool(volume.mount_path) and cluster_job.inside(settings.backup_root, volume.mount_path),
+          f"backup_root={settings.backup_root!r}; use a gs://BUCKET/PATH prefix, or a folder "
+          f"inside backup_volume.mount_path")
+    check(bool(volume.claim_name) == bool(volume.mount_path),
+          "backup_volume: give both claim_name (a ReadWriteMany PersistentVolumeClaim) and "
+          "mount_path, or neither")
+    check(not volume.claim_name or bool(DNS_SUBDOMAIN.match(volume.claim_name)),
+          f"backup_volume.claim_name={volume.claim_name!r} is not a PersistentVolumeClaim name")
+    check(not volume.mount_path or volume.mount_path.startswith("/"),
+          f"backup_volume.mount_path={volume.mount_path!r}; use an absolute path")
     check(not settings.tfjob_namespace or bool(DNS_LABEL.match(settings.tfjob_namespace)),
           f"tfjob_namespace={settings.tfjob_namespace!r} is not a Kubernetes namespace name")
     for name, step in settings.steps.items():
@@ -208,7 +237,8 @@ def cluster_problems(settings: Settings) -> list[str]:
     found = []
     if not settings.backup_root:
         found.append(f"steps.{MULTI_WORKER_STEP}.workers={workers} needs backup_root: "
-                     f"gs://BUCKET/PATH, where workers keep backups a restarted pod can read")
+                     f"gs://BUCKET/PATH (or a folder on backup_volume), where workers keep "
+                     f"backups a restarted pod can read")
     if not settings.pipeline_root.startswith("gs://"):
         found.append(f"steps.{MULTI_WORKER_STEP}.workers={workers} needs pipeline_root: "
                      f"gs://BUCKET/PATH: the worker pods read the step's inputs from there")
@@ -269,6 +299,9 @@ def _step_problems(name: str, step: StepSettings) -> list[str]:
           f"workers={step.workers}; only steps.{MULTI_WORKER_STEP} runs on several workers "
           f"(set workers there, not in defaults)")
     check(0 <= step.worker_restarts <= 10, f"worker_restarts={step.worker_restarts}; use 0 to 10")
+    check(step.launcher in CLUSTER_LAUNCHERS,
+          f"launcher={step.launcher!r}; use trainjob (Kubeflow Trainer v2) or tfjob (Training "
+          f"Operator v1)")
     check(step.worker_start_timeout_seconds >= 10,
           f"worker_start_timeout_seconds={step.worker_start_timeout_seconds}; use 10 or more")
     check(not step.worker_service_account or bool(DNS_SUBDOMAIN.match(
@@ -289,24 +322,28 @@ WORKER_POD_KEYS = ("cpu_request", "cpu_limit", "memory_request", "memory_limit",
 # its workers default to.
 LAUNCHER_POD_FIELDS = {"TLPIPE_POD_NAME": "metadata.name", "TLPIPE_POD_UID": "metadata.uid",
                        "TLPIPE_SERVICE_ACCOUNT": "spec.serviceAccountName"}
-LAUNCHERS = ("local", "tfjob")
+CLUSTER_LAUNCHERS = cluster_job.LAUNCHERS
+LAUNCHERS = ("local", *CLUSTER_LAUNCHERS)
 
 
-def distribution(settings: Settings, launcher: str) -> dict:
+def distribution(settings: Settings, launcher: str | None = None) -> dict:
     """The fine-tune step's `distribution` parameter: the worker count, how they are launched
-    ("local" processes or a "tfjob" on the cluster), restarts and time-outs, and for a TFJob the
-    image, backup_root, namespace and what each worker pod gets (WORKER_POD_KEYS)."""
+    ("local" processes, or a cluster job: None for steps.finetune.launcher, "trainjob" or
+    "tfjob"), restarts and time-outs, and for a cluster job the image, backup_root, namespace
+    and what each worker pod gets (WORKER_POD_KEYS and the backup volume)."""
+    launcher = launcher or settings.step(MULTI_WORKER_STEP).launcher
     if launcher not in LAUNCHERS:
         raise ValueError(f"launcher={launcher!r}; use one of {LAUNCHERS}")
     step = settings.step(MULTI_WORKER_STEP)
     spec = {"workers": step.workers, "launcher": launcher, "restarts": step.worker_restarts,
             "start_timeout_seconds": step.worker_start_timeout_seconds,
             "timeout_seconds": step.timeout_seconds}
-    if launcher == "tfjob" and step.workers > 1:
+    if launcher in CLUSTER_LAUNCHERS and step.workers > 1:
         pod = asdict(step)
         spec.update({"image": settings.image("tlpipe-train"), "backup_root": settings.backup_root,
                      "namespace": settings.tfjob_namespace,
-                     "pod": {key: pod[key] for key in WORKER_POD_KEYS}})
+                     "pod": {**{key: pod[key] for key in WORKER_POD_KEYS},
+                             "backup_volume": asdict(settings.backup_volume)}})
     return spec
 
 
@@ -316,13 +353,17 @@ def launcher_step(step: StepSettings) -> StepSettings:
     return replace(step, gpus=0, node_selector={}, tolerations=[])
 
 
-def expose_launcher_pod(task) -> None:
+def prepare_launcher(task, settings: Settings) -> None:
     """Gives the launcher task's pod its own name, uid and service account as environment
-    variables (LAUNCHER_POD_FIELDS, from the downward API)."""
+    variables (LAUNCHER_POD_FIELDS, from the downward API), and mounts the backup volume, where
+    the chief leaves the model, if there is one."""
     from kfp import kubernetes
 
     for variable, field_path in LAUNCHER_POD_FIELDS.items():
         kubernetes.use_field_path_as_env(task, variable, field_path)
+    volume = settings.backup_volume
+    if volume.claim_name:
+        kubernetes.mount_pvc(task, pvc_name=volume.claim_name, mount_path=volume.mount_path)
 
 
 def apply(task, step: StepSettings, image: str) -> None:

@@ -16,14 +16,14 @@ STEP_ORDER = ("fingerprint", "ingest", "preprocess", "train-head", "finetune", "
 IMAGE_NAMES = {"tensorrt": "tlpipe-tensorrt"}  # every other step: tlpipe-train
 
 
-def build_pipeline(settings: deployment.Settings | None = None, launcher: str = "tfjob"):
+def build_pipeline(settings: deployment.Settings | None = None, launcher: str | None = None):
     """The pipeline function with `settings` (default: `Settings()`) applied to every step.
-    launcher: how a multi-worker fine-tune step starts its workers: "tfjob" (a cluster) or
-    "local" (processes beside the step, for kfp.local). ConfigError when the settings lack what
-    a cluster run needs."""
+    launcher: how a multi-worker fine-tune step starts its workers: None for a cluster, as the
+    job of steps.finetune.launcher (trainjob or tfjob), or "local" (processes beside the step,
+    for kfp.local). ConfigError when the settings lack what a cluster run needs."""
     settings = settings or deployment.Settings()
     distribution = deployment.distribution(settings, launcher)
-    if launcher == "tfjob":
+    if distribution["launcher"] in deployment.CLUSTER_LAUNCHERS:
         found = deployment.cluster_problems(settings)
         if found:
             raise ConfigError(found[0])
@@ -33,7 +33,7 @@ def build_pipeline(settings: deployment.Settings | None = None, launcher: str = 
         launches = step == deployment.MULTI_WORKER_STEP and bool(distribution.get("pod"))
         if launches:
             own = deployment.launcher_step(own)
-            deployment.expose_launcher_pod(task)
+            deployment.prepare_launcher(task, settings)
         deployment.apply(task, own, settings.image(IMAGE_NAMES.get(step, "tlpipe-train")))
         return task
 
@@ -81,7 +81,7 @@ transfer_learning = build_pipeline()
 
 
 def compile_pipeline(path: str, settings: deployment.Settings | None = None,
-                     launcher: str = "tfjob") -> str:
+                     launcher: str | None = None) -> str:
     """Writes the pipeline (with `settings` applied; `launcher` as in build_pipeline) as KFP v2
     YAML to `path`; returns `path`."""
     compiler.Compiler().compile(build_pipeline(settings, launcher), package_path=path)

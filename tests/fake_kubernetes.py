@@ -1,13 +1,14 @@
-"""A local stand-in for the few Kubernetes API endpoints the TFJob launcher uses (tfjobs of
-kubeflow.org/v1, pods, pod logs), driven by the test: it scripts the TFJob's conditions and the
-pods, and reads back every request.
+"""A local stand-in for the few Kubernetes API endpoints the cluster launchers use (tfjobs of
+kubeflow.org/v1 or trainjobs of trainer.kubeflow.org/v1alpha1, the TrainJob's JobSet, pods, pod
+logs), driven by the test: it scripts the job's conditions and the pods, and reads back every
+request.
 
-Where it matters to the launcher it behaves like the real API server: a created TFJob is
+Where it matters to the launcher it behaves like the real API server: a created job is
 validated against the published CRD schema (422 Invalid otherwise); creating a name that still
 exists answers 409 AlreadyExists; a Foreground deletion keeps the object, with its
 deletionTimestamp set, for `deletion_seconds` (the real one keeps it until its pods are gone);
 and unless the test gives its own pods, the job's worker pods follow its condition: Pending
-before the operator says Running, Running after.
+until its controller has reported any condition, Running after.
 """
 
 from __future__ import annotations
@@ -18,6 +19,13 @@ import uuid
 from tests import k8s_schema
 from tests.fake_http import FakeApi
 
+# per kind: the API path prefix of its namespaced collection, its schema, its worker count
+KINDS = {
+    "tfjob": ("/apis/kubeflow.org/v1/namespaces/", "tfjobs", k8s_schema.TFJOB,
+              lambda job: job["spec"]["tfReplicaSpecs"]["Worker"]["replicas"]),
+    "trainjob": ("/apis/trainer.kubeflow.org/v1alpha1/namespaces/", "trainjobs",
+                 k8s_schema.TRAINJOB, lambda job: job["spec"]["trainer"]["numNodes"])}
+
 
 
 class FakeKubernetes(FakeApi):
@@ -25,11 +33,14 @@ class FakeKubernetes(FakeApi):
     condition type per status read (the last one repeats; None: no status yet); `pods`: Pod
     objects (dicts) its pod listing returns, or a function of the fake returning them (default:
     the job's workers, Running once a condition Running was served); `logs`: pod name -> log
-    text; `deletion_seconds`: how long a Foreground-deleted job stays."""
+    text; `deletion_seconds`: how long a Foreground-deleted job stays; `kind`: "tfjob" or
+    "trainjob"; `jobset_restarts`: the TrainJob's JobSet's status.restarts."""
 
     def __init__(self, conditions: list, pods=None, logs: dict[str, str] | None = None,
-                 failure_message: str = "", deletion_seconds: float = 2.0):
+                 failure_message: str = "", deletion_seconds: float = 2.0,
+                 kind: str = "tfjob", jobset_restarts: int = 0):
         super().__init__()
+        self.kind, self.jobset_restarts = kind, jobset_restarts
         self.conditions, self.logs = list(conditions), logs or {}
         self.pods = pods if pods is not None else workers_following_the_job
         self.failure_message, self.deletion_seconds = failure_message, deletion_seconds
@@ -46,7 +57,8 @@ class FakeKubernetes(FakeApi):
         return client.ApiClient(configuration)
 
     def methods(self) -> list[str]:
-        """'METHOD kind' of every request in order, kind being tfjob, pods or log."""
+        """'METHOD kind' of every request in order, kind being tfjob, trainjob, jobset, pods or
+        log."""
         return [f"{r['method']} {_kind(r['path'])}" for r in self.requests]
 
     def live_jobs(self) -> dict[str, dict]:
@@ -65,19 +77,25 @@ class FakeKubernetes(FakeApi):
         self.served.append(condition)
         if condition is None:
             return {}
-        entry = {"type": condition, "status": "True", "reason": f"TFJob{condition}",
+        entry = {"type": condition, "status": "True", "reason": f"Job{condition}",
                  "message": self.failure_message if condition == "Failed" else ""}
         return {"conditions": [{"type": "Created", "status": "True"}, entry]}
 
     def _answer(self, method: str, path: str, query: dict, body: dict):
         parts = path.strip("/").split("/")
         self._collect()
-        if path.startswith("/apis/kubeflow.org/v1/namespaces/") and parts[5] == "tfjobs":
+        prefix, plural, _, _ = KINDS[self.kind]
+        if path.startswith("/apis/jobset.x-k8s.io/v1alpha2/namespaces/") and self.kind == \
+                "trainjob" and parts[6] in self.live_jobs():
+            return 200, {"apiVersion": "jobset.x-k8s.io/v1alpha2", "kind": "JobSet",
+                         "metadata": {"name": parts[6]},
+                         "status": {"restarts": self.jobset_restarts}}
+        if path.startswith(prefix) and parts[5] == plural:
             name = parts[6] if len(parts) > 6 else body.get("metadata", {}).get("name")
             if method == "POST":
                 return self._create(name, body)
             if name not in self.jobs:
-                return 404, _status(404, "NotFound", f'tfjobs.kubeflow.org "{name}" not found')
+                return 404, _status(404, "NotFound", f'{plural} "{name}" not found')
             if method == "DELETE":
                 return self._delete(name, body, query)
             return 200, {**self.jobs[name], "status": self._status()}
@@ -89,13 +107,13 @@ class FakeKubernetes(FakeApi):
         return 404, {"kind": "Status", "code": 404, "message": f"no route {method} {path}"}
 
     def _create(self, name: str, body: dict):
-        found = k8s_schema.problems(body, *k8s_schema.TFJOB)
+        found = k8s_schema.problems(body, *KINDS[self.kind][2])
         if found:
-            return 422, _status(422, "Invalid", f'TFJob.kubeflow.org "{name}" is invalid: '
+            return 422, _status(422, "Invalid", f'{body.get("kind")} "{name}" is invalid: '
                                                 + "; ".join(found))
         if name in self.jobs:
-            return 409, _status(409, "AlreadyExists",
-                                f'tfjobs.kubeflow.org "{name}" already exists')
+            return 409, _status(409, "AlreadyExists", f'{KINDS[self.kind][1]} "{name}" '
+                                                      f'already exists')
         self.jobs[name] = {**body, "metadata": {**body["metadata"], "uid": str(uuid.uuid4())}}
         return 201, self.jobs[name]
 
@@ -115,20 +133,21 @@ def _status(code: int, reason: str, message: str) -> dict:
 
 
 def _kind(path: str) -> str:
-    if "/tfjobs" in path:
-        return "tfjob"
+    for kind in ("tfjob", "trainjob", "jobset"):
+        if f"/{kind}s" in path:
+            return kind
     return "log" if path.endswith("/log") else "pods"
 
 
 def workers_following_the_job(fake: FakeKubernetes) -> list[dict]:
-    """The live job's worker pods: Running once the operator has said Running, else Pending."""
+    """The live job's worker pods: Running once its controller has reported a condition, else
+    Pending."""
     jobs = fake.live_jobs()
     if not jobs:
         return []
     name, job = next(iter(jobs.items()))
-    phase = "Running" if "Running" in fake.served else "Pending"
-    return [pod(f"{name}-worker-{index}", phase)
-            for index in range(job["spec"]["tfReplicaSpecs"]["Worker"]["replicas"])]
+    phase = "Running" if any(fake.served) else "Pending"
+    return [pod(f"{name}-worker-{index}", phase) for index in range(KINDS[fake.kind][3](job))]
 
 
 def pod(name: str, phase: str, exit_code: int | None = None, reason: str = "",

@@ -50,3 +50,6 @@ def problems(manifest: dict, file_name: str, version: str) -> list[str]:
 
 
 TFJOB = ("kubeflow.org_tfjobs.yaml", "v1")
+TRAINJOB = ("trainer.kubeflow.org_trainjobs.yaml", "v1alpha1")
+CLUSTER_TRAINING_RUNTIME = ("trainer.kubeflow.org_clustertrainingruntimes.yaml", "v1alpha1")
+JOBSET = ("jobset.x-k8s.io_jobsets.yaml", "v1alpha2")

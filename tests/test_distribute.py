@@ -170,7 +170,7 @@ def run_workers(prepared, output_dir, workers: int, backup_root: str = "", watch
     """Runs `python -m components.worker` as `workers` local processes; returns
     (the facts JSON each worker printed last, by worker index, every output line)."""
     root, config = prepared
-    command = stages.worker_command(str(root / "images"), str(root / "backbone"),
+    command = distribute.worker_command(str(root / "images"), str(root / "backbone"),
                                     str(root / "head"), str(output_dir / "model"),
                                     json.dumps(config), backup_root)
     out = Lines(watch)
@@ -273,7 +273,7 @@ def test_a_worker_pod_reads_its_inputs_from_cloud_storage_and_uploads_the_model(
     root, config = prepared
     for name in ("images", "backbone", "head"):
         upload_folder(gcs, "artifacts", root / name, f"run-1/{name}")
-    command = stages.worker_command("gs://artifacts/run-1/images", "gs://artifacts/run-1/backbone",
+    command = distribute.worker_command("gs://artifacts/run-1/images", "gs://artifacts/run-1/backbone",
                                     "gs://artifacts/run-1/head", "gs://artifacts/run-1/model",
                                     json.dumps(config), "gs://artifacts/run-1/backups")
     out = Lines()

@@ -17,7 +17,7 @@ import yaml
 from kubeflow.training import models as kubeflow_models
 from kubernetes.client import models as kubernetes_models
 
-from components.core import tfjob
+from components.core import cluster_job, tfjob
 from components.core.config import ConfigError
 from pipelines import settings as deployment
 from pipelines.cli import main
@@ -29,7 +29,8 @@ SETTINGS = {
     "registry": "registry.example.com/ml", "tag": "1.2.3",
     "pipeline_root": "gs://tlpipe-artifacts/runs", "backup_root": "gs://tlpipe-backups/ft",
     "steps": {"finetune": {
-        "workers": 3, "worker_restarts": 2, "worker_start_timeout_seconds": 900,
+        "launcher": "tfjob", "workers": 3, "worker_restarts": 2,
+        "worker_start_timeout_seconds": 900,
         "cpu_request": "4", "memory_limit": "32Gi", "gpus": 2, "gpu_type": "nvidia.com/gpu",
         "node_selector": {"cloud.google.com/gke-accelerator": "nvidia-tesla-t4"},
         "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists",
@@ -54,7 +55,7 @@ LAUNCHER = {"name": "tlpipe-run-finetune-driver", "uid": "9b1c3d2e-0000-4000-800
 def job_manifest(dist=None, owner=None):
     dist = dist or distribution()
     command = ["python", "-m", "components.worker", "--backup-root", "gs://b/backups"]
-    return tfjob.manifest(tfjob.job_name(URIS["model"]), "team-a", dist["image"], command,
+    return tfjob.manifest(cluster_job.job_name(URIS["model"]), "team-a", dist["image"], command,
                           dist["workers"], dist["pod"], dist["restarts"],
                           dist["timeout_seconds"], owner)
 
@@ -118,7 +119,7 @@ def test_the_manifest_follows_the_tfjob_schema_and_carries_the_step_settings():
     assert schema_problems({**job, "spec": {"runPolicy": {}}}, "KubeflowOrgV1TFJob")
     assert job["apiVersion"] == "kubeflow.org/v1" and job["kind"] == "TFJob"
     assert job["metadata"]["namespace"] == "team-a"
-    assert job["metadata"]["name"] == tfjob.job_name(URIS["model"])
+    assert job["metadata"]["name"] == cluster_job.job_name(URIS["model"])
     assert re.fullmatch(r"[a-z0-9-]{1,63}", job["metadata"]["name"])
     spec = job["spec"]
     assert spec["runPolicy"] == {"backoffLimit": 2, "cleanPodPolicy": "Running",
@@ -149,15 +150,15 @@ def test_the_manifest_follows_the_tfjob_schema_and_carries_the_step_settings():
 
 
 def test_the_step_passes_backup_location_and_artifacts_to_the_workers(gcs, tmp_path):
-    """tfjob.fine_tune end to end against the fake API and a fake GCS: the workers' command
+    """cluster_job.fine_tune end to end against the fake API and a fake GCS: the workers' command
     names the artifact URIs and the backup location, and the chief's model is copied back."""
     gcs.create_bucket("tlpipe-backups")
-    name = tfjob.job_name(URIS["model"])
+    name = cluster_job.job_name(URIS["model"])
     for file_name in ("model.keras", "finetune.json", "labels.txt"):
         gcs.bucket("tlpipe-backups").blob(f"ft/{name}/model/{file_name}").upload_from_string(
             file_name)
     with FakeKubernetes(["Created", "Running", "Succeeded"]) as fake:
-        restarts = tfjob.fine_tune({**distribution(), "start_timeout_seconds": 5}, URIS,
+        restarts = cluster_job.fine_tune({**distribution(), "start_timeout_seconds": 5}, URIS,
                                    '{"finetune": {}}', str(tmp_path / "model"),
                                    api_client=fake.client(), poll_seconds=0.01)
         created = [r["body"] for r in fake.requests if r["method"] == "POST"][0]
@@ -177,21 +178,21 @@ def test_the_step_passes_backup_location_and_artifacts_to_the_workers(gcs, tmp_p
 
 
 def test_the_job_deadline_leaves_the_launcher_time_to_report():
-    assert tfjob.job_deadline(0) == 0
-    assert tfjob.job_deadline(21600) == 21600 - tfjob.LAUNCHER_MARGIN_SECONDS
-    assert tfjob.job_deadline(600) == 540  # a tenth of a short step
+    assert cluster_job.job_deadline(0) == 0
+    assert cluster_job.job_deadline(21600) == 21600 - cluster_job.LAUNCHER_MARGIN_SECONDS
+    assert cluster_job.job_deadline(600) == 540  # a tenth of a short step
 
 
 def test_the_launcher_pod_and_the_worker_service_account(monkeypatch):
-    assert tfjob.launcher_pod() is None
+    assert cluster_job.launcher_pod() is None
     monkeypatch.setenv("TLPIPE_POD_NAME", LAUNCHER["name"])
     monkeypatch.setenv("TLPIPE_POD_UID", LAUNCHER["uid"])
     monkeypatch.setenv("TLPIPE_SERVICE_ACCOUNT", "pipeline-runner")
-    assert tfjob.launcher_pod() == LAUNCHER
+    assert cluster_job.launcher_pod() == LAUNCHER
     settings = json.loads(json.dumps(SETTINGS))
     settings["steps"]["finetune"]["worker_service_account"] = "gcs-workload-identity"
     dist = deployment.distribution(deployment.parse(settings, STEP_ORDER), "tfjob")
-    job = job_manifest(dist, tfjob.launcher_pod())
+    job = job_manifest(dist, cluster_job.launcher_pod())
     assert job["spec"]["tfReplicaSpecs"]["Worker"]["template"]["spec"][
         "serviceAccountName"] == "gcs-workload-identity"
     settings["steps"]["finetune"]["worker_service_account"] = "Not_A_Name"
@@ -202,7 +203,7 @@ def test_the_launcher_pod_and_the_worker_service_account(monkeypatch):
 
 def test_a_cluster_run_needs_a_gcs_backup_root(tmp_path):
     with pytest.raises(ValueError, match="backup_root: gs://"):
-        tfjob.fine_tune({**distribution(), "backup_root": ""}, URIS, "{}", str(tmp_path))
+        cluster_job.fine_tune({**distribution(), "backup_root": ""}, URIS, "{}", str(tmp_path))
 
 
 # ---------------------------------------------------------------- waiting, failures, clean-up
@@ -210,7 +211,7 @@ def test_a_cluster_run_needs_a_gcs_backup_root(tmp_path):
 def test_success_counts_restarts_and_deletes_the_job():
     job = job_manifest()
     with FakeKubernetes(["Created", "Running", "Restarting", "Running", "Succeeded"]) as fake:
-        assert tfjob.run(job, fake.client(), poll_seconds=0.01) == 1
+        assert cluster_job.run(tfjob.KIND, job, fake.client(), poll_seconds=0.01) == 1
     # a leftover job is deleted and known gone before the create
     assert fake.methods()[:3] == ["DELETE tfjob", "GET tfjob", "POST tfjob"]
     assert fake.methods()[-1] == "DELETE tfjob" and fake.live_jobs() == {}
@@ -219,7 +220,7 @@ def test_success_counts_restarts_and_deletes_the_job():
 
 
 def test_a_failed_worker_is_named_with_its_reason_and_last_lines():
-    name = tfjob.job_name(URIS["model"])
+    name = cluster_job.job_name(URIS["model"])
     pods = [pod(f"{name}-worker-0", "Running"),
             pod(f"{name}-worker-1", "Failed", exit_code=1, reason="Error"),
             pod(f"{name}-worker-2", "Succeeded", exit_code=0)]
@@ -227,15 +228,15 @@ def test_a_failed_worker_is_named_with_its_reason_and_last_lines():
     with FakeKubernetes(["Created", "Running", "Failed"], pods, logs,
                         failure_message="TFJob has failed because 1 Worker replica(s) failed."
                         ) as fake:
-        with pytest.raises(tfjob.TFJobFailure) as failure:
-            tfjob.run(job_manifest(), fake.client(), poll_seconds=0.01)
+        with pytest.raises(cluster_job.JobFailure) as failure:
+            cluster_job.run(tfjob.KIND, job_manifest(), fake.client(), poll_seconds=0.01)
     message = str(failure.value)
     assert "1 Worker replica(s) failed" in message
     assert f"pod {name}-worker-1: Failed, Error, exit code 1" in message
     assert "ResourceExhaustedError: OOM when allocating" in message
     assert "worker-0" not in message and "worker-2" not in message  # healthy pods left out
     log_request, = [r for r in fake.requests if r["path"].endswith("/log")]
-    assert log_request["query"]["tailLines"] == [str(tfjob.LOG_LINES)]
+    assert log_request["query"]["tailLines"] == [str(cluster_job.LOG_LINES)]
     assert fake.methods()[-1] == "DELETE tfjob" and fake.live_jobs() == {}
 
 
@@ -244,31 +245,31 @@ def test_a_retry_waits_until_the_failed_attempts_job_is_gone():
     real API server keeps it until its pods are gone; the retry waits, then creates."""
     failing = [pod("w0", "Running"), pod("w1", "Failed", exit_code=1, reason="Error")]
     with FakeKubernetes(["Created", "Failed"], failing, deletion_seconds=2) as fake:
-        with pytest.raises(tfjob.TFJobFailure, match="failed"):
-            tfjob.run(job_manifest(), fake.client(), poll_seconds=0.05)
+        with pytest.raises(cluster_job.JobFailure, match="failed"):
+            cluster_job.run(tfjob.KIND, job_manifest(), fake.client(), poll_seconds=0.05)
         assert fake.jobs and fake.live_jobs() == {}  # deleted, not gone yet
         first = len(fake.requests)
         fake.conditions, fake.pods = ["Running", "Succeeded"], [pod("w0", "Running"),
                                                                  pod("w1", "Running"),
                                                                  pod("w2", "Running")]
-        assert tfjob.run(job_manifest(), fake.client(), poll_seconds=0.05) == 0
+        assert cluster_job.run(tfjob.KIND, job_manifest(), fake.client(), poll_seconds=0.05) == 0
         retry = fake.methods()[first:]
     posts = [i for i, method in enumerate(retry) if method == "POST tfjob"]
     assert len(posts) == 1  # no 409: the create waited
     assert retry[posts[0] - 1] == "GET tfjob"
-    assert fake.requests[first + posts[0] - 1]["path"].endswith(tfjob.job_name(URIS["model"]))
+    assert fake.requests[first + posts[0] - 1]["path"].endswith(cluster_job.job_name(URIS["model"]))
     assert retry.count("GET tfjob") > 3  # it polled through the two seconds
 
 
 def test_a_pending_second_worker_fails_the_step_at_the_start_timeout_naming_it():
     """The operator reports Running as soon as one worker is; the step still waits for all."""
-    name = tfjob.job_name(URIS["model"])
+    name = cluster_job.job_name(URIS["model"])
     pods = [pod(f"{name}-worker-0", "Running"), pod(f"{name}-worker-1", "Running"),
             pod(f"{name}-worker-2", "Pending",
                 unschedulable="0/4 nodes are available: 4 Insufficient nvidia.com/gpu.")]
     with FakeKubernetes(["Created", "Running"], pods) as fake:
-        with pytest.raises(tfjob.TFJobFailure) as failure:
-            tfjob.run(job_manifest(), fake.client(), start_timeout_seconds=0.3,
+        with pytest.raises(cluster_job.JobFailure) as failure:
+            cluster_job.run(tfjob.KIND, job_manifest(), fake.client(), start_timeout_seconds=0.3,
                       poll_seconds=0.02)
     message = str(failure.value)
     assert "did not have all 3 worker pods Running within 0.3 s (2 running)" in message
@@ -292,8 +293,8 @@ def test_the_shipped_rbac_grants_exactly_what_the_launcher_calls():
                              (["Created", "Failed"], failing)):
         with FakeKubernetes(conditions, pods, {"w0": "Traceback"}, deletion_seconds=0) as fake:
             try:
-                tfjob.run(job_manifest(), fake.client(), poll_seconds=0.01)
-            except tfjob.TFJobFailure:
+                cluster_job.run(tfjob.KIND, job_manifest(), fake.client(), poll_seconds=0.01)
+            except cluster_job.JobFailure:
                 pass
         verbs = {"POST": "create", "DELETE": "delete"}
         for request in fake.requests:
@@ -312,11 +313,11 @@ def test_sigterm_to_the_launcher_deletes_the_job(tmp_path):
     job.write_text(json.dumps(job_manifest()))
     script = ("import json, sys\n"
               "from kubernetes import client\n"
-              "from components.core import tfjob\n"
+              "from components.core import cluster_job, tfjob\n"
               "configuration = client.Configuration()\n"
               "configuration.host = sys.argv[2]\n"
-              "tfjob.run(json.load(open(sys.argv[1])), client.ApiClient(configuration), "
-              "poll_seconds=0.05)\n")
+              "cluster_job.run(tfjob.KIND, json.load(open(sys.argv[1])), "
+              "client.ApiClient(configuration), poll_seconds=0.05)\n")
     with FakeKubernetes(["Created", "Running"]) as fake:
         launcher = subprocess.Popen([sys.executable, "-c", script, str(job), fake.url],
                                     stderr=subprocess.PIPE, text=True,
@@ -339,27 +340,27 @@ def test_a_manifest_the_schema_refuses_is_refused_by_the_fake_as_by_the_api_serv
     job["spec"]["runPolicy"]["backoffLimit"] = "two"
     with FakeKubernetes(["Created"]) as fake:
         with pytest.raises(ApiException) as refused:
-            tfjob.run(job, fake.client(), poll_seconds=0.01)
+            cluster_job.run(tfjob.KIND, job, fake.client(), poll_seconds=0.01)
     assert refused.value.status == 422 and "backoffLimit" in refused.value.body
 
 
 def test_workers_that_never_start_fail_at_the_start_timeout_with_why():
-    name = tfjob.job_name(URIS["model"])
+    name = cluster_job.job_name(URIS["model"])
     pending = pod(f"{name}-worker-1", "Pending",
                   unschedulable="0/3 nodes are available: 3 Insufficient nvidia.com/gpu.")
     with FakeKubernetes([None, "Created"], [pending]) as fake:
-        with pytest.raises(tfjob.TFJobFailure, match=r"(?s)did not have all 3 worker pods Running "
+        with pytest.raises(cluster_job.JobFailure, match=r"(?s)did not have all 3 worker pods Running "
                            r"within 0.2 s \(0 running\).*Unschedulable: 0/3 nodes .*"
                            r"Insufficient nvidia.com/gpu"):
-            tfjob.run(job_manifest(), fake.client(), start_timeout_seconds=0.2,
+            cluster_job.run(tfjob.KIND, job_manifest(), fake.client(), start_timeout_seconds=0.2,
                       poll_seconds=0.01)
     assert fake.live_jobs() == {}
 
 
 def test_a_job_that_runs_too_long_is_stopped_and_deleted():
     with FakeKubernetes(["Running"]) as fake:
-        with pytest.raises(tfjob.TFJobFailure, match="did not finish within 0.2 s"):
-            tfjob.run(job_manifest(), fake.client(), timeout_seconds=0.2, poll_seconds=0.01)
+        with pytest.raises(cluster_job.JobFailure, match="did not finish within 0.2 s"):
+            cluster_job.run(tfjob.KIND, job_manifest(), fake.client(), timeout_seconds=0.2, poll_seconds=0.01)
     assert fake.live_jobs() == {} and fake.methods()[-1] == "DELETE tfjob"
 
 

@@ -193,3 +193,11 @@ def launch_with_restarts(launch, restarts: int, log=print) -> int:
                 raise
             attempt += 1
             log(f"worker group failed ({failure}); restart {attempt} of {restarts}")
+
+
+def worker_command(images: str, backbone: str, head: str, model: str, config_json: str,
+                   backup_root: str, python: str = sys.executable) -> list[str]:
+    """The command line of one fine-tuning worker (components/worker.py)."""
+    return [python, "-m", "components.worker", "--images", images, "--backbone", backbone,
+            "--head", head, "--model", model, "--config", config_json,
+            "--backup-root", backup_root]

@@ -222,8 +222,9 @@ def finetune_step(images_dir: str, backbone_dir: str, head_dir: str, model_dir: 
                   config, distribution: dict, uris: dict | None = None) -> dict:
     """The fine-tune pipeline step. distribution (see pipelines.settings.distribution) with
     "workers" 1 (or absent): `finetune` in this process. Otherwise this process launches the
-    workers ("launcher": "local" processes beside it, or a "tfjob" on the cluster, whose pods
-    read the artifacts at `uris` {"images", "backbone", "head", "model"}), restarts the group
+    workers ("launcher": "local" processes beside it, or a "trainjob" or "tfjob" on the
+    cluster, whose pods read the artifacts at `uris` {"images", "backbone", "head", "model"}),
+    restarts the group
     after a lost worker up to "restarts" times (it resumes from the backups), and returns the
     chief's figures plus "restarts" used."""
     train_images = sum(storage.read_json(os.path.join(images_dir, cache.META))[
@@ -232,13 +233,14 @@ def finetune_step(images_dir: str, backbone_dir: str, head_dir: str, model_dir: 
     workers = int(distribution.get("workers", 1))
     if workers <= 1:
         return finetune(images_dir, backbone_dir, head_dir, model_dir, config=config)
-    if distribution["launcher"] == "tfjob":
-        from components.core import tfjob
+    from components.core import cluster_job
 
-        restarts = tfjob.fine_tune(distribution, uris, json.dumps(config.to_dict()), model_dir)
+    if distribution["launcher"] in cluster_job.LAUNCHERS:
+        restarts = cluster_job.fine_tune(distribution, uris, json.dumps(config.to_dict()),
+                                         model_dir)
     else:
         backup_root = f"{model_dir}.backups"
-        command = worker_command(images_dir, backbone_dir, head_dir, model_dir,
+        command = distribute.worker_command(images_dir, backbone_dir, head_dir, model_dir,
                                  json.dumps(config.to_dict()), backup_root)
         try:
             restarts = distribute.launch_with_restarts(lambda: distribute.launch_local(
@@ -249,14 +251,6 @@ def finetune_step(images_dir: str, backbone_dir: str, head_dir: str, model_dir: 
             shutil.rmtree(backup_root, ignore_errors=True)
     report = storage.read_json(os.path.join(model_dir, "finetune.json"))
     return {**_finetune_facts(report, workers), "restarts": restarts}
-
-
-def worker_command(images: str, backbone: str, head: str, model: str, config_json: str,
-                   backup_root: str, python: str = sys.executable) -> list[str]:
-    """The command line of one fine-tuning worker (components/worker.py)."""
-    return [python, "-m", "components.worker", "--images", images, "--backbone", backbone,
-            "--head", head, "--model", model, "--config", config_json,
-            "--backup-root", backup_root]
 
 
 def _finetune_epoch(images_dir: str, config, epoch: int):

@@ -3,9 +3,9 @@
 
 Reads the cluster from TF_CONFIG (set by the local launcher, or by the Training Operator in a
 TFJob pod; in a Trainer v2 TrainJob pod it is computed from what JobSet gives the pod, see
-components/core/trainjob.py) and runs the fine-tune stage under MultiWorkerMirroredStrategy. Artifact locations
-are local paths or gs:// URIs: gs:// inputs are downloaded first, and the chief uploads the
-model to a gs:// --model once it is complete.
+components/core/trainjob.py) and runs the fine-tune stage under MultiWorkerMirroredStrategy.
+Artifact locations are local paths or gs:// URIs: gs:// inputs are downloaded first, and the
+chief uploads the model to a gs:// --model once it is complete.
 """
 
 from __future__ import annotations

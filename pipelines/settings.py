@@ -201,8 +201,9 @@ def problems(settings: Settings) -> list[str]:
     check(not settings.pipeline_root or settings.pipeline_root.startswith(ROOT_SCHEMES),
           f"pipeline_root={settings.pipeline_root!r}; use a {', '.join(ROOT_SCHEMES)} URI")
     volume = settings.backup_volume
-    check(not settings.backup_root or settings.backup_root.startswith("gs://")
-          or bool(volume.mount_path) and cluster_job.inside(settings.backup_root, volume.mount_path),
+    on_volume = bool(volume.mount_path) and cluster_job.inside(settings.backup_root,
+                                                                volume.mount_path)
+    check(not settings.backup_root or settings.backup_root.startswith("gs://") or on_volume,
           f"backup_root={settings.backup_root!r}; use a gs://BUCKET/PATH prefix, or a folder "
           f"inside backup_volume.mount_path")
     check(bool(volume.claim_name) == bool(volume.mount_path),

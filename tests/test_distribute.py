@@ -171,8 +171,8 @@ def run_workers(prepared, output_dir, workers: int, backup_root: str = "", watch
     (the facts JSON each worker printed last, by worker index, every output line)."""
     root, config = prepared
     command = distribute.worker_command(str(root / "images"), str(root / "backbone"),
-                                    str(root / "head"), str(output_dir / "model"),
-                                    json.dumps(config), backup_root)
+                                        str(root / "head"), str(output_dir / "model"),
+                                        json.dumps(config), backup_root)
     out = Lines(watch)
     os.makedirs(output_dir / "tmp", exist_ok=True)
     env = {"TMPDIR": str(output_dir / "tmp")}  # where non-chief workers write and clean up
@@ -273,9 +273,10 @@ def test_a_worker_pod_reads_its_inputs_from_cloud_storage_and_uploads_the_model(
     root, config = prepared
     for name in ("images", "backbone", "head"):
         upload_folder(gcs, "artifacts", root / name, f"run-1/{name}")
-    command = distribute.worker_command("gs://artifacts/run-1/images", "gs://artifacts/run-1/backbone",
-                                    "gs://artifacts/run-1/head", "gs://artifacts/run-1/model",
-                                    json.dumps(config), "gs://artifacts/run-1/backups")
+    command = distribute.worker_command(
+        "gs://artifacts/run-1/images", "gs://artifacts/run-1/backbone",
+        "gs://artifacts/run-1/head", "gs://artifacts/run-1/model", json.dumps(config),
+        "gs://artifacts/run-1/backups")
     out = Lines()
     distribute.launch_local(command, 1, output=out, env={"TMPDIR": str(tmp_path)},
                             timeout_seconds=300)

@@ -159,8 +159,8 @@ def test_the_step_passes_backup_location_and_artifacts_to_the_workers(gcs, tmp_p
             file_name)
     with FakeKubernetes(["Created", "Running", "Succeeded"]) as fake:
         restarts = cluster_job.fine_tune({**distribution(), "start_timeout_seconds": 5}, URIS,
-                                   '{"finetune": {}}', str(tmp_path / "model"),
-                                   api_client=fake.client(), poll_seconds=0.01)
+                                         '{"finetune": {}}', str(tmp_path / "model"),
+                                         api_client=fake.client(), poll_seconds=0.01)
         created = [r["body"] for r in fake.requests if r["method"] == "POST"][0]
     assert restarts == 0
     assert sorted(os.listdir(tmp_path / "model")) == ["finetune.json", "labels.txt",
@@ -269,8 +269,8 @@ def test_a_pending_second_worker_fails_the_step_at_the_start_timeout_naming_it()
                 unschedulable="0/4 nodes are available: 4 Insufficient nvidia.com/gpu.")]
     with FakeKubernetes(["Created", "Running"], pods) as fake:
         with pytest.raises(cluster_job.JobFailure) as failure:
-            cluster_job.run(tfjob.KIND, job_manifest(), fake.client(), start_timeout_seconds=0.3,
-                      poll_seconds=0.02)
+            cluster_job.run(tfjob.KIND, job_manifest(), fake.client(),
+                            start_timeout_seconds=0.3, poll_seconds=0.02)
     message = str(failure.value)
     assert "did not have all 3 worker pods Running within 0.3 s (2 running)" in message
     assert (f"pod {name}-worker-2: Pending, Unschedulable: 0/4 nodes are available: 4 "
@@ -349,18 +349,20 @@ def test_workers_that_never_start_fail_at_the_start_timeout_with_why():
     pending = pod(f"{name}-worker-1", "Pending",
                   unschedulable="0/3 nodes are available: 3 Insufficient nvidia.com/gpu.")
     with FakeKubernetes([None, "Created"], [pending]) as fake:
-        with pytest.raises(cluster_job.JobFailure, match=r"(?s)did not have all 3 worker pods Running "
-                           r"within 0.2 s \(0 running\).*Unschedulable: 0/3 nodes .*"
-                           r"Insufficient nvidia.com/gpu"):
-            cluster_job.run(tfjob.KIND, job_manifest(), fake.client(), start_timeout_seconds=0.2,
-                      poll_seconds=0.01)
+        with pytest.raises(cluster_job.JobFailure,
+                           match=r"(?s)did not have all 3 worker pods Running within 0.2 s "
+                                 r"\(0 running\).*Unschedulable: 0/3 nodes .*"
+                                 r"Insufficient nvidia.com/gpu"):
+            cluster_job.run(tfjob.KIND, job_manifest(), fake.client(),
+                            start_timeout_seconds=0.2, poll_seconds=0.01)
     assert fake.live_jobs() == {}
 
 
 def test_a_job_that_runs_too_long_is_stopped_and_deleted():
     with FakeKubernetes(["Running"]) as fake:
         with pytest.raises(cluster_job.JobFailure, match="did not finish within 0.2 s"):
-            cluster_job.run(tfjob.KIND, job_manifest(), fake.client(), timeout_seconds=0.2, poll_seconds=0.01)
+            cluster_job.run(tfjob.KIND, job_manifest(), fake.client(), timeout_seconds=0.2,
+                            poll_seconds=0.01)
     assert fake.live_jobs() == {} and fake.methods()[-1] == "DELETE tfjob"
 
 

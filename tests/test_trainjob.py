@@ -66,7 +66,8 @@ def test_the_trainjob_follows_the_published_schema_and_carries_the_step_settings
         "apiVersion": "v1", "kind": "Pod", "name": LAUNCHER["name"], "uid": LAUNCHER["uid"],
         "blockOwnerDeletion": True}]
     runner = job["spec"]["trainer"]
-    assert runner["numNodes"] == 2 and runner["image"] == "registry.example.com/ml/tlpipe-train:1.2.3"
+    assert runner["numNodes"] == 2
+    assert runner["image"] == "registry.example.com/ml/tlpipe-train:1.2.3"
     assert runner["resourcesPerNode"] == {"requests": {"cpu": "4"},
                                           "limits": {"memory": "32Gi", "nvidia.com/gpu": "1"}}
     assert runner["env"] == [{"name": "TLPIPE_NUM_WORKERS", "value": "2"},

@@ -224,9 +224,8 @@ def finetune_step(images_dir: str, backbone_dir: str, head_dir: str, model_dir: 
     "workers" 1 (or absent): `finetune` in this process. Otherwise this process launches the
     workers ("launcher": "local" processes beside it, or a "trainjob" or "tfjob" on the
     cluster, whose pods read the artifacts at `uris` {"images", "backbone", "head", "model"}),
-    restarts the group
-    after a lost worker up to "restarts" times (it resumes from the backups), and returns the
-    chief's figures plus "restarts" used."""
+    restarts the group after a lost worker up to "restarts" times (it resumes from the
+    backups), and returns the chief's figures plus "restarts" used."""
     train_images = sum(storage.read_json(os.path.join(images_dir, cache.META))[
         "train_class_counts"])
     check_batch_fits(config.finetune, train_images, "the training split")
@@ -241,7 +240,7 @@ def finetune_step(images_dir: str, backbone_dir: str, head_dir: str, model_dir: 
     else:
         backup_root = f"{model_dir}.backups"
         command = distribute.worker_command(images_dir, backbone_dir, head_dir, model_dir,
-                                 json.dumps(config.to_dict()), backup_root)
+                                            json.dumps(config.to_dict()), backup_root)
         try:
             restarts = distribute.launch_with_restarts(lambda: distribute.launch_local(
                 command, workers, timeout_seconds=distribution["timeout_seconds"],
@@ -440,8 +439,9 @@ def tensorrt(model_dir: str, images_dir: str, onnx_dir: str, *, config) -> dict:
                                           reference, file=os.path.basename(path),
                                           size_bytes=os.path.getsize(path))
                    for name, path in files.items()}
+        float_size = formats["onnx"]["size_bytes"]
         for name in files.keys() - {"onnx"}:  # how many times smaller than the float ONNX
-            formats[name]["size_ratio"] = formats["onnx"]["size_bytes"] / formats[name]["size_bytes"]
+            formats[name]["size_ratio"] = float_size / formats[name]["size_bytes"]
         float_accuracy = _accuracy(reference, labels)
         recommended = export.gate(float_accuracy, formats, shipping.max_accuracy_drop)
         if calibration is not None:

@@ -303,6 +303,9 @@ def _step_problems(name: str, step: StepSettings) -> list[str]:
     check(step.launcher in CLUSTER_LAUNCHERS,
           f"launcher={step.launcher!r}; use trainjob (Kubeflow Trainer v2) or tfjob (Training "
           f"Operator v1)")
+    check(step.launcher == StepSettings.launcher or name == MULTI_WORKER_STEP,
+          f"launcher={step.launcher!r}; only steps.{MULTI_WORKER_STEP} launches workers (set "
+          f"launcher there, not in defaults)")
     check(step.worker_start_timeout_seconds >= 10,
           f"worker_start_timeout_seconds={step.worker_start_timeout_seconds}; use 10 or more")
     check(not step.worker_service_account or bool(DNS_SUBDOMAIN.match(

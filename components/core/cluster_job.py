@@ -173,10 +173,10 @@ def run(kind: JobKind, job: dict, api_client=None, timeout_seconds: float = 0,
     custom, core = k8s.CustomObjectsApi(api_client), k8s.CoreV1Api(api_client)
     name, namespace = job["metadata"]["name"], job["metadata"]["namespace"]
     with _terminated_on_sigterm(kind):
-        _create_replacing(kind, custom, job, poll_seconds)
-        log.info("created %s %s/%s with %d workers", kind.kind, namespace, name,
-                 kind.workers(job))
-        try:
+        try:  # a SIGTERM while the create is in flight still deletes what it made
+            _create_replacing(kind, custom, job, poll_seconds)
+            log.info("created %s %s/%s with %d workers", kind.kind, namespace, name,
+                     kind.workers(job))
             return _wait(kind, custom, core, name, namespace, kind.workers(job),
                          timeout_seconds, start_timeout_seconds, poll_seconds)
         finally:

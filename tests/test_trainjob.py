@@ -286,8 +286,8 @@ def test_the_compiled_pipeline_defaults_to_a_trainjob_and_mounts_the_backup_volu
 
 @pytest.mark.parametrize("change, message", [
     ({"steps": {"finetune": {"launcher": "mpijob"}}}, "launcher='mpijob'; use trainjob"),
-    ({"defaults": {"launcher": "tfjob"}}, "steps.fingerprint.launcher='tfjob'; only steps.finetune "
-                                          "launches workers"),
+    ({"defaults": {"launcher": "tfjob"}},
+     "steps.fingerprint.launcher='tfjob'; only steps.finetune launches workers"),
     ({"backup_root": "/mnt/backups/ft", "backup_volume": {}},
      "backup_root='/mnt/backups/ft'; use a gs://BUCKET/PATH prefix, or a folder inside "
      "backup_volume.mount_path"),

@@ -189,7 +189,8 @@ class ExportConfig:
     int8_input: input of the full-integer "int8" model: "uint8" raw pixels like every other
         format (default), or "int8" pixels - 128 for accelerators that take only int8.
     calibration_samples: training images (class-stratified) used to calibrate full-integer
-        INT8 / 16x8 quantization and TensorRT INT8, >= 1 (default 200).
+        INT8 / 16x8 TFLite and the Q/DQ INT8 ONNX (the TensorRT INT8 engine's source), >= 1
+        (default 200).
     max_accuracy_drop: percentage points of test accuracy a variant may lose against the float
         model before it is rejected, >= 0 (default 1.0).
     onnx_opset: ONNX opset of the exported model, 13-18 (default 17).

@@ -89,8 +89,7 @@ class StepSettings:
     Fine-tune step only: workers, >= 1 (default 1): processes training together under
     MultiWorkerMirroredStrategy; with more than 1 the step launches them (on a cluster, as the
     job of `launcher`; local processes in `tlpipe run`) and each worker gets this step's GPUs,
-    node selector,
-    tolerations, resources and secrets. launcher: "trainjob" (default: a Kubeflow Trainer v2
+    node selector, tolerations, resources and secrets. launcher: "trainjob" (default: a Kubeflow Trainer v2
     TrainJob on tlpipe's runtime) or "tfjob" (a Training Operator v1 TFJob, legacy).
     worker_restarts: times the worker group is started again after a lost worker, resuming from
     the last completed epoch, 0-10 (default 3; a TrainJob's come from the runtime's JobSet

@@ -30,8 +30,7 @@ def build_pipeline(settings: deployment.Settings | None = None, launcher: str | 
 
     def configure(task, step: str):
         own = settings.step(step)
-        launches = step == deployment.MULTI_WORKER_STEP and bool(distribution.get("pod"))
-        if launches:
+        if step == deployment.MULTI_WORKER_STEP and distribution.get("pod"):
             own = deployment.launcher_step(own)
             deployment.prepare_launcher(task, settings)
         deployment.apply(task, own, settings.image(IMAGE_NAMES.get(step, "tlpipe-train")))

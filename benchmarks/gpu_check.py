@@ -39,7 +39,7 @@ def main(argv=None) -> int:
                         default=os.path.join(SHARED, "weights", "mobilenet_2_5_224_tf_no_top.h5"))
     parser.add_argument("--output", default="gpu-check-run")
     args = parser.parse_args(argv)
-    from components.core import tensorrt
+    from components.core.export import tensorrt
 
     reason = tensorrt.unavailable_reason()
     if reason:
@@ -78,7 +78,9 @@ def step_engine_line(outputs: dict) -> str:
 
 def engine_table(outputs: dict) -> str:
     """One engine per ONNX precision of the run, evaluated on its test split."""
-    from components.core import cache, export, model as models, tensorrt
+    from components.core.data import cache
+    from components.core.export import measure, onnx as onnx_export, tensorrt
+    from components.core.train import model as models
 
     onnx_dir = outputs["tensorrt", "onnx"]
     images, labels = cache.read_arrays(outputs["preprocess", "images"], "test")
@@ -93,12 +95,12 @@ def engine_table(outputs: dict) -> str:
         tensorrt.build_engine(source, engine_path, images.shape[1])
         with tensorrt.EngineClassifier(engine_path) as engine:
             probabilities = engine.predict(images)
-            _, single = export.timed(lambda image: engine.predict(image[None])[0], images[:100])
-            batch32 = export.batch_latency(engine.predict, images, 32, repeats=20)
-        cpu = export.predict_onnx(source, images)
+            _, single = measure.timed(lambda image: engine.predict(image[None])[0], images[:100])
+            batch32 = measure.batch_latency(engine.predict, images, 32, repeats=20)
+        cpu = onnx_export.predict_onnx(source, images)
         lines.append(f"| {precision} | {name} | {np.mean(probabilities.argmax(1) == labels):.4f}"
-                     f" | {export.agreement(reference, probabilities)['top1_agreement']:.3f} | "
-                     f"{export.agreement(cpu, probabilities)['top1_agreement']:.3f} | "
+                     f" | {measure.agreement(reference, probabilities)['top1_agreement']:.3f} | "
+                     f"{measure.agreement(cpu, probabilities)['top1_agreement']:.3f} | "
                      f"{np.median(single):.3f} | {batch32:.3f} |")
     return "\n".join(lines)
 
@@ -120,7 +122,7 @@ def time_steps(policy: str, weights: str) -> float:
     `policy`, after 3 warm-up steps."""
     import keras
 
-    from components.core import backbones, model as models
+    from components.core.train import backbones, model as models
 
     keras.mixed_precision.set_global_policy(policy)
     spec = backbones.get("mobilenet")

@@ -3,7 +3,7 @@ over the same small JPEGs, at two collection sizes (to show how memory grows wit
 
     python benchmarks/ingest_benchmark.py            # 2,500 and 10,000 JPEGs, 10 classes
 
-(a) tlpipe: `data.ingest_folder` as the ingest step runs it: list, decode and check every file
+(a) tlpipe: `ingestion.ingest_folder` as the ingest step runs it: list, decode and check every file
     (format, size, conversion need), hash it, split, and write TFRecord shards + manifest.
 (b) keras: `image_dataset_from_directory(..., image_size=(64, 64))`, iterated once to the end
     (decode + resize, nothing written).
@@ -43,10 +43,10 @@ def write_jpegs(folder: str, count: int, seed: int = 0) -> str:
 
 
 def tlpipe_ingest(source: str, output: str) -> int:
-    from components.core import data
-    from components.core.config import DataConfig
+    from components.core.config.schema import DataConfig
+    from components.core.data import ingest as ingestion
 
-    manifest = data.ingest_folder(source, output, DataConfig())
+    manifest = ingestion.ingest_folder(source, output, DataConfig())
     return sum(sum(counts.values()) for counts in manifest["counts"].values())
 
 

@@ -58,9 +58,10 @@ def frozen_pass(dataset_dir: str, config: dict) -> float:
     median of three passes; building the model is not timed)."""
     import tensorflow as tf
 
-    from components.core import backbones, data, model as models
-    from components.core.config import PipelineConfig
-    from components.core.preprocessing import resize_images, to_uint8
+    from components.core.config.schema import PipelineConfig
+    from components.core.data import tfrecords
+    from components.core.data.preprocessing import resize_images, to_uint8
+    from components.core.train import backbones, model as models
 
     settings = PipelineConfig.from_dict(config)
     spec = backbones.get(settings.model.backbone)
@@ -72,7 +73,7 @@ def frozen_pass(dataset_dir: str, config: dict) -> float:
     passes = []
     for _ in range(3):
         started = time.perf_counter()
-        for images, _ in data.read_split(dataset_dir, "train").map(
+        for images, _ in tfrecords.read_split(dataset_dir, "train").map(
                 lambda image, label: (to_uint8(resize_images(image[None], size))[0],
                                       label)).batch(64):
             extract(images)
@@ -85,16 +86,18 @@ def tutorial(dataset_dir: str, config: dict) -> dict:
     import keras
     import tensorflow as tf
 
-    from components.core import backbones, data, model as models, storage
-    from components.core.config import PipelineConfig
+    from components.core.config.schema import PipelineConfig
+    from components.core.data import tfrecords
+    from components.core.io import storage
+    from components.core.train import backbones, model as models
 
     settings = PipelineConfig.from_dict(config)
     spec = backbones.get(settings.model.backbone)
     size = backbones.resolved_size(spec, settings.model.image_size)
-    classes = len(storage.read_json(os.path.join(dataset_dir, data.MANIFEST))["classes"])
+    classes = len(storage.read_json(os.path.join(dataset_dir, tfrecords.MANIFEST))["classes"])
 
     def split(name, shuffle):
-        dataset = data.read_split(dataset_dir, name).map(
+        dataset = tfrecords.read_split(dataset_dir, name).map(
             lambda image, label: (tf.image.resize(image, (size, size)), label))
         if shuffle:
             dataset = dataset.shuffle(1000, seed=0)
@@ -146,8 +149,9 @@ def test_accuracy(model_path: str, backbone_dir: str, head_dir: str, images_dir:
     """Test accuracy of a .keras classifier, or of backbone + head when model_path is ''."""
     import numpy as np
 
-    from components.core import backbones, cache, model as models
-    from components.core.config import PipelineConfig
+    from components.core.config.schema import PipelineConfig
+    from components.core.data import cache
+    from components.core.train import backbones, model as models
 
     images, labels = cache.read_arrays(images_dir, "test")
     if model_path:
@@ -167,8 +171,9 @@ def linear_probe(features_dir: str, backbone_dir: str, images_dir: str, config: 
     """Logistic regression on the original-view frozen features, C picked on val."""
     from sklearn.linear_model import LogisticRegression
 
-    from components.core import backbones, cache, model as models
-    from components.core.config import PipelineConfig
+    from components.core.config.schema import PipelineConfig
+    from components.core.data import cache
+    from components.core.train import backbones, model as models
 
     settings = PipelineConfig.from_dict(config)
     spec = backbones.get(settings.model.backbone)
@@ -247,11 +252,11 @@ def benchmark(name: str, source: str, config: dict, work: str,
               variants: list[tuple[str, dict]]) -> list[str]:
     """One section of RESULTS.md: the frozen pass, the tutorial, each tlpipe variant (label,
     config overrides; the first is the default) and the linear probe on one dataset."""
-    from components.core import data
-    from components.core.config import PipelineConfig
+    from components.core.config.schema import PipelineConfig
+    from components.core.data import ingest as ingestion
 
     dataset_dir = os.path.join(work, name, "dataset")
-    manifest = data.ingest_folder(source, dataset_dir, PipelineConfig.from_dict(config).data)
+    manifest = ingestion.ingest_folder(source, dataset_dir, PipelineConfig.from_dict(config).data)
     counts = {split: sum(c.values()) for split, c in manifest["counts"].items()}
     print(f"[{name}] split {counts}", flush=True)
     frozen_wall, _, _, frozen_mb = in_child(frozen_pass, dataset_dir, config)

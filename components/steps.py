@@ -8,8 +8,7 @@ hold this package.
 """
 
 from kfp import dsl
-from kfp.dsl import (HTML, ClassificationMetrics, Dataset, Input, Markdown, Metrics, Model,
-                     Output)
+from kfp.dsl import HTML, ClassificationMetrics, Dataset, Input, Markdown, Metrics, Model, Output
 
 from components import __version__
 

@@ -3,7 +3,8 @@
 
 Reads the cluster from TF_CONFIG (set by the local launcher, or by the Training Operator in a
 TFJob pod; in a Trainer v2 TrainJob pod it is computed from what JobSet gives the pod, see
-components/core/trainjob.py) and runs the fine-tune stage under MultiWorkerMirroredStrategy.
+components/core/cluster/trainjob.py) and runs the fine-tune stage under
+MultiWorkerMirroredStrategy.
 Artifact locations are local paths or gs:// URIs: gs:// inputs are downloaded first, and the
 chief uploads the model to a gs:// --model once it is complete.
 """
@@ -33,11 +34,14 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from components.core import distribute, sources, stages, storage
+    from components.core import stages
+    from components.core.cluster import distribute
+    from components.core.data import gcs
+    from components.core.io import storage
 
     args = parse_args(sys.argv[1:] if argv is None else argv)
     if not os.environ.get("TF_CONFIG") and os.environ.get("TLPIPE_JOBSET_NAME"):
-        from components.core import trainjob
+        from components.core.cluster import trainjob
 
         os.environ["TF_CONFIG"] = trainjob.tf_config_from_jobset(os.environ)
     with tempfile.TemporaryDirectory(prefix="tlpipe-worker-inputs-") as scratch:
@@ -46,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
             uri = getattr(args, name)
             inputs[name] = os.path.join(scratch, name) if storage.is_gcs(uri) else uri
             if storage.is_gcs(uri):
-                sources.download_prefix(uri.rstrip("/") + "/", inputs[name])
+                gcs.download_prefix(uri.rstrip("/") + "/", inputs[name])
         model = os.path.join(scratch, "model") if storage.is_gcs(args.model) else args.model
         facts = stages.finetune(inputs["images"], inputs["backbone"], inputs["head"], model,
                                 config=json.loads(args.config), backup_root=args.backup_root)

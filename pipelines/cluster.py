@@ -15,7 +15,7 @@ import re
 import tempfile
 from typing import Optional
 
-from components.core.config import ConfigError
+from components.core.config.errors import ConfigError
 
 TOKEN_ENV = "TLPIPE_KFP_TOKEN"
 HOST_ENV = "TLPIPE_KFP_HOST"

@@ -24,13 +24,14 @@ Example (every key optional):
 from __future__ import annotations
 
 import re
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from typing import Optional
 
 from components import __version__
-from components.core import cluster_job
+from components.core.cluster import launch
+from components.core.config.coerce import from_mapping, read_yaml
+from components.core.config.errors import ConfigError
 from components.steps import IMAGE_REGISTRY
-from components.core.config import ConfigError, from_mapping, read_yaml
 
 # Kubernetes resource quantity (e.g. "500m", "2", "1.5", "16Gi").
 QUANTITY = re.compile(r"^[0-9]+(\.[0-9]+)?(m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?$")
@@ -89,8 +90,8 @@ class StepSettings:
     Fine-tune step only: workers, >= 1 (default 1): processes training together under
     MultiWorkerMirroredStrategy; with more than 1 the step launches them (on a cluster, as the
     job of `launcher`; local processes in `tlpipe run`) and each worker gets this step's GPUs,
-    node selector, tolerations, resources and secrets. launcher: "trainjob" (default: a Kubeflow Trainer v2
-    TrainJob on tlpipe's runtime) or "tfjob" (a Training Operator v1 TFJob, legacy).
+    node selector, tolerations, resources and secrets. launcher: "trainjob" (default: a Kubeflow
+    Trainer v2 TrainJob on tlpipe's runtime) or "tfjob" (a Training Operator v1 TFJob, legacy).
     worker_restarts: times the worker group is started again after a lost worker, resuming from
     the last completed epoch, 0-10 (default 3; a TrainJob's come from the runtime's JobSet
     failurePolicy.maxRestarts instead).
@@ -200,8 +201,7 @@ def problems(settings: Settings) -> list[str]:
     check(not settings.pipeline_root or settings.pipeline_root.startswith(ROOT_SCHEMES),
           f"pipeline_root={settings.pipeline_root!r}; use a {', '.join(ROOT_SCHEMES)} URI")
     volume = settings.backup_volume
-    on_volume = bool(volume.mount_path) and cluster_job.inside(settings.backup_root,
-                                                                volume.mount_path)
+    on_volume = bool(volume.mount_path) and launch.inside(settings.backup_root, volume.mount_path)
     check(not settings.backup_root or settings.backup_root.startswith("gs://") or on_volume,
           f"backup_root={settings.backup_root!r}; use a gs://BUCKET/PATH prefix, or a folder "
           f"inside backup_volume.mount_path")
@@ -317,88 +317,7 @@ def _step_problems(name: str, step: StepSettings) -> list[str]:
     return found
 
 
-# What each TFJob worker pod gets from steps.finetune.
-WORKER_POD_KEYS = ("cpu_request", "cpu_limit", "memory_request", "memory_limit", "gpus",
-                   "gpu_type", "node_selector", "tolerations", "secrets", "worker_service_account")
-# What the launcher pod learns about itself through the downward API: the job's owner reference
-# (so Kubernetes deletes the workers with a cancelled or killed step) and the service account
-# its workers default to.
-LAUNCHER_POD_FIELDS = {"TLPIPE_POD_NAME": "metadata.name", "TLPIPE_POD_UID": "metadata.uid",
-                       "TLPIPE_SERVICE_ACCOUNT": "spec.serviceAccountName"}
-CLUSTER_LAUNCHERS = cluster_job.LAUNCHERS
+CLUSTER_LAUNCHERS = launch.LAUNCHERS
 LAUNCHERS = ("local", *CLUSTER_LAUNCHERS)
 
 
-def distribution(settings: Settings, launcher: str | None = None) -> dict:
-    """The fine-tune step's `distribution` parameter: the worker count, how they are launched
-    ("local" processes, or a cluster job: None for steps.finetune.launcher, "trainjob" or
-    "tfjob"), restarts and time-outs, and for a cluster job the image, backup_root, namespace
-    and what each worker pod gets (WORKER_POD_KEYS and the backup volume)."""
-    launcher = launcher or settings.step(MULTI_WORKER_STEP).launcher
-    if launcher not in LAUNCHERS:
-        raise ValueError(f"launcher={launcher!r}; use one of {LAUNCHERS}")
-    step = settings.step(MULTI_WORKER_STEP)
-    spec = {"workers": step.workers, "launcher": launcher, "restarts": step.worker_restarts,
-            "start_timeout_seconds": step.worker_start_timeout_seconds,
-            "timeout_seconds": step.timeout_seconds}
-    if launcher in CLUSTER_LAUNCHERS and step.workers > 1:
-        pod = asdict(step)
-        spec.update({"image": settings.image("tlpipe-train"), "backup_root": settings.backup_root,
-                     "namespace": settings.tfjob_namespace,
-                     "pod": {**{key: pod[key] for key in WORKER_POD_KEYS},
-                             "backup_volume": asdict(settings.backup_volume)}})
-    return spec
-
-
-def launcher_step(step: StepSettings) -> StepSettings:
-    """The fine-tune step's own pod when it launches a TFJob: it only waits and copies the model,
-    so the accelerators and their placement go to the workers, not to it."""
-    return replace(step, gpus=0, node_selector={}, tolerations=[])
-
-
-def prepare_launcher(task, settings: Settings) -> None:
-    """Gives the launcher task's pod its own name, uid and service account as environment
-    variables (LAUNCHER_POD_FIELDS, from the downward API), and mounts the backup volume, where
-    the chief leaves the model, if there is one."""
-    from kfp import kubernetes
-
-    for variable, field_path in LAUNCHER_POD_FIELDS.items():
-        kubernetes.use_field_path_as_env(task, variable, field_path)
-    volume = settings.backup_volume
-    if volume.claim_name:
-        kubernetes.mount_pvc(task, pvc_name=volume.claim_name, mount_path=volume.mount_path)
-
-
-def apply(task, step: StepSettings, image: str) -> None:
-    """Sets `image` and everything in `step` on a KFP pipeline task."""
-    from kfp import kubernetes
-
-    task.set_container_image(image)
-    task.set_caching_options(step.caching)
-    for key, setter in (("cpu_request", task.set_cpu_request), ("cpu_limit", task.set_cpu_limit),
-                        ("memory_request", task.set_memory_request),
-                        ("memory_limit", task.set_memory_limit)):
-        if getattr(step, key):
-            setter(getattr(step, key))
-    if step.gpus:
-        task.set_accelerator_type(step.gpu_type).set_accelerator_limit(step.gpus)
-    for key, value in step.node_selector.items():
-        kubernetes.add_node_selector(task, label_key=key, label_value=value)
-    for toleration in step.tolerations:
-        kubernetes.add_toleration(task, key=toleration.key or None,
-                                  operator=toleration.operator,
-                                  value=toleration.value or None,
-                                  effect=toleration.effect or None)
-    for secret in step.secrets:
-        if secret.env:
-            kubernetes.use_secret_as_env(task, secret_name=secret.name,
-                                         secret_key_to_env=secret.env)
-        else:
-            kubernetes.use_secret_as_volume(task, secret_name=secret.name,
-                                            mount_path=secret.mount_path)
-    if step.retries:
-        task.set_retry(num_retries=step.retries, backoff_duration=f"{step.backoff_seconds}s",
-                       backoff_factor=step.backoff_factor,
-                       backoff_max_duration=f"{step.max_backoff_seconds}s")
-    if step.timeout_seconds:
-        kubernetes.set_timeout(task, step.timeout_seconds)

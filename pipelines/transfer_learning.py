@@ -7,8 +7,8 @@ environment is read at import time."""
 from kfp import compiler, dsl
 
 from components import steps
-from components.core.config import ConfigError
-from pipelines import settings as deployment
+from components.core.config.errors import ConfigError
+from pipelines import deploy, settings as deployment
 
 PIPELINE_NAME = "tlpipe-transfer-learning"
 STEP_ORDER = ("fingerprint", "ingest", "preprocess", "train-head", "finetune", "evaluate",
@@ -22,7 +22,7 @@ def build_pipeline(settings: deployment.Settings | None = None, launcher: str | 
     job of steps.finetune.launcher (trainjob or tfjob), or "local" (processes beside the step,
     for kfp.local). ConfigError when the settings lack what a cluster run needs."""
     settings = settings or deployment.Settings()
-    distribution = deployment.distribution(settings, launcher)
+    distribution = deploy.distribution(settings, launcher)
     if distribution["launcher"] in deployment.CLUSTER_LAUNCHERS:
         found = deployment.cluster_problems(settings)
         if found:
@@ -31,9 +31,9 @@ def build_pipeline(settings: deployment.Settings | None = None, launcher: str | 
     def configure(task, step: str):
         own = settings.step(step)
         if step == deployment.MULTI_WORKER_STEP and distribution.get("pod"):
-            own = deployment.launcher_step(own)
-            deployment.prepare_launcher(task, settings)
-        deployment.apply(task, own, settings.image(IMAGE_NAMES.get(step, "tlpipe-train")))
+            own = deploy.launcher_step(own)
+            deploy.prepare_launcher(task, settings)
+        deploy.apply(task, own, settings.image(IMAGE_NAMES.get(step, "tlpipe-train")))
         return task
 
     @dsl.pipeline(name=PIPELINE_NAME, pipeline_root=settings.pipeline_root or None,
@@ -44,7 +44,7 @@ def build_pipeline(settings: deployment.Settings | None = None, launcher: str | 
                           loss: dict = {}, head: dict = {}, finetune: dict = {},
                           evaluate: dict = {}, export: dict = {}):
         """source: a folder of class subfolders (or train/val/test subfolders of class folders).
-        The other parameters are the sections of `components.core.config.PipelineConfig`
+        The other parameters are the sections of `components.core.config.schema.PipelineConfig`
         (overrides of its defaults); each step receives only the sections it uses."""
         listed = configure(steps.fingerprint(source=source), "fingerprint")
         ingested = configure(steps.ingest(source=source, source_fingerprint=listed.output,

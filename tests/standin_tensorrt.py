@@ -1,5 +1,6 @@
 """Stand-ins for the `tensorrt` Python API (the 10.x and the 11.x surface) and cuda-python's
-runtime module, so the CPU suite exercises components/core/tensorrt.py's builder and runner calls.
+runtime module, so the CPU suite exercises components/core/export/tensorrt.py's builder and runner
+calls.
 
 Only what tlpipe calls is modelled, with the real names and signatures. The 11.x stand-in lacks
 what TensorRT 11 removed (BuilderFlag.FP16/INT8/..., IBuilderConfig.int8_calibrator and

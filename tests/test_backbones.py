@@ -4,8 +4,8 @@ import keras
 import numpy as np
 import pytest
 
-from components.core import backbones
-from components.core.preprocessing import RawImagePreprocessing, normalize
+from components.core.data.preprocessing import RawImagePreprocessing, normalize
+from components.core.train import backbones
 
 # Quick to build; the rest of the zoo is built in the slow tier.
 QUICK = {"mobilenet", "mobilenet_v2", "mobilenet_v3_small", "efficientnet_b0",

@@ -7,16 +7,17 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from components.core import cache, data, storage
-from components.core.config import AugmentConfig, DataConfig
-from components.core.preprocessing import augment, resize_images, to_uint8
+from components.core.config.schema import AugmentConfig, DataConfig
+from components.core.data import cache, discovery, ingest as ingestion, tfrecords
+from components.core.data.preprocessing import augment, resize_images, to_uint8
+from components.core.io import storage
 
 SIZE = 12
 
 
 @pytest.fixture
 def dataset(digits_folder, tmp_path):
-    data.ingest_folder(digits_folder, str(tmp_path / "dataset"), DataConfig(seed=4))
+    ingestion.ingest_folder(digits_folder, str(tmp_path / "dataset"), DataConfig(seed=4))
     return str(tmp_path / "dataset")
 
 
@@ -32,7 +33,7 @@ def tiny_extractor():
 def expected_resized(dataset_dir, split):
     """Each decoded image resized alone, the way the model's own preprocessing does it."""
     images, labels = [], []
-    for image, label in data.read_split(dataset_dir, split):
+    for image, label in tfrecords.read_split(dataset_dir, split):
         images.append(to_uint8(resize_images(image[None], SIZE))[0].numpy())
         labels.append(int(label))
     return np.stack(images), np.array(labels)
@@ -59,9 +60,9 @@ def test_one_pass_writes_every_split_resized_and_the_features_of_train_and_val(
     seen = []
     meta, facts = one_pass(dataset, tmp_path, extractor, views=2,
                            on_batch=lambda split, images, labels: seen.append(split))
-    assert seen == sorted(seen, key=data.SPLITS.index)  # split after split, in order
-    manifest = storage.read_json(os.path.join(dataset, data.MANIFEST))
-    for split in data.SPLITS:
+    assert seen == sorted(seen, key=discovery.SPLITS.index)  # split after split, in order
+    manifest = storage.read_json(os.path.join(dataset, tfrecords.MANIFEST))
+    for split in discovery.SPLITS:
         images, labels = cache.read_arrays(str(tmp_path / "images"), split)
         want_images, want_labels = expected_resized(dataset, split)
         np.testing.assert_array_equal(images, want_images)
@@ -82,7 +83,7 @@ def test_one_pass_writes_every_split_resized_and_the_features_of_train_and_val(
     for view in (1, 2):  # seeds (seed, view * stride + batch number) over batches of 5
         expected = [extractor(augment(train[start:start + 5], tf.constant(
             [3, view * cache.AUGMENT_SEED_STRIDE + start // 5], tf.int64), 0.75, True))
-                    for start in range(0, count, 5)]
+            for start in range(0, count, 5)]
         np.testing.assert_allclose(arrays["train_features"][view * count:(view + 1) * count],
                                    np.concatenate(expected), atol=1e-6)
     assert not np.allclose(arrays["train_features"][count:2 * count],

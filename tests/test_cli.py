@@ -4,8 +4,9 @@ import os
 
 import pytest
 
-from components.core import stages
-from components.core.config import ConfigError, FinetuneConfig
+from components.core.config import checks as config_checks
+from components.core.config.errors import ConfigError
+from components.core.config.schema import FinetuneConfig
 from pipelines.cli import main
 
 
@@ -43,8 +44,8 @@ def test_one_class_folder_is_rejected(capsys, tmp_path, digits_folder):
 
 
 def test_weights_for_another_architecture_are_rejected_before_the_run(capsys, tmp_path,
-                                                                       digits_folder,
-                                                                       mobilenet_weights):
+                                                                      digits_folder,
+                                                                      mobilenet_weights):
     code, _, err = run_cli(capsys, "run", "--data", digits_folder, "--backbone",
                            "mobilenet_v2", "--alpha", "1.0", "--image-size", "32",
                            "--weights", mobilenet_weights, "--output", str(tmp_path / "out"))
@@ -63,11 +64,11 @@ def test_a_batch_larger_than_the_data_is_rejected_before_the_run(capsys, tmp_pat
 
 
 def test_the_fine_tune_step_rejects_a_batch_larger_than_the_training_split():
-    stages.check_batch_fits(FinetuneConfig(batch_size=32), 32, "the training split")
-    stages.check_batch_fits(FinetuneConfig(batch_size=33, epochs=0), 32,  # no fine-tuning
+    config_checks.check_batch_fits(FinetuneConfig(batch_size=32), 32, "the training split")
+    config_checks.check_batch_fits(FinetuneConfig(batch_size=33, epochs=0), 32,  # no fine-tuning
                             "the training split")
     with pytest.raises(ConfigError, match="at most 32, or add images"):
-        stages.check_batch_fits(FinetuneConfig(batch_size=33), 32, "the training split")
+        config_checks.check_batch_fits(FinetuneConfig(batch_size=33), 32, "the training split")
 
 
 def test_help_and_backbone_listing(capsys):

@@ -3,7 +3,7 @@
 import yaml
 
 from components import __version__, steps
-from components.core.config import PipelineConfig
+from components.core.config.schema import PipelineConfig
 from pipelines.cli import main
 from pipelines.transfer_learning import STEP_ORDER
 

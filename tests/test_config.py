@@ -2,8 +2,9 @@ import re
 
 import pytest
 
-from components.core import config as configs
-from components.core.config import ConfigError, PipelineConfig
+from components.core.config import schema as configs
+from components.core.config.errors import ConfigError
+from components.core.config.schema import PipelineConfig
 
 
 def test_defaults_and_presets_validate():

@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from components.core import data, storage
-from components.core.config import DataConfig
+from components.core.config.schema import DataConfig
+from components.core.data import discovery, image_check, ingest as ingestion, splitting, tfrecords
+from components.core.io import storage
 
 
 def photo(seed, size=(40, 30)):
@@ -52,12 +53,13 @@ def dirty(tmp_path):
 
 
 def read_all(dataset_dir, split):
-    return [(image.numpy(), int(label)) for image, label in data.read_split(dataset_dir, split)]
+    return [(image.numpy(), int(label))
+            for image, label in tfrecords.read_split(dataset_dir, split)]
 
 
 def test_dirty_folder_is_checked_converted_split_and_reported(dirty, tmp_path):
     out = str(tmp_path / "dataset")
-    manifest = data.ingest_folder(dirty, out, DataConfig(seed=1))
+    manifest = ingestion.ingest_folder(dirty, out, DataConfig(seed=1))
     skipped = {entry["path"]: entry["reason"] for entry in manifest["skipped"]}
     assert set(skipped) == {"dogs/truncated.jpg", "dogs/notes.txt", "cats/zz dup.jpg"}
     assert "cannot be decoded" in skipped["dogs/truncated.jpg"]
@@ -75,7 +77,7 @@ def test_dirty_folder_is_checked_converted_split_and_reported(dirty, tmp_path):
     total = {split: sum(counts.values()) for split, counts in manifest["counts"].items()}
     assert sum(total.values()) + len(manifest["excluded_from_test"]) == 22
     assert min(total.values()) >= 1
-    for split in data.SPLITS:
+    for split in discovery.SPLITS:
         records = read_all(out, split)
         assert len(records) == total[split]
         assert all(image.dtype == np.uint8 and image.shape[2] == 3 for image, _ in records)
@@ -85,21 +87,21 @@ def test_dirty_folder_is_checked_converted_split_and_reported(dirty, tmp_path):
 
 
 def test_conversions_produce_the_right_pixels(dirty, tmp_path):
-    rgba = np.asarray(Image.open(io.BytesIO(data.rgb_bytes(os.path.join(dirty, "cats",
-                                                                        "alpha.png")))))
+    rgba = np.asarray(Image.open(io.BytesIO(image_check.rgb_bytes(os.path.join(dirty, "cats",
+                                                                               "alpha.png")))))
     source = np.asarray(photo(2), dtype=np.float64)
     expected = np.round(source * (128 / 255) + 255 * (127 / 255))  # 50% alpha over white
     assert rgba.shape == (30, 40, 3) and np.abs(rgba - expected).max() <= 1
-    deep = np.asarray(Image.open(io.BytesIO(data.rgb_bytes(os.path.join(dirty, "dogs",
-                                                                        "deep16.png")))))
+    deep = np.asarray(Image.open(io.BytesIO(image_check.rgb_bytes(os.path.join(dirty, "dogs",
+                                                                               "deep16.png")))))
     assert deep.dtype == np.uint8 and deep[0, 0, 0] == 0
     assert deep[..., 0].max() == round(59950 * 255 / 65535)  # full 16-bit range -> 8 bits
 
 
 def test_split_is_seeded_and_shards_rotate(dirty, tmp_path):
-    first = data.ingest_folder(dirty, str(tmp_path / "a"), DataConfig(seed=7, shard_size=3))
-    again = data.ingest_folder(dirty, str(tmp_path / "b"), DataConfig(seed=7, shard_size=3))
-    other = data.ingest_folder(dirty, str(tmp_path / "c"), DataConfig(seed=8, shard_size=3))
+    first = ingestion.ingest_folder(dirty, str(tmp_path / "a"), DataConfig(seed=7, shard_size=3))
+    again = ingestion.ingest_folder(dirty, str(tmp_path / "b"), DataConfig(seed=7, shard_size=3))
+    other = ingestion.ingest_folder(dirty, str(tmp_path / "c"), DataConfig(seed=8, shard_size=3))
     assert first["fingerprint"] == again["fingerprint"] != other["fingerprint"]
     assert len(first["shards"]["train"]) == -(-sum(first["counts"]["train"].values()) // 3)
 
@@ -110,8 +112,8 @@ def test_conflicting_labels_are_flagged_and_kept_out_of_test_and_odd_names_liste
 
     pair = ["cats/img 1 (copy).jpg", "dogs/which.jpg"]
     sha = hashlib.sha256(open(os.path.join(dirty, pair[0]), "rb").read()).hexdigest()
-    seed = next(s for s in range(1000) if data.split_point(s, sha) < 0.15)  # lands in test
-    manifest = data.ingest_folder(dirty, str(tmp_path / "out"), DataConfig(seed=seed))
+    seed = next(s for s in range(1000) if splitting.split_point(s, sha) < 0.15)  # lands in test
+    manifest = ingestion.ingest_folder(dirty, str(tmp_path / "out"), DataConfig(seed=seed))
     assert manifest["label_conflicts"] == [{"sha256": sha, "paths": pair}]
     assert sorted(e["path"] for e in manifest["excluded_from_test"]) == pair
     assert all(e["reason"] == "the same image is labelled with another class too"
@@ -121,9 +123,9 @@ def test_conflicting_labels_are_flagged_and_kept_out_of_test_and_odd_names_liste
     assert "cats/img 0 (copy).jpg" in manifest["odd_names"]
     assert "cats/cmyk.jpeg" not in manifest["odd_names"]
     assert manifest["imbalance_ratio"] >= 1.0
-    from components.core import report
+    from components.core.data import report as data_report
 
-    page = report.render_data_report(manifest)
+    page = data_report.render_data_report(manifest)
     assert "## Same image under different classes: 1" in page
     assert "## Left out of the test split: 2" in page
     assert "`dogs/truncated.jpg`" in page and "| **all** |" in page
@@ -145,13 +147,13 @@ def test_adding_images_keeps_every_old_file_in_its_split(tmp_path):
     for label, offset in (("a", 0), ("b", 500)):
         for i in range(30):
             save(photo(offset + i), str(root / label / f"{i:03d}.png"))
-    data.ingest_folder(str(root), str(tmp_path / "before"), DataConfig(seed=3))
+    ingestion.ingest_folder(str(root), str(tmp_path / "before"), DataConfig(seed=3))
     for i in range(30, 60):
         save(photo(1000 + i), str(root / "a" / f"{i:03d}.png"))
-    data.ingest_folder(str(root), str(tmp_path / "after"), DataConfig(seed=3))
+    ingestion.ingest_folder(str(root), str(tmp_path / "after"), DataConfig(seed=3))
     placed = {}
     for name in ("before", "after"):
-        placed[name] = {source: split for split in data.SPLITS
+        placed[name] = {source: split for split in discovery.SPLITS
                         for _, _, source in read_sources(str(tmp_path / name), split)}
     assert len(placed["after"]) == 90
     assert all(placed["after"][source] == split for source, split in placed["before"].items())
@@ -159,13 +161,13 @@ def test_adding_images_keeps_every_old_file_in_its_split(tmp_path):
 
 def test_split_fractions_hold_on_large_classes_and_small_ones_keep_a_training_image():
     def image(label, i):
-        source = data.SourceFile(f"/{label}/{i}", f"{label}/{i}", label)
-        return data.CheckedImage(source, f"{label}{i:05d}", 10, 10, "")
+        source = discovery.SourceFile(f"/{label}/{i}", f"{label}/{i}", label)
+        return image_check.CheckedImage(source, f"{label}{i:05d}", 10, 10, "")
 
     images = [image("big", i) for i in range(4000)] + [image("tiny", i) for i in range(2)]
-    splits = data.assign_splits(images, ["big", "tiny"], DataConfig(seed=0, val_fraction=0.1,
-                                                                    test_fraction=0.2))
-    big = {split: sum(m.source.label == "big" for m in splits[split]) for split in data.SPLITS}
+    splits = splitting.assign_splits(images, ["big", "tiny"], DataConfig(seed=0, val_fraction=0.1,
+                                                                         test_fraction=0.2))
+    big = {split: sum(m.source.label == "big" for m in splits[split]) for split in discovery.SPLITS}
     assert abs(big["test"] / 4000 - 0.2) < 0.02 and abs(big["val"] / 4000 - 0.1) < 0.02
     assert any(m.source.label == "tiny" for m in splits["train"])
 
@@ -178,7 +180,7 @@ def test_given_val_becomes_test_and_val_is_carved_from_train(tmp_path):
                 # fixed content (Python's str hash changes per process): a fixed split
                 seed = 1000 * (split == "val") + 100 * (label == "bees") + i
                 save(photo(seed), str(root / split / label / f"{i}.png"))
-    manifest = data.ingest_folder(str(root), str(tmp_path / "out"), DataConfig())
+    manifest = ingestion.ingest_folder(str(root), str(tmp_path / "out"), DataConfig())
     assert manifest["counts"]["test"] == {"ants": 4, "bees": 4}
     for label in ("ants", "bees"):  # val carved from the given train only
         assert manifest["counts"]["val"][label] + manifest["counts"]["train"][label] == 10
@@ -198,8 +200,8 @@ def test_bad_sources_fail_before_writing(tmp_path, build, message):
     root = tmp_path / "source"
     build(root)
     out = tmp_path / "out"
-    with pytest.raises(data.DataError, match=message):
-        data.ingest_folder(str(root), str(out), DataConfig())
+    with pytest.raises(discovery.DataError, match=message):
+        ingestion.ingest_folder(str(root), str(out), DataConfig())
     assert not out.exists()
 
 
@@ -222,13 +224,14 @@ def test_an_image_in_both_train_and_test_folders_is_kept_once(tmp_path):
                 save(photo(offset + i + (10 if split == "test" else 0)),
                      str(root / split / label / f"{i}.png"))
     (root / "test" / "ants" / "copy.png").write_bytes((root / "train" / "ants" / "0.png")
-                                                        .read_bytes())
-    manifest = data.ingest_folder(str(root), str(tmp_path / "out"), DataConfig(val_fraction=0.4))
+                                                      .read_bytes())
+    manifest = ingestion.ingest_folder(str(root), str(tmp_path / "out"),
+                                       DataConfig(val_fraction=0.4))
     [skipped] = manifest["skipped"]
     assert skipped["reason"].startswith("exact duplicate of")
     assert {skipped["path"], skipped["reason"].split()[3]} == {"test/ants/copy.png",
-                                                              "train/ants/0.png"}
-    placed = {source for split in data.SPLITS
+                                                               "train/ants/0.png"}
+    placed = {source for split in discovery.SPLITS
               for _, _, source in read_sources(str(tmp_path / "out"), split)}
     assert len(placed & {"test/ants/copy.png", "train/ants/0.png"}) == 1  # no leakage
 
@@ -238,7 +241,7 @@ def test_a_class_of_three_images_gets_one_in_every_split(tmp_path, seed):
     for label in ("ants", "bees"):
         for i in range(3):
             save(photo(10 * (label == "bees") + i), str(tmp_path / "src" / label / f"{i}.png"))
-    manifest = data.ingest_folder(str(tmp_path / "src"), str(tmp_path / "out"),
-                                  DataConfig(seed=seed))
+    manifest = ingestion.ingest_folder(str(tmp_path / "src"), str(tmp_path / "out"),
+                                       DataConfig(seed=seed))
     assert all(manifest["counts"][split] == {"ants": 1, "bees": 1}
                for split in ("train", "val", "test"))

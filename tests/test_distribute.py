@@ -11,7 +11,10 @@ import keras
 import numpy as np
 import pytest
 
-from components.core import backup, config as configs, distribute, stages
+from components.core import stages
+from components.core.cluster import distribute, local as local_workers
+from components.core.config import schema as configs
+from components.core.train import backup
 from tests.conftest import MOBILENET_WEIGHTS, require_shared, upload_folder, write_digits
 
 PYTHON = sys.executable
@@ -31,7 +34,7 @@ CONFIG = configs.PipelineConfig.from_dict({
 def test_tf_config_roles():
     assert distribute.task("") == ("worker", 0) and distribute.is_chief("")
     assert distribute.worker_count("") == 1
-    configs_ = distribute.local_tf_configs([1234, 1235, 1236])
+    configs_ = local_workers.local_tf_configs([1234, 1235, 1236])
     assert [distribute.task(c) for c in configs_] == [("worker", 0), ("worker", 1),
                                                       ("worker", 2)]
     assert [distribute.is_chief(c) for c in configs_] == [True, False, False]
@@ -40,7 +43,7 @@ def test_tf_config_roles():
     with_chief = json.dumps({"cluster": {"chief": ["a:1"], "worker": ["b:1", "c:1"]},
                              "task": {"type": "worker", "index": 0}})
     assert not distribute.is_chief(with_chief) and distribute.worker_count(with_chief) == 3
-    ports = distribute.free_ports(4)
+    ports = local_workers.free_ports(4)
     assert len(set(ports)) == 4
 
 
@@ -67,7 +70,7 @@ class Lines:
 
 def test_launcher_prefixes_lines_and_returns_when_all_succeed():
     out = Lines()
-    distribute.launch_local(script(f"print('{distribute.READY} up', index)"), 2, output=out)
+    local_workers.launch_local(script(f"print('{distribute.READY} up', index)"), 2, output=out)
     assert sorted(out.lines) == [f"[worker 0] {distribute.READY} up 0\n",
                                  f"[worker 1] {distribute.READY} up 1\n"]
 
@@ -85,8 +88,8 @@ def test_a_failed_worker_stops_the_group_with_its_last_lines(tmp_path):
             f"os.replace({pid_file!r} + '.partial', {pid_file!r})\n"
             "time.sleep(600)")
     with pytest.raises(distribute.WorkerFailure, match=r"(?s)worker 0 exited with status 3.*"
-                                                        r"bad input file"):
-        distribute.launch_local(script(body), 2, output=Lines())
+                       r"bad input file"):
+        local_workers.launch_local(script(body), 2, output=Lines())
     with pytest.raises(ProcessLookupError):
         os.kill(int((tmp_path / "pid").read_text()), 0)  # worker 1 killed and reaped
 
@@ -95,13 +98,13 @@ def test_a_peer_that_never_joins_fails_at_the_start_timeout():
     body = (f"if index == 0:\n    print('{distribute.READY}', flush=True)\n"
             "time.sleep(600)")
     with pytest.raises(distribute.WorkerFailure, match=r"worker\(s\) \[1\] did not join .*2 s"):
-        distribute.launch_local(script(body), 2, start_timeout_seconds=2, output=Lines())
+        local_workers.launch_local(script(body), 2, start_timeout_seconds=2, output=Lines())
 
 
 def test_the_group_timeout_kills_a_hung_group():
     body = f"print('{distribute.READY}', flush=True)\ntime.sleep(600)"
     with pytest.raises(distribute.WorkerFailure, match="did not finish within 2 s"):
-        distribute.launch_local(script(body), 2, timeout_seconds=2, output=Lines())
+        local_workers.launch_local(script(body), 2, timeout_seconds=2, output=Lines())
 
 
 def test_a_killed_worker_is_reported_by_signal_and_the_group_restarts(tmp_path):
@@ -112,12 +115,12 @@ def test_a_killed_worker_is_reported_by_signal_and_the_group_restarts(tmp_path):
             "if index == 1:\n    open(path, 'a').write('x')\n"
             "    if attempt == 0:\n        os.kill(os.getpid(), signal.SIGKILL)\n")
     messages = []
-    restarts = distribute.launch_with_restarts(
-        lambda: distribute.launch_local(script(body), 2, output=Lines()), 2, messages.append)
+    restarts = local_workers.launch_with_restarts(
+        lambda: local_workers.launch_local(script(body), 2, output=Lines()), 2, messages.append)
     assert restarts == 1 and "killed by SIGKILL" in messages[0]
     with pytest.raises(distribute.WorkerFailure):
-        distribute.launch_with_restarts(
-            lambda: distribute.launch_local(script("sys.exit(1)"), 1, output=Lines()), 1,
+        local_workers.launch_with_restarts(
+            lambda: local_workers.launch_local(script("sys.exit(1)"), 1, output=Lines()), 1,
             messages.append)
 
 
@@ -176,7 +179,7 @@ def run_workers(prepared, output_dir, workers: int, backup_root: str = "", watch
     out = Lines(watch)
     os.makedirs(output_dir / "tmp", exist_ok=True)
     env = {"TMPDIR": str(output_dir / "tmp")}  # where non-chief workers write and clean up
-    distribute.launch_with_restarts(lambda: distribute.launch_local(
+    local_workers.launch_with_restarts(lambda: local_workers.launch_local(
         command, workers, env=env, output=out, on_start=on_start, timeout_seconds=480),
         restarts)
     facts = {}
@@ -232,7 +235,7 @@ def test_two_workers_stay_in_sync_match_one_worker_and_only_the_chief_writes(
 
 @pytest.mark.parametrize("uneven", [False, True], ids=["both-saved", "one-epoch-apart"])
 def test_a_worker_killed_mid_training_resumes_from_the_backups(prepared, two_workers, tmp_path,
-                                                                uneven):
+                                                               uneven):
     """Worker 1 is SIGKILLed once both workers saved epoch 2; the launcher restarts the group.
     one-epoch-apart: worker 0's epoch-2 backup is deleted first, as when a group dies between
     two workers' saves: all must then resume from epoch 1, which both have."""
@@ -278,8 +281,8 @@ def test_a_worker_pod_reads_its_inputs_from_cloud_storage_and_uploads_the_model(
         "gs://artifacts/run-1/head", "gs://artifacts/run-1/model", json.dumps(config),
         "gs://artifacts/run-1/backups")
     out = Lines()
-    distribute.launch_local(command, 1, output=out, env={"TMPDIR": str(tmp_path)},
-                            timeout_seconds=300)
+    local_workers.launch_local(command, 1, output=out, env={"TMPDIR": str(tmp_path)},
+                               timeout_seconds=300)
     uploaded = sorted(blob.name for blob in gcs.list_blobs("artifacts", prefix="run-1/model/"))
     assert "run-1/model/model.keras" in uploaded and "run-1/model/finetune.json" in uploaded
     assert not list(gcs.list_blobs("artifacts", prefix="run-1/backups/"))  # removed at the end

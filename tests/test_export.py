@@ -6,8 +6,10 @@ import numpy as np
 import pytest
 from sklearn.datasets import load_digits
 
-from components.core import backbones, export, model as models, training
-from components.core.config import PipelineConfig
+from components.core.config.schema import PipelineConfig
+from components.core.export import calibration as calibrating, measure, onnx as onnx_export, tflite
+from components.core.train import (backbones, finetune as finetuning, head as head_training,
+                                   model as models)
 
 
 @pytest.fixture(scope="module")
@@ -31,38 +33,38 @@ def trained(tmp_path_factory):
     features = np.asarray(models.attach(backbone, "tf", 32)(images))
     split = {"train_features": features[::2], "train_labels": labels[::2],
              "val_features": features[1::2], "val_labels": labels[1::2]}
-    head, _ = training.train_head(split, 3, config)
+    head, _ = head_training.train_head(split, 3, config)
     folder = tmp_path_factory.mktemp("export")
     models.save(backbone, str(folder / "backbone.keras"))
     models.save(head, str(folder / "head.keras"))
     train = tf.data.Dataset.from_tensor_slices((images[::2], labels[::2])).shuffle(500, seed=0)
     val = tf.data.Dataset.from_tensor_slices((images[1::2], labels[1::2]))
-    classifier, _ = training.fine_tune(
+    classifier, _ = finetuning.fine_tune(
         str(folder / "backbone.keras"), str(folder / "head.keras"), lambda epoch: train.batch(32),
         val.batch(32), config, tf.distribute.get_strategy(), np.bincount(labels[::2]).tolist(),
         pretrained=False)
-    export.export_saved_model(classifier, str(folder / "saved_model"))
+    tflite.export_saved_model(classifier, str(folder / "saved_model"))
     return classifier, folder, images[1::2], labels[1::2], images[::2], labels[::2]
 
 
-@pytest.mark.parametrize("variant", export.TFLITE_VARIANTS)
+@pytest.mark.parametrize("variant", tflite.TFLITE_VARIANTS)
 def test_tflite_variants_agree_with_keras_on_raw_images(trained, variant):
     classifier, folder, test_images, test_labels, train_images, train_labels = trained
     reference = classifier.predict(test_images, verbose=0)
     assert np.mean(reference.argmax(1) == test_labels) > 0.7  # far above chance (1/3)
-    calibration = export.calibration_sample(train_images, train_labels, 200, seed=0)
+    calibration = calibrating.calibration_sample(train_images, train_labels, 200, seed=0)
     path = str(folder / f"{variant}.tflite")
     with open(path, "wb") as handle:
-        handle.write(export.tflite_bytes(str(folder / "saved_model"), variant, calibration))
-    probabilities, latency = export.predict_tflite(path, test_images)
-    figures = export.agreement(reference, probabilities)
+        handle.write(tflite.tflite_bytes(str(folder / "saved_model"), variant, calibration))
+    probabilities, latency = tflite.predict_tflite(path, test_images)
+    figures = measure.agreement(reference, probabilities)
     print(variant, figures, f"{os.path.getsize(path)} bytes")
     assert figures["top1_agreement"] >= 0.95
     assert latency.shape == (len(test_images),) and (latency > 0).all()
     # other raw sizes (the 8x8 digits upscaled to 24x24) go through the same in-model resize
     big = np.kron(test_images[:40], np.ones((1, 3, 3, 1), dtype=np.uint8))
-    big_probabilities, _ = export.predict_tflite(path, big)
-    assert export.agreement(classifier.predict(big, verbose=0), big_probabilities)[
+    big_probabilities, _ = tflite.predict_tflite(path, big)
+    assert measure.agreement(classifier.predict(big, verbose=0), big_probabilities)[
         "top1_agreement"] >= 0.75  # out of distribution for this tiny model: a collapse guard
 
 
@@ -70,14 +72,14 @@ def test_full_integer_model_takes_raw_uint8_and_is_smallest(trained):
     _, folder, _, _, train_images, train_labels = trained
     from ai_edge_litert.interpreter import Interpreter
 
-    sample = export.calibration_sample(train_images, train_labels, 30, seed=0)
+    sample = calibrating.calibration_sample(train_images, train_labels, 30, seed=0)
     path = str(folder / "int8_check.tflite")
     with open(path, "wb") as handle:
-        handle.write(export.tflite_bytes(str(folder / "saved_model"), "int8", sample))
+        handle.write(tflite.tflite_bytes(str(folder / "saved_model"), "int8", sample))
     interpreter = Interpreter(model_path=path)
     assert interpreter.get_input_details()[0]["dtype"] == np.uint8
     assert interpreter.get_output_details()[0]["dtype"] == np.float32
-    fp16 = export.tflite_bytes(str(folder / "saved_model"), "fp16", sample)
+    fp16 = tflite.tflite_bytes(str(folder / "saved_model"), "fp16", sample)
     assert os.path.getsize(path) < len(fp16)
 
 
@@ -86,15 +88,15 @@ def test_int8_input_model_takes_shifted_pixels_and_agrees_with_keras(trained):
     from ai_edge_litert.interpreter import Interpreter
 
     float_input = str(folder / "float_input")
-    export.export_float_input_saved_model(classifier, float_input)
-    sample = export.calibration_sample(train_images, train_labels, 200, seed=0)
+    tflite.export_float_input_saved_model(classifier, float_input)
+    sample = calibrating.calibration_sample(train_images, train_labels, 200, seed=0)
     path = str(folder / "int8_input.tflite")
     with open(path, "wb") as handle:
-        handle.write(export.tflite_bytes(float_input, "int8", sample, int8_input=True))
+        handle.write(tflite.tflite_bytes(float_input, "int8", sample, int8_input=True))
     source = Interpreter(model_path=path).get_input_details()[0]
     assert source["dtype"] == np.int8 and source["quantization"] == (1.0, -128)
-    probabilities, _ = export.predict_tflite(path, test_images)  # fed pixel - 128
-    figures = export.agreement(classifier.predict(test_images, verbose=0), probabilities)
+    probabilities, _ = tflite.predict_tflite(path, test_images)  # fed pixel - 128
+    figures = measure.agreement(classifier.predict(test_images, verbose=0), probabilities)
     print("int8 input", figures)
     assert figures["top1_agreement"] >= 0.95
 
@@ -105,14 +107,14 @@ def test_onnx_matches_keras_at_the_chosen_opset_with_any_batch(trained, tmp_path
 
     classifier, _, test_images, _, _, _ = trained
     path = str(tmp_path / "model.onnx")
-    export.export_onnx(classifier, path, opset)
+    onnx_export.export_onnx(classifier, path, opset)
     loaded = onnx.load(path)
     assert {entry.version for entry in loaded.opset_import if entry.domain in ("", "ai.onnx")} == {
         opset}
     batch = loaded.graph.input[0].type.tensor_type.shape.dim[0]
     assert batch.dim_param and not batch.dim_value  # dynamic batch
-    run = export.onnx_classifier(path, batch_size=7)  # odd batches, last one partial
-    figures = export.agreement(classifier.predict(test_images, verbose=0), run(test_images))
+    run = onnx_export.onnx_classifier(path, batch_size=7)  # odd batches, last one partial
+    figures = measure.agreement(classifier.predict(test_images, verbose=0), run(test_images))
     assert figures["top1_agreement"] == 1.0 and figures["max_abs_diff"] < 1e-4
 
 
@@ -120,14 +122,14 @@ def test_onnx_matches_keras_at_the_chosen_opset_with_any_batch(trained, tmp_path
 def onnx_variants(trained, tmp_path_factory):
     """The trained model as float ONNX, BatchNorm-folded ONNX and each reduced-precision
     variant: {"float", "folded", "fp16", "int8"} -> path."""
-    from components.core import onnx_precision
+    from components.core.export import onnx_precision
 
     classifier, _, _, _, train_images, train_labels = trained
     folder = tmp_path_factory.mktemp("onnx")
     paths = {name: str(folder / f"{name}.onnx") for name in ("float", "folded", "fp16", "int8")}
-    export.export_onnx(classifier, paths["float"])
+    onnx_export.export_onnx(classifier, paths["float"])
     onnx_precision.fold_constants(paths["float"], paths["folded"])
-    calibration = export.calibration_sample(train_images, train_labels, 200, seed=0)
+    calibration = calibrating.calibration_sample(train_images, train_labels, 200, seed=0)
     for variant in onnx_precision.VARIANTS:
         onnx_precision.convert(variant, paths["folded"], paths[variant], calibration)
     return paths
@@ -146,8 +148,8 @@ def test_folding_keeps_the_model_and_removes_the_batchnorm_arithmetic(trained, o
                   for node in onnx.load(onnx_variants[name]).graph.node)
               for name in ("float", "folded")]
     assert counts[1] < counts[0] / 2  # only the preprocessing's scale and shift are left
-    figures = export.agreement(classifier.predict(test_images, verbose=0),
-                               export.predict_onnx(onnx_variants["folded"], test_images))
+    figures = measure.agreement(classifier.predict(test_images, verbose=0),
+                                onnx_export.predict_onnx(onnx_variants["folded"], test_images))
     assert figures["top1_agreement"] == 1.0 and figures["max_abs_diff"] < 1e-4
 
 
@@ -161,13 +163,13 @@ def test_the_fp16_onnx_computes_in_float16_behind_the_same_interface(trained, on
     weights = [w for w in model.graph.initializer if len(w.dims) == 4]  # convolution kernels
     assert weights and all(w.data_type == TensorProto.FLOAT16 for w in weights)
     assert os.path.getsize(onnx_variants["fp16"]) < 0.6 * os.path.getsize(onnx_variants["float"])
-    figures = export.agreement(classifier.predict(test_images, verbose=0),
-                               export.predict_onnx(onnx_variants["fp16"], test_images))
+    figures = measure.agreement(classifier.predict(test_images, verbose=0),
+                                onnx_export.predict_onnx(onnx_variants["fp16"], test_images))
     assert figures["top1_agreement"] >= 0.98 and figures["max_abs_diff"] < 0.1
 
 
 def test_the_int8_onnx_is_symmetric_qdq_on_the_inputs_of_every_conv_and_gemm(trained,
-                                                                            onnx_variants):
+                                                                             onnx_variants):
     """TensorRT's explicit-quantization placement: a DequantizeLinear feeds the activation and
     the weight of every Conv/MatMul/Gemm, zero points are 0 (symmetric), weights per output
     channel, biases and outputs float."""
@@ -194,14 +196,14 @@ def test_the_int8_onnx_is_symmetric_qdq_on_the_inputs_of_every_conv_and_gemm(tra
                                                                "DequantizeLinear")]
     assert all(not constants[n.input[2]].any() for n in quantizers)  # zero points all 0
     size_ratio = os.path.getsize(onnx_variants["float"]) / os.path.getsize(onnx_variants["int8"])
-    figures = export.agreement(classifier.predict(test_images, verbose=0),
-                               export.predict_onnx(onnx_variants["int8"], test_images))
+    figures = measure.agreement(classifier.predict(test_images, verbose=0),
+                                onnx_export.predict_onnx(onnx_variants["int8"], test_images))
     print("onnx int8:", figures, f"{size_ratio:.2f}x smaller")
     assert size_ratio > 2 and figures["top1_agreement"] >= 0.9
 
 
 def test_unknown_onnx_variants_and_an_empty_calibration_set_are_errors(onnx_variants, tmp_path):
-    from components.core import onnx_precision
+    from components.core.export import onnx_precision
 
     with pytest.raises(ValueError, match="unknown ONNX variant 'int4'"):
         onnx_precision.convert("int4", onnx_variants["folded"], str(tmp_path / "x.onnx"), None)
@@ -216,40 +218,40 @@ def test_gate_rejects_variants_losing_more_than_the_threshold_and_recommends_the
                 "fp16": {"test_accuracy": 0.90, "size_bytes": 400},
                 "dynamic_int8": {"test_accuracy": 0.885, "size_bytes": 250},
                 "int8": {"test_accuracy": 0.87, "size_bytes": 260}}
-    assert export.gate(0.90, variants, max_drop_points=2.0) == "dynamic_int8"
+    assert measure.gate(0.90, variants, max_drop_points=2.0) == "dynamic_int8"
     assert variants["int8"]["status"] == "rejected"
     assert variants["int8"]["accuracy_drop_points"] == pytest.approx(3.0)
     assert variants["dynamic_int8"]["status"] == "accepted"
     # a threshold set below a variant's measured drop rejects it
-    assert export.gate(0.90, variants, max_drop_points=1.0) == "fp16"
+    assert measure.gate(0.90, variants, max_drop_points=1.0) == "fp16"
     assert variants["dynamic_int8"]["status"] == "rejected"
-    assert export.gate(0.90, variants, max_drop_points=5.0) == "dynamic_int8"
+    assert measure.gate(0.90, variants, max_drop_points=5.0) == "dynamic_int8"
     # equal sizes: the more accurate one
     tie = {"a": {"test_accuracy": 0.8, "size_bytes": 10}, "b": {"test_accuracy": 0.9,
-                                                                 "size_bytes": 10}}
-    assert export.gate(0.9, tie, max_drop_points=20) == "b"
+                                                                "size_bytes": 10}}
+    assert measure.gate(0.9, tie, max_drop_points=20) == "b"
     with pytest.raises(ValueError, match="every variant lost more than"):
-        export.gate(0.99, {"int8": {"test_accuracy": 0.5, "size_bytes": 1}}, 1.0)
+        measure.gate(0.99, {"int8": {"test_accuracy": 0.5, "size_bytes": 1}}, 1.0)
 
 
 def test_latency_summary_reports_median_and_p90():
-    summary = export.latency_summary(np.arange(1, 11, dtype=float))
+    summary = measure.latency_summary(np.arange(1, 11, dtype=float))
     assert summary == {"latency_ms_median": 5.5, "latency_ms_p90": pytest.approx(9.1)}
 
 
 @pytest.mark.gpu
 def test_tensorrt_engines_classify_like_keras(trained, tmp_path):
     """On a GPU: an engine from each ONNX precision (float, FP16, Q/DQ INT8) agrees with Keras."""
-    from components.core import onnx_precision, tensorrt
+    from components.core.export import onnx_precision, tensorrt
 
     reason = tensorrt.unavailable_reason()
     if reason:
         pytest.skip(reason)
     classifier, _, test_images, _, train_images, train_labels = trained
     float_path, folded = str(tmp_path / "model.onnx"), str(tmp_path / "folded.onnx")
-    export.export_onnx(classifier, float_path)
+    onnx_export.export_onnx(classifier, float_path)
     onnx_precision.fold_constants(float_path, folded)
-    calibration = export.calibration_sample(train_images, train_labels, 64, seed=0)
+    calibration = calibrating.calibration_sample(train_images, train_labels, 64, seed=0)
     sources = {"fp32": float_path}
     for variant in onnx_precision.VARIANTS:
         sources[variant] = str(tmp_path / f"model_{variant}.onnx")
@@ -260,27 +262,27 @@ def test_tensorrt_engines_classify_like_keras(trained, tmp_path):
         tensorrt.build_engine(source, engine, 32)
         with tensorrt.EngineClassifier(engine) as runner:
             probabilities = runner.predict(test_images)
-        expected = export.predict_onnx(source, test_images)  # the same precision on the CPU
-        assert export.agreement(expected, probabilities)["top1_agreement"] >= 0.95, precision
-        assert export.agreement(reference, probabilities)["top1_agreement"] >= 0.9, precision
+        expected = onnx_export.predict_onnx(source, test_images)  # the same precision on the CPU
+        assert measure.agreement(expected, probabilities)["top1_agreement"] >= 0.95, precision
+        assert measure.agreement(reference, probabilities)["top1_agreement"] >= 0.9, precision
 
 
 def test_calibration_sample_is_class_stratified():
     labels = np.array([0] * 90 + [1] * 10)
     images = np.arange(100)[:, None]
-    sample = export.calibration_sample(images, labels, 20, seed=0)[:, 0]
+    sample = calibrating.calibration_sample(images, labels, 20, seed=0)[:, 0]
     assert len(set(sample)) == 20
     assert (labels[sample] == 1).sum() == 10  # the rare class is fully represented
-    assert export.calibration_sample(images, labels, 500, seed=0).shape[0] == 100
+    assert calibrating.calibration_sample(images, labels, 500, seed=0).shape[0] == 100
 
 
 def test_unknown_variant_is_an_error(trained):
     with pytest.raises(ValueError, match="unknown TFLite variant"):
-        export.tflite_bytes(str(trained[1] / "saved_model"), "int4", np.zeros((1, 32, 32, 3)))
+        tflite.tflite_bytes(str(trained[1] / "saved_model"), "int4", np.zeros((1, 32, 32, 3)))
 
 
 def test_calibration_images_come_from_the_training_split_only(monkeypatch):
-    from components.core import cache, stages
+    from components.core.data import cache
 
     splits = {name: (np.full((12, 2, 2, 3), value, np.uint8), np.arange(12) % 3)
               for value, name in enumerate(("train", "val", "test"))}
@@ -288,7 +290,7 @@ def test_calibration_images_come_from_the_training_split_only(monkeypatch):
     monkeypatch.setattr(cache, "read_arrays",
                         lambda directory, split: read.append(split) or splits[split])
     config = PipelineConfig.from_dict({"export": {"calibration_samples": 6}})
-    images = stages._calibration_images("images", config)
+    images = calibrating.calibration_images("images", config)
     assert read == ["train"] and images.shape == (6, 2, 2, 3) and (images == 0).all()
 
 
@@ -306,20 +308,20 @@ def test_a_mirror_averaged_model_is_mirror_invariant_in_every_format(trained, tm
     np.testing.assert_allclose(reference, mirror.predict(images, verbose=0), atol=1e-6)
     np.testing.assert_allclose(loaded.predict(mirrored, verbose=0), reference, atol=1e-5)
     assert not np.allclose(classifier.predict(images, verbose=0), reference, atol=1e-3)
-    export.export_saved_model(loaded, str(tmp_path / "saved_model"))
-    calibration = export.calibration_sample(train_images, train_labels, 200, seed=0)
+    tflite.export_saved_model(loaded, str(tmp_path / "saved_model"))
+    calibration = calibrating.calibration_sample(train_images, train_labels, 200, seed=0)
     for variant in ("float32", "int8"):
         path = str(tmp_path / f"{variant}.tflite")
         with open(path, "wb") as handle:
-            handle.write(export.tflite_bytes(str(tmp_path / "saved_model"), variant,
+            handle.write(tflite.tflite_bytes(str(tmp_path / "saved_model"), variant,
                                              calibration))
-        probabilities, _ = export.predict_tflite(path, images)
-        flipped, _ = export.predict_tflite(path, mirrored)
+        probabilities, _ = tflite.predict_tflite(path, images)
+        flipped, _ = tflite.predict_tflite(path, mirrored)
         if variant == "float32":
             np.testing.assert_allclose(flipped, probabilities, atol=1e-5)
         else:  # int8 resizing rounds a mirrored picture a little differently
-            assert export.agreement(probabilities, flipped)["top1_agreement"] >= 0.95
-        assert export.agreement(reference, probabilities)["top1_agreement"] >= 0.95
-    export.export_onnx(loaded, str(tmp_path / "model.onnx"))
-    np.testing.assert_allclose(export.predict_onnx(str(tmp_path / "model.onnx"), images),
+            assert measure.agreement(probabilities, flipped)["top1_agreement"] >= 0.95
+        assert measure.agreement(reference, probabilities)["top1_agreement"] >= 0.95
+    onnx_export.export_onnx(loaded, str(tmp_path / "model.onnx"))
+    np.testing.assert_allclose(onnx_export.predict_onnx(str(tmp_path / "model.onnx"), images),
                                reference, atol=1e-4)

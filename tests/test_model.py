@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from components.core import acceleration, backbones, model as models, training
-from components.core.config import ModelConfig, PipelineConfig
+from components.core.config.schema import ModelConfig, PipelineConfig
+from components.core.train import (acceleration, backbones, finetune as finetuning,
+                                   head as head_training, model as models)
 
 MOBILENET_025 = dict(backbone="mobilenet", alpha=0.25, image_size=32)
 MOBILENET_25_224 = {**MOBILENET_025, "image_size": 224}  # the size of the file in ../shared
@@ -43,7 +44,7 @@ def test_weights_file_loads_with_its_checksum_recorded(mobilenet_weights):
 
 @pytest.mark.parametrize("backbone, alpha", [("mobilenet", 0.5), ("mobilenet_v2", 1.0)])
 def test_weights_file_of_another_architecture_is_a_clear_error(mobilenet_weights, backbone,
-                                                                alpha):
+                                                               alpha):
     with pytest.raises(models.WeightsError, match="does not match backbone"):
         models.load_backbone(ModelConfig(backbone=backbone, alpha=alpha, image_size=32,
                                          weights=mobilenet_weights))
@@ -88,13 +89,13 @@ def test_batchnorm_calibration_makes_random_features_usable():
 
 
 def test_never_worse_rule():
-    keep, reason = training.finetuned_is_better({"loss": 0.5, "accuracy": 0.8},
-                                                {"loss": 0.4, "accuracy": 0.8})
+    keep, reason = finetuning.finetuned_is_better({"loss": 0.5, "accuracy": 0.8},
+                                                  {"loss": 0.4, "accuracy": 0.8})
     assert keep and "improved" in reason
-    assert not training.finetuned_is_better({"loss": 0.5, "accuracy": 0.8},
-                                            {"loss": 0.4, "accuracy": 0.7})[0]
-    assert not training.finetuned_is_better({"loss": 0.5, "accuracy": 0.8},
-                                            {"loss": 0.6, "accuracy": 0.9})[0]
+    assert not finetuning.finetuned_is_better({"loss": 0.5, "accuracy": 0.8},
+                                              {"loss": 0.4, "accuracy": 0.7})[0]
+    assert not finetuning.finetuned_is_better({"loss": 0.5, "accuracy": 0.8},
+                                              {"loss": 0.6, "accuracy": 0.9})[0]
 
 
 def _tiny_run(tmp_path, finetune_learning_rate, dropout=0.2, **finetune):
@@ -114,15 +115,15 @@ def _tiny_run(tmp_path, finetune_learning_rate, dropout=0.2, **finetune):
     backbone = backbones.build(spec, 32, 0.25, None)
     models.calibrate_batchnorm(backbone, "tf", 32, images)
     features = np.asarray(models.attach(backbone, "tf", 32)(images))
-    head, _ = training.train_head({"train_features": features, "train_labels": labels,
-                                   "val_features": features, "val_labels": labels}, 2,
-                                  config.with_overrides({"head": {"learning_rate": 1e-2}}))
+    head, _ = head_training.train_head({"train_features": features, "train_labels": labels,
+                                        "val_features": features, "val_labels": labels}, 2,
+                                       config.with_overrides({"head": {"learning_rate": 1e-2}}))
     models.save(backbone, str(tmp_path / "backbone.keras"))
     models.save(head, str(tmp_path / "head.keras"))
     dataset = tf.data.Dataset.from_tensor_slices((images, labels)).batch(16)
-    return training.fine_tune(str(tmp_path / "backbone.keras"), str(tmp_path / "head.keras"),
-                              lambda epoch: dataset, dataset, config,
-                              tf.distribute.get_strategy(), [24, 24])
+    return finetuning.fine_tune(str(tmp_path / "backbone.keras"), str(tmp_path / "head.keras"),
+                                lambda epoch: dataset, dataset, config,
+                                tf.distribute.get_strategy(), [24, 24])
 
 
 def test_fine_tuning_that_hurts_val_ships_the_head_only_model(tmp_path):
@@ -152,7 +153,7 @@ def test_the_same_seed_gives_the_same_fine_tuned_model(tmp_path):
     first, first_report = _tiny_run(tmp_path / "first", 1e-3)
     second, second_report = _tiny_run(tmp_path / "second", 1e-3)
     assert first_report["history"] == second_report["history"]
-    assert training.weights_digest(first) == training.weights_digest(second)
+    assert finetuning.weights_digest(first) == finetuning.weights_digest(second)
 
 
 def test_precision_and_xla_follow_the_hardware():
@@ -228,13 +229,13 @@ def test_label_smoothing_loss_matches_keras_and_survives_saving(tmp_path):
 
 
 def test_warmup_then_cosine_decay_to_zero():
-    schedule = training.warmup_cosine(1e-3, total_steps=100, warmup_share=0.1)
+    schedule = finetuning.warmup_cosine(1e-3, total_steps=100, warmup_share=0.1)
     assert float(schedule(0)) == 0.0
     assert float(schedule(5)) == pytest.approx(5e-4)
     assert float(schedule(10)) == pytest.approx(1e-3)
     assert float(schedule(55)) == pytest.approx(5e-4, rel=1e-3)
     assert float(schedule(100)) == pytest.approx(0.0, abs=1e-9)
-    assert float(training.warmup_cosine(1e-3, 100, 0.0)(0)) == pytest.approx(1e-3)
+    assert float(finetuning.warmup_cosine(1e-3, 100, 0.0)(0)) == pytest.approx(1e-3)
 
 
 def test_head_converges_to_the_scikit_learn_logistic_regression():
@@ -251,7 +252,7 @@ def test_head_converges_to_the_scikit_learn_logistic_regression():
     l2 = 1e-2
     config = PipelineConfig.from_dict({"head": {"l2_candidates": [l2], "max_steps": 10000,
                                                 "patience": 1000}})
-    head, report = training.train_head(split, 3, config)
+    head, report = head_training.train_head(split, 3, config)
     standardized = np.asarray(head.get_layer("standardize")(features))
     reference = LogisticRegression(C=1 / (2 * l2 * 400), max_iter=10000, tol=1e-10).fit(
         standardized[:400], labels[:400])
@@ -266,7 +267,7 @@ def test_head_search_keeps_the_lowest_val_cross_entropy():
     features = (rng.normal(0, 1, (200, 64)) + labels[:, None] * 0.3).astype(np.float32)
     split = {"train_features": features[:60], "train_labels": labels[:60],
              "val_features": features[60:], "val_labels": labels[60:]}
-    _, report = training.train_head(split, 2, PipelineConfig.from_dict(
+    _, report = head_training.train_head(split, 2, PipelineConfig.from_dict(
         {"head": {"l2_candidates": [0.0, 1.0]}}))
     losses = {entry["l2"]: entry["val_loss"] for entry in report["search"]}
     assert report["l2"] == min(losses, key=losses.get)
@@ -285,10 +286,10 @@ def _noisy_split(count: int, dim: int, separation: float, seed: int) -> dict:
 
 def test_head_candidates_trained_together_match_each_trained_alone():
     split = _noisy_split(300, 32, 0.2, seed=3)
-    together = training.train_head(split, 3, PipelineConfig.from_dict(
+    together = head_training.train_head(split, 3, PipelineConfig.from_dict(
         {"head": {"l2_candidates": [1e-3, 1e-1]}}))[1]["search"]
     for alone_l2, searched in zip((1e-3, 1e-1), together):
-        alone = training.train_head(split, 3, PipelineConfig.from_dict(
+        alone = head_training.train_head(split, 3, PipelineConfig.from_dict(
             {"head": {"l2_candidates": [alone_l2]}}))[1]
         assert alone["steps_run"] == searched["steps_run"]  # each stopped on its own
         assert alone["val_loss"] == pytest.approx(searched["val_loss"], rel=1e-5)
@@ -297,9 +298,9 @@ def test_head_candidates_trained_together_match_each_trained_alone():
 def test_xla_compiled_head_steps_match_the_plain_ones(monkeypatch):
     split = _noisy_split(300, 32, 0.2, seed=4)
     config = PipelineConfig.from_dict({"head": {"l2_candidates": [1e-3, 1e-1]}})
-    plain = training.train_head(split, 3, config)[1]["search"]
-    monkeypatch.setattr(training, "HEAD_XLA_MIN_MULTIPLY_ADDS", 0)  # every problem compiled
-    compiled = training.train_head(split, 3, config)[1]["search"]
+    plain = head_training.train_head(split, 3, config)[1]["search"]
+    monkeypatch.setattr(head_training, "HEAD_XLA_MIN_MULTIPLY_ADDS", 0)  # every problem compiled
+    compiled = head_training.train_head(split, 3, config)[1]["search"]
     for ours, theirs in zip(compiled, plain):
         assert ours["steps_run"] == theirs["steps_run"]
         assert ours["val_loss"] == pytest.approx(theirs["val_loss"], rel=1e-4)
@@ -311,7 +312,7 @@ def test_head_search_history_is_logged_for_tensorboard_per_candidate(tmp_path):
     split = _noisy_split(90, 8, 0.5, seed=4)
     config = PipelineConfig.from_dict({"head": {"l2_candidates": [0.0, 0.5], "max_steps": 25,
                                                 "patience": 100}})
-    _, report = training.train_head(split, 3, config, log_dir=str(tmp_path))
+    _, report = head_training.train_head(split, 3, config, log_dir=str(tmp_path))
     assert sorted(os.listdir(tmp_path)) == ["l2=0", "l2=0.5"]
     for run, searched in zip(("l2=0", "l2=0.5"), report["search"]):
         events = EventAccumulator(str(tmp_path / run))

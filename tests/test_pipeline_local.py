@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from ai_edge_litert.interpreter import Interpreter
 
-from components.core import export
+from components.core.export import onnx as onnx_export, tflite
 from pipelines.cli import main
 from tests.conftest import GOLDEN_SETTINGS, HYMENOPTERA, MOBILENET_WEIGHTS, require_shared
 
@@ -86,14 +86,14 @@ def test_tiny_local_run_writes_every_artifact(capsys, tmp_path, digits_folder):
     quantization = json.load(open(os.path.join(tflite_dir, "quantization.json")))
     assert quantization["float_test_accuracy"] == metrics["accuracy"]
     assert 0 < quantization["keras_latency"]["latency_ms_median"]
-    for variant in export.TFLITE_VARIANTS:
+    for variant in tflite.TFLITE_VARIANTS:
         path = os.path.join(tflite_dir, f"model_{variant}.tflite")
         figures = quantization["variants"][variant]
         assert os.path.getsize(path) == figures["size_bytes"]
         assert figures["status"] == ("accepted" if figures["accuracy_drop_points"] <= 1.0
                                      else "rejected")
         assert 0 < figures["latency_ms_median"] <= figures["latency_ms_p90"]
-        tflite_probabilities, _ = export.predict_tflite(path, raw)  # raw size, raw uint8
+        tflite_probabilities, _ = tflite.predict_tflite(path, raw)  # raw size, raw uint8
         assert tflite_probabilities.shape == (4, 3)
     int8_model = Interpreter(model_path=os.path.join(tflite_dir, "model_int8.tflite"))
     assert int8_model.get_input_details()[0]["dtype"] == np.int8  # export.int8_input: int8
@@ -122,15 +122,14 @@ def test_tiny_local_run_writes_every_artifact(capsys, tmp_path, digits_folder):
     assert facts["onnx_int8"]["calibration_images"] == quantization["calibration_images"]
     # ONNX Runtime's and TensorFlow's bilinear resize differ by ~1e-4 at fractional scales (here
     # 50x41 -> 32x32); at the model's own size the step measures ~1e-5.
-    np.testing.assert_allclose(export.predict_onnx(os.path.join(onnx_dir, "model.onnx"), raw),
+    np.testing.assert_allclose(onnx_export.predict_onnx(os.path.join(onnx_dir, "model.onnx"), raw),
                                probabilities, atol=2e-3)
-
 
     # the report step's HTML report and model card list every exported format; `tlpipe run`
     # copies them beside summary.json and `tlpipe report` prints the same summary
     page = (tmp_path / "out" / "report.html").read_text()
     assert page == open(artifact(summary, "report", "html")["path"]).read()
-    assert all(f"tflite {variant}" in page for variant in export.TFLITE_VARIANTS)
+    assert all(f"tflite {variant}" in page for variant in tflite.TFLITE_VARIANTS)
     assert "(recommended)" in page and "TensorRT or cuda-python is not installed" in page
     card = (tmp_path / "out" / "model_card.md").read_text()
     assert "RANDOM initialisation" in card and "| tflite int8 |" in card
@@ -145,7 +144,7 @@ def test_tiny_local_run_writes_every_artifact(capsys, tmp_path, digits_folder):
                "saved_model": os.path.join(tflite_dir, "saved_model"),
                "onnx": os.path.join(onnx_dir, "model.onnx"),
                **{variant: os.path.join(tflite_dir, f"model_{variant}.tflite")
-                  for variant in export.TFLITE_VARIANTS}}
+                  for variant in tflite.TFLITE_VARIANTS}}
     ranked = {}  # format -> per file [(label, probability), (label, probability)]
     for name, path in formats.items():
         assert main(["predict", path, *files, "--top", "2"]) == 0
@@ -205,7 +204,7 @@ def test_an_unblessed_model_is_not_exported(capsys, tmp_path, digits_folder):
 
 
 def test_a_baseline_of_other_classes_is_refused(capsys, tmp_path, digits_folder):
-    from components.core import predict
+    from components.core.evaluate import predict
 
     model_path = tmp_path / "old" / "model.keras"
     model_path.parent.mkdir()
@@ -258,7 +257,8 @@ def test_hymenoptera_with_imagenet_weights_keeps_up_with_the_frozen_feature_base
 def nearest_centroid_accuracy(backbone_dir, images_dir):
     """Test accuracy of the nearest class mean of the run's own frozen backbone features
     (L2-normalised), trained on the run's train split: the baseline transfer must beat."""
-    from components.core import backbones, cache, model as models
+    from components.core.data import cache
+    from components.core.train import backbones, model as models
 
     backbone = models.load(os.path.join(backbone_dir, "backbone.keras"))
     size = json.load(open(os.path.join(images_dir, cache.META)))["image_size"]

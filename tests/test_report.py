@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 from sklearn.datasets import load_digits
 
-from components.core import evaluation, report
-from components.core.config import EvaluateConfig
+from components.core.config.schema import EvaluateConfig
+from components.core.data import report as data_report
+from components.core.evaluate import blessing, card, charts, metrics as evaluation, report
 from tests import chromium
 
 
@@ -27,13 +28,13 @@ def record():
     probabilities /= probabilities.sum(1, keepdims=True)
     classes = ["zero", "one", "two"]
     metrics = evaluation.classification_metrics(labels, probabilities, classes)
-    blessed, checks = evaluation.bless(metrics, EvaluateConfig(min_accuracy=0.7))
+    blessed, checks = blessing.bless(metrics, EvaluateConfig(min_accuracy=0.7))
     return {
         "classes": classes, "metrics": metrics,
         "intervals": {**evaluation.bootstrap_intervals(labels, probabilities, 200),
                       "samples": 200},
         "blessed": blessed, "checks": checks,
-        "blessing_reason": evaluation.blessing_reason(blessed, checks), "baseline": None,
+        "blessing_reason": blessing.blessing_reason(blessed, checks), "baseline": None,
         "roc": None,
         "data": {"source": "/data/digits <&>", "fingerprint": "abc123",
                  "counts": {"train": {c: 40 for c in classes}, "test": {c: 40 for c in classes}},
@@ -52,7 +53,7 @@ def record():
         "wrong": [{"index": i, "true": classes[labels[i]],
                    "predicted": classes[int(probabilities[i].argmax())],
                    "confidence": float(probabilities[i].max()),
-                   "thumbnail": report.thumbnail(images[i])}
+                   "thumbnail": charts.thumbnail(images[i])}
                   for i in evaluation.most_confidently_wrong(labels, probabilities, 6)],
         "exports": {"saved_model_size_bytes": 2_600_000, "recommended": "fp16",
                     "keras_latency": {"latency_ms_median": 3.1, "latency_ms_p90": 3.5},
@@ -89,20 +90,20 @@ def test_html_is_self_contained_and_escaped(record):
 
 
 def test_model_card_states_data_provenance_results_and_limits(record):
-    card = report.render_model_card(record)
+    text = card.render_model_card(record)
     low, high = record["intervals"]["accuracy"]
-    assert f"{100 * low:.1f}-{100 * high:.1f}%" in card and "200 resamples" in card
-    assert "ImageNet-pretrained" in card and "`zero/bad.jpg`: truncated JPEG" in card
-    assert "| tflite int8 | 75.0% | 0.32 MB | 0.60 / 0.70 ms | rejected |" in card
-    assert "| onnx_int8 | 79.0% | 0.30 MB | 0.40 / 0.50 ms | accepted (recommended) |" in card
-    assert "## Intended use" in card and "## Known limits" in card
-    random_card = report.render_model_card({**record, "model": {**record["model"],
-                                                                 "weights": "random"}})
+    assert f"{100 * low:.1f}-{100 * high:.1f}%" in text and "200 resamples" in text
+    assert "ImageNet-pretrained" in text and "`zero/bad.jpg`: truncated JPEG" in text
+    assert "| tflite int8 | 75.0% | 0.32 MB | 0.60 / 0.70 ms | rejected |" in text
+    assert "| onnx_int8 | 79.0% | 0.30 MB | 0.40 / 0.50 ms | accepted (recommended) |" in text
+    assert "## Intended use" in text and "## Known limits" in text
+    random_card = card.render_model_card({**record, "model": {**record["model"],
+                                                              "weights": "random"}})
     assert "RANDOM initialisation" in random_card and "No pretrained weights" in random_card
 
 
 def test_summary_text_has_verdict_metrics_and_formats(record):
-    text = report.summary_text(record)
+    text = card.summary_text(record)
     assert text.startswith("BLESSED") and "95% CI" in text
     assert "tflite int8: 75.0%, 0.32 MB, rejected" in text
 
@@ -141,7 +142,7 @@ def test_data_report_escapes_names_that_would_break_markdown():
                 "imbalance_ratio": 1.5, "fingerprint": "f",
                 "skipped": [{"path": odd[0], "class": "cats", "reason": "not an image file"}],
                 "converted": [], "label_conflicts": [], "odd_names": odd}
-    text = report.render_data_report(manifest)
+    text = data_report.render_data_report(manifest)
     lines = text.splitlines()
     assert "- `cats/two\\nlines.jpg`: not an image file" in lines  # one line, newline shown
     assert "- ``cats/back`tick.png``" in lines and "- `cats/pipe|star*.jpg`" in lines

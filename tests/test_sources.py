@@ -12,8 +12,8 @@ import zipfile
 
 import pytest
 
-from components.core import sources
-from components.core.data import DataError
+from components.core.data import archives, gcs as gcs_reads, source_uri, sources, tfds_source
+from components.core.data.discovery import DataError
 from pipelines.cli import main
 from tests.conftest import upload_folder
 from tests.test_pipeline_local import TINY, artifact, run_pipeline
@@ -52,7 +52,7 @@ def test_unreachable_gcs_is_a_clear_error(monkeypatch):
         probe.bind(("127.0.0.1", 0))
         closed = f"http://127.0.0.1:{probe.getsockname()[1]}"
     monkeypatch.setenv("STORAGE_EMULATOR_HOST", closed)
-    monkeypatch.setattr(sources, "RETRY_DEADLINE_SECONDS", 2.0)
+    monkeypatch.setattr(gcs_reads, "RETRY_DEADLINE_SECONDS", 2.0)
     with pytest.raises(DataError, match="cannot reach Cloud Storage for gs://bucket/prefix"):
         sources.check("gs://bucket/prefix")
 
@@ -113,7 +113,7 @@ def test_hostile_and_empty_archives_are_refused_before_anything_is_written(tmp_p
 
 def test_archive_limits(tmp_path, monkeypatch):
     path = make_zip(tmp_path / "big.zip", {f"c{i}/x.png": b"x" * 100 for i in range(3)})
-    monkeypatch.setattr(sources, "MAX_ARCHIVE_BYTES", 250)
+    monkeypatch.setattr(archives, "MAX_ARCHIVE_BYTES", 250)
     with pytest.raises(DataError, match="over the limits"):
         sources.check(path)
 
@@ -122,7 +122,7 @@ def test_tfds_split_exports_class_folders(tmp_path, monkeypatch):
     tfds = pytest.importorskip("tensorflow_datasets")
     # mock_data stands in for TFDS's download; this machine has no internet, so the check that
     # the download servers can be reached is lifted here (it is tested on its own below)
-    monkeypatch.setattr(sources, "_require_tfds_download", lambda source: None)
+    monkeypatch.setattr(sources, "require_tfds_download", lambda source: None)
     with tfds.testing.mock_data(num_examples=30):
         folder = sources.materialize("tfds:tf_flowers?split=train", str(tmp_path))
         names = tfds.builder("tf_flowers").info.features["label"].names
@@ -134,7 +134,7 @@ def test_unknown_tfds_dataset_and_bad_uri_are_named():
     with pytest.raises(DataError, match="TFDS has no dataset 'no_such_dataset_xyz'"):
         sources.check("tfds:no_such_dataset_xyz")
     with pytest.raises(DataError, match="unknown option 'spilt'"):
-        sources.parse("tfds:mnist?spilt=train")
+        source_uri.parse("tfds:mnist?spilt=train")
 
 
 def test_every_source_kind_runs_through_the_local_pipeline(capsys, tmp_path, digits_folder,
@@ -151,7 +151,7 @@ def test_every_source_kind_runs_through_the_local_pipeline(capsys, tmp_path, dig
         manifest = json.load(open(os.path.join(artifact(summary, "ingest", "dataset")["path"],
                                                "manifest.json")))
         assert manifest["source"] == uri and manifest["classes"] == ["digit0", "digit1",
-                                                                      "digit2"]
+                                                                     "digit2"]
         assert sum(sum(c.values()) for c in manifest["counts"].values()) == 72
     # the step processes cannot see a mock: a real prepared TFDS dataset in a data_dir, which
     # TFDS reads from its files alone (no builder code, no download)
@@ -202,7 +202,7 @@ def test_bad_sources_fail_in_the_cli_before_a_run(capsys, tmp_path):
 
 def test_a_tfds_dataset_that_needs_a_download_fails_fast_offline(tmp_path, monkeypatch):
     pytest.importorskip("tensorflow_datasets")
-    monkeypatch.setattr(sources, "TFDS_DOWNLOAD_HOST", "unreachable.invalid")
+    monkeypatch.setattr(tfds_source, "TFDS_DOWNLOAD_HOST", "unreachable.invalid")
     started = time.monotonic()
     with pytest.raises(DataError, match="not prepared in .* cannot be reached .*tfds build mnist"):
         sources.check(f"tfds:mnist?data_dir={tmp_path}")

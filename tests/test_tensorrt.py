@@ -10,7 +10,7 @@ import onnxruntime
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from components.core import stages, tensorrt
+from components.core.export import tensorrt
 from tests import standin_tensorrt
 
 CLASSES = 2
@@ -139,7 +139,7 @@ def test_the_planned_api_path_without_tensorrt_names_both_rules(monkeypatch):
 def test_without_a_gpu_the_engine_is_skipped_with_the_reason_and_its_plan(tmp_path):
     source = write_classifier(tmp_path / "model_fp16.onnx")
     files, formats = {"onnx_fp16": source}, {"onnx_fp16": {"status": "accepted"}}
-    record = stages._engine(files, formats, "fp16", 64, None, str(tmp_path))
+    record = tensorrt.engine_figures(files, formats, "fp16", 64, None, str(tmp_path))
     assert record["status"] == "skipped" and "TensorRT" in record["reason"]
     assert record["onnx"] == "model_fp16.onnx" and record["precision"] == "fp16"
     assert record["api"] == tensorrt.planned_api()
@@ -154,8 +154,9 @@ def test_the_step_builds_and_evaluates_the_engine_of_the_chosen_variant(
     source = write_classifier(tmp_path / "model_int8.onnx")
     reference = onnx_runtime(source, images)
     labels = reference.argmax(1)
-    record = stages._engine({"onnx_int8": source}, {"onnx_int8": {"status": "accepted"}},
-                            "int8", 40, (images, labels, reference), str(tmp_path))
+    record = tensorrt.engine_figures({"onnx_int8": source},
+                                     {"onnx_int8": {"status": "accepted"}}, "int8", 40,
+                                     (images, labels, reference), str(tmp_path))
     assert record["status"] == "built" and record["onnx"] == "model_int8.onnx"
     assert record["api"] == tensorrt.API_PATHS[str(major)]
     assert record["test_accuracy"] == 1.0 and record["top1_agreement"] == 1.0
@@ -168,7 +169,8 @@ def test_an_engine_is_not_built_from_a_variant_the_gate_rejected(tmp_path, monke
     monkeypatch.setattr(tensorrt, "unavailable_reason", lambda: "")
     source = write_classifier(tmp_path / "model_int8.onnx")
     formats = {"onnx_int8": {"status": "rejected", "accuracy_drop_points": 2.5}}
-    record = stages._engine({"onnx_int8": source}, formats, "int8", 40, None, str(tmp_path))
+    record = tensorrt.engine_figures({"onnx_int8": source}, formats, "int8", 40, None,
+                                     str(tmp_path))
     assert record["status"] == "skipped"
     assert "onnx_int8 is 2.5 points below the float model" in record["reason"]
     assert "export.tensorrt_precision" in record["reason"]

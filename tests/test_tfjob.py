@@ -17,9 +17,9 @@ import yaml
 from kubeflow.training import models as kubeflow_models
 from kubernetes.client import models as kubernetes_models
 
-from components.core import cluster_job, tfjob
-from components.core.config import ConfigError
-from pipelines import settings as deployment
+from components.core.cluster import job as cluster_job, launch, pod as own_pod, tfjob
+from components.core.config.errors import ConfigError
+from pipelines import deploy, settings as deployment
 from pipelines.cli import main
 from pipelines.transfer_learning import STEP_ORDER, compile_pipeline
 from tests import k8s_schema
@@ -45,7 +45,7 @@ URIS = {"images": "gs://tlpipe-artifacts/runs/r1/preprocess/images",
 
 
 def distribution():
-    return deployment.distribution(deployment.parse(SETTINGS, STEP_ORDER), "tfjob")
+    return deploy.distribution(deployment.parse(SETTINGS, STEP_ORDER), "tfjob")
 
 
 LAUNCHER = {"name": "tlpipe-run-finetune-driver", "uid": "9b1c3d2e-0000-4000-8000-000000000001",
@@ -55,7 +55,7 @@ LAUNCHER = {"name": "tlpipe-run-finetune-driver", "uid": "9b1c3d2e-0000-4000-800
 def job_manifest(dist=None, owner=None):
     dist = dist or distribution()
     command = ["python", "-m", "components.worker", "--backup-root", "gs://b/backups"]
-    return tfjob.manifest(cluster_job.job_name(URIS["model"]), "team-a", dist["image"], command,
+    return tfjob.manifest(launch.job_name(URIS["model"]), "team-a", dist["image"], command,
                           dist["workers"], dist["pod"], dist["restarts"],
                           dist["timeout_seconds"], owner)
 
@@ -119,7 +119,7 @@ def test_the_manifest_follows_the_tfjob_schema_and_carries_the_step_settings():
     assert schema_problems({**job, "spec": {"runPolicy": {}}}, "KubeflowOrgV1TFJob")
     assert job["apiVersion"] == "kubeflow.org/v1" and job["kind"] == "TFJob"
     assert job["metadata"]["namespace"] == "team-a"
-    assert job["metadata"]["name"] == cluster_job.job_name(URIS["model"])
+    assert job["metadata"]["name"] == launch.job_name(URIS["model"])
     assert re.fullmatch(r"[a-z0-9-]{1,63}", job["metadata"]["name"])
     spec = job["spec"]
     assert spec["runPolicy"] == {"backoffLimit": 2, "cleanPodPolicy": "Running",
@@ -150,17 +150,17 @@ def test_the_manifest_follows_the_tfjob_schema_and_carries_the_step_settings():
 
 
 def test_the_step_passes_backup_location_and_artifacts_to_the_workers(gcs, tmp_path):
-    """cluster_job.fine_tune end to end against the fake API and a fake GCS: the workers' command
+    """launch.fine_tune end to end against the fake API and a fake GCS: the workers' command
     names the artifact URIs and the backup location, and the chief's model is copied back."""
     gcs.create_bucket("tlpipe-backups")
-    name = cluster_job.job_name(URIS["model"])
+    name = launch.job_name(URIS["model"])
     for file_name in ("model.keras", "finetune.json", "labels.txt"):
         gcs.bucket("tlpipe-backups").blob(f"ft/{name}/model/{file_name}").upload_from_string(
             file_name)
     with FakeKubernetes(["Created", "Running", "Succeeded"]) as fake:
-        restarts = cluster_job.fine_tune({**distribution(), "start_timeout_seconds": 5}, URIS,
-                                         '{"finetune": {}}', str(tmp_path / "model"),
-                                         api_client=fake.client(), poll_seconds=0.01)
+        restarts = launch.fine_tune({**distribution(), "start_timeout_seconds": 5}, URIS,
+                                    '{"finetune": {}}', str(tmp_path / "model"),
+                                    api_client=fake.client(), poll_seconds=0.01)
         created = [r["body"] for r in fake.requests if r["method"] == "POST"][0]
     assert restarts == 0
     assert sorted(os.listdir(tmp_path / "model")) == ["finetune.json", "labels.txt",
@@ -178,21 +178,21 @@ def test_the_step_passes_backup_location_and_artifacts_to_the_workers(gcs, tmp_p
 
 
 def test_the_job_deadline_leaves_the_launcher_time_to_report():
-    assert cluster_job.job_deadline(0) == 0
-    assert cluster_job.job_deadline(21600) == 21600 - cluster_job.LAUNCHER_MARGIN_SECONDS
-    assert cluster_job.job_deadline(600) == 540  # a tenth of a short step
+    assert launch.job_deadline(0) == 0
+    assert launch.job_deadline(21600) == 21600 - launch.LAUNCHER_MARGIN_SECONDS
+    assert launch.job_deadline(600) == 540  # a tenth of a short step
 
 
 def test_the_launcher_pod_and_the_worker_service_account(monkeypatch):
-    assert cluster_job.launcher_pod() is None
+    assert own_pod.launcher_pod() is None
     monkeypatch.setenv("TLPIPE_POD_NAME", LAUNCHER["name"])
     monkeypatch.setenv("TLPIPE_POD_UID", LAUNCHER["uid"])
     monkeypatch.setenv("TLPIPE_SERVICE_ACCOUNT", "pipeline-runner")
-    assert cluster_job.launcher_pod() == LAUNCHER
+    assert own_pod.launcher_pod() == LAUNCHER
     settings = json.loads(json.dumps(SETTINGS))
     settings["steps"]["finetune"]["worker_service_account"] = "gcs-workload-identity"
-    dist = deployment.distribution(deployment.parse(settings, STEP_ORDER), "tfjob")
-    job = job_manifest(dist, cluster_job.launcher_pod())
+    dist = deploy.distribution(deployment.parse(settings, STEP_ORDER), "tfjob")
+    job = job_manifest(dist, own_pod.launcher_pod())
     assert job["spec"]["tfReplicaSpecs"]["Worker"]["template"]["spec"][
         "serviceAccountName"] == "gcs-workload-identity"
     settings["steps"]["finetune"]["worker_service_account"] = "Not_A_Name"
@@ -203,7 +203,7 @@ def test_the_launcher_pod_and_the_worker_service_account(monkeypatch):
 
 def test_a_cluster_run_needs_a_gcs_backup_root(tmp_path):
     with pytest.raises(ValueError, match="backup_root: gs://"):
-        cluster_job.fine_tune({**distribution(), "backup_root": ""}, URIS, "{}", str(tmp_path))
+        launch.fine_tune({**distribution(), "backup_root": ""}, URIS, "{}", str(tmp_path))
 
 
 # ---------------------------------------------------------------- waiting, failures, clean-up
@@ -220,7 +220,7 @@ def test_success_counts_restarts_and_deletes_the_job():
 
 
 def test_a_failed_worker_is_named_with_its_reason_and_last_lines():
-    name = cluster_job.job_name(URIS["model"])
+    name = launch.job_name(URIS["model"])
     pods = [pod(f"{name}-worker-0", "Running"),
             pod(f"{name}-worker-1", "Failed", exit_code=1, reason="Error"),
             pod(f"{name}-worker-2", "Succeeded", exit_code=0)]
@@ -250,20 +250,20 @@ def test_a_retry_waits_until_the_failed_attempts_job_is_gone():
         assert fake.jobs and fake.live_jobs() == {}  # deleted, not gone yet
         first = len(fake.requests)
         fake.conditions, fake.pods = ["Running", "Succeeded"], [pod("w0", "Running"),
-                                                                 pod("w1", "Running"),
-                                                                 pod("w2", "Running")]
+                                                                pod("w1", "Running"),
+                                                                pod("w2", "Running")]
         assert cluster_job.run(tfjob.KIND, job_manifest(), fake.client(), poll_seconds=0.05) == 0
         retry = fake.methods()[first:]
     posts = [i for i, method in enumerate(retry) if method == "POST tfjob"]
     assert len(posts) == 1  # no 409: the create waited
     assert retry[posts[0] - 1] == "GET tfjob"
-    assert fake.requests[first + posts[0] - 1]["path"].endswith(cluster_job.job_name(URIS["model"]))
+    assert fake.requests[first + posts[0] - 1]["path"].endswith(launch.job_name(URIS["model"]))
     assert retry.count("GET tfjob") > 3  # it polled through the two seconds
 
 
 def test_a_pending_second_worker_fails_the_step_at_the_start_timeout_naming_it():
     """The operator reports Running as soon as one worker is; the step still waits for all."""
-    name = cluster_job.job_name(URIS["model"])
+    name = launch.job_name(URIS["model"])
     pods = [pod(f"{name}-worker-0", "Running"), pod(f"{name}-worker-1", "Running"),
             pod(f"{name}-worker-2", "Pending",
                 unschedulable="0/4 nodes are available: 4 Insufficient nvidia.com/gpu.")]
@@ -313,7 +313,7 @@ def test_sigterm_to_the_launcher_deletes_the_job(tmp_path):
     job.write_text(json.dumps(job_manifest()))
     script = ("import json, sys\n"
               "from kubernetes import client\n"
-              "from components.core import cluster_job, tfjob\n"
+              "from components.core.cluster import job as cluster_job, tfjob\n"
               "configuration = client.Configuration()\n"
               "configuration.host = sys.argv[2]\n"
               "cluster_job.run(tfjob.KIND, json.load(open(sys.argv[1])), "
@@ -345,7 +345,7 @@ def test_a_manifest_the_schema_refuses_is_refused_by_the_fake_as_by_the_api_serv
 
 
 def test_workers_that_never_start_fail_at_the_start_timeout_with_why():
-    name = cluster_job.job_name(URIS["model"])
+    name = launch.job_name(URIS["model"])
     pending = pod(f"{name}-worker-1", "Pending",
                   unschedulable="0/3 nodes are available: 3 Insufficient nvidia.com/gpu.")
     with FakeKubernetes([None, "Created"], [pending]) as fake:
@@ -392,7 +392,7 @@ def test_compiled_multi_worker_pipeline_gives_the_accelerators_to_the_workers(tm
     assert kubernetes_config["exec-finetune"]["secretAsEnv"]  # it still reads gs:// itself
     # the launcher knows its own pod (the job's owner) and service account (the workers')
     assert {entry["name"]: entry["fieldPath"] for entry in kubernetes_config["exec-finetune"][
-        "fieldPathAsEnv"]} == deployment.LAUNCHER_POD_FIELDS
+        "fieldPathAsEnv"]} == deploy.LAUNCHER_POD_FIELDS
 
 
 def test_multi_worker_settings_are_checked_before_anything_runs(tmp_path):

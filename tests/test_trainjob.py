@@ -13,9 +13,10 @@ import yaml
 from kubeflow_trainer_api import models as trainer_models
 
 from components import worker
-from components.core import cluster_job, stages, trainjob
-from components.core.config import ConfigError
-from pipelines import settings as deployment
+from components.core import stages
+from components.core.cluster import job as cluster_job, launch, trainjob
+from components.core.config.errors import ConfigError
+from pipelines import deploy, settings as deployment
 from pipelines.cli import main
 from pipelines.transfer_learning import STEP_ORDER
 from tests import k8s_schema
@@ -44,12 +45,12 @@ LAUNCHER = {"name": "tlpipe-run-finetune-driver", "uid": "9b1c3d2e-0000-4000-800
 
 
 def distribution(settings=None):
-    return deployment.distribution(deployment.parse(settings or SETTINGS, STEP_ORDER))
+    return deploy.distribution(deployment.parse(settings or SETTINGS, STEP_ORDER))
 
 
 def job_manifest(dist=None, owner=LAUNCHER):
     dist = dist or distribution()
-    return trainjob.manifest(cluster_job.job_name(URIS["model"]), "team-a", dist["image"],
+    return trainjob.manifest(launch.job_name(URIS["model"]), "team-a", dist["image"],
                              ["python", "-m", "components.worker"], dist["workers"],
                              dist["pod"], dist["restarts"], 21300, owner)
 
@@ -132,7 +133,7 @@ def test_tf_config_from_what_jobset_gives_each_pod(workers):
         tf_config = json.loads(trainjob.tf_config_from_jobset(env))
         assert tf_config == {"cluster": {"worker": hosts},
                              "task": {"type": "worker", "index": index}}
-        from components.core import distribute
+        from components.core.cluster import distribute
 
         assert distribute.worker_count(json.dumps(tf_config)) == workers
         assert distribute.is_chief(json.dumps(tf_config)) == (index == 0)
@@ -174,7 +175,7 @@ def test_success_returns_the_jobsets_restarts_and_deletes_the_trainjob():
 
 
 def test_a_failed_trainjob_names_the_worker_and_its_last_lines():
-    name = cluster_job.job_name(URIS["model"])
+    name = launch.job_name(URIS["model"])
     pods = [pod(f"{name}-node-0-0", "Running"),
             pod(f"{name}-node-0-1", "Failed", exit_code=137, reason="OOMKilled")]
     logs = {f"{name}-node-0-1": "epoch 3\nKilled\n"}
@@ -193,7 +194,7 @@ def test_a_failed_trainjob_names_the_worker_and_its_last_lines():
 
 
 def test_a_pending_trainjob_worker_fails_at_the_start_timeout_naming_it():
-    name = cluster_job.job_name(URIS["model"])
+    name = launch.job_name(URIS["model"])
     pods = [pod(f"{name}-node-0-0", "Running"),
             pod(f"{name}-node-0-1", "Pending", unschedulable="0/2 nodes are available: "
                 "2 Insufficient nvidia.com/gpu.")]
@@ -226,14 +227,14 @@ def test_the_step_on_a_pvc_copies_the_chiefs_model_from_the_mounted_volume(tmp_p
     volume = tmp_path / "backups"
     settings = {**SETTINGS, "backup_root": str(volume / "ft"),
                 "backup_volume": {"claim_name": "tlpipe-backups", "mount_path": str(volume)}}
-    name = cluster_job.job_name(URIS["model"])
+    name = launch.job_name(URIS["model"])
     (volume / "ft" / name / "model").mkdir(parents=True)
     for file_name in ("model.keras", "finetune.json"):
         (volume / "ft" / name / "model" / file_name).write_text(file_name)
     with FakeKubernetes(["Created", "Complete"], kind="trainjob") as fake:
-        restarts = cluster_job.fine_tune({**distribution(settings), "start_timeout_seconds": 5},
-                                         URIS, '{"finetune": {}}', str(tmp_path / "model"),
-                                         api_client=fake.client(), poll_seconds=0.01)
+        restarts = launch.fine_tune({**distribution(settings), "start_timeout_seconds": 5},
+                                    URIS, '{"finetune": {}}', str(tmp_path / "model"),
+                                    api_client=fake.client(), poll_seconds=0.01)
         created = [r["body"] for r in fake.requests if r["method"] == "POST"][0]
     assert restarts == 0
     assert sorted(os.listdir(tmp_path / "model")) == ["finetune.json", "model.keras"]
@@ -281,7 +282,7 @@ def test_the_compiled_pipeline_defaults_to_a_trainjob_and_mounts_the_backup_volu
         "exec-finetune"]
     assert kubernetes["pvcMount"][0]["mountPath"] == "/mnt/backups"
     assert {e["name"]: e["fieldPath"] for e in kubernetes["fieldPathAsEnv"]} == \
-        deployment.LAUNCHER_POD_FIELDS
+        deploy.LAUNCHER_POD_FIELDS
 
 
 @pytest.mark.parametrize("change, message", [

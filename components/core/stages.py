@@ -5,7 +5,7 @@ returned metadata onto the artifacts. Each stage validates the config before doi
 writes its outputs atomically.
 
 Artifact layouts (directories):
-    dataset   manifest.json + <split>-NNNNN.tfrecord          (data.ingest_folder)
+    dataset   manifest.json + <split>-NNNNN.tfrecord          (ingestion.ingest_folder)
     images    meta.json + <split>.tfrecord resized pixels       (cache.write_resized)
     features  meta.json + features.npz                          (cache.FeatureCache)
     backbone  backbone.keras + provenance.json
@@ -26,10 +26,14 @@ import shutil
 import sys
 import tempfile
 
-import numpy as np
-
-from components.core import (backbones, backup, cache, config as configs, data, distribute,
-                             predict, sources, storage)
+from components.core.cluster import distribute, launch, local as local_workers
+from components.core.config import checks as config_checks, schema as configs
+from components.core.data import cache, discovery, ingest as ingestion, local_folder, sources
+from components.core.evaluate import predict
+from components.core.evaluate.baseline import load_baseline
+from components.core.export.calibration import calibration_images
+from components.core.io import storage
+from components.core.train import backbones, backup
 
 log = logging.getLogger("tlpipe.stages")
 
@@ -90,18 +94,18 @@ def ingest(source: str, dataset_dir: str, report_path: str, *, config) -> dict:
     """Source URI (folder, gs:// prefix, archive, TFDS) -> dataset artifact, committed only if
     the source did not change while it was read, and its validation report (Markdown).
     Returns artifact metadata."""
-    from components.core import report
+    from components.core.data import report as data_report
 
     before = sources.fingerprint(source)
     with tempfile.TemporaryDirectory(prefix="tlpipe-source-") as workdir, \
             storage.atomic_dir(dataset_dir) as partial:
-        with sources.local_names(sources.materialized_folder(workdir), source):
+        with local_folder.local_names(sources.materialized_folder(workdir), source):
             folder = sources.materialize(source, workdir)
-            manifest = data.ingest_folder(folder, partial, config.data, source=source)
+            manifest = ingestion.ingest_folder(folder, partial, config.data, source=source)
         if sources.fingerprint(source) != before:
-            raise data.DataError(f"{source} changed while it was read; nothing was written: "
-                                 f"run again once it is stable")
-    storage.write_text(report_path, report.render_data_report(manifest))
+            raise discovery.DataError(f"{source} changed while it was read; nothing was written: "
+                                      f"run again once it is stable")
+    storage.write_text(report_path, data_report.render_data_report(manifest))
     return {"classes": manifest["classes"], "fingerprint": manifest["fingerprint"],
             "imbalance_ratio": manifest["imbalance_ratio"],
             "excluded_from_test": len(manifest["excluded_from_test"]),
@@ -118,7 +122,7 @@ def preprocess(dataset_dir: str, images_dir: str, features_dir: str, backbone_di
     and val come from the same pass that writes the resized images."""
     import keras
 
-    from components.core import model as models
+    from components.core.train import model as models
 
     spec = backbones.get(config.model.backbone)
     size = backbones.resolved_size(spec, config.model.image_size)
@@ -143,25 +147,16 @@ def preprocess(dataset_dir: str, images_dir: str, features_dir: str, backbone_di
             "weights_detail": provenance["detail"], **facts}
 
 
-def check_batch_fits(tune: configs.FinetuneConfig, images: int, where: str) -> None:
-    """ConfigError when fine-tuning's global batch (finetune.batch_size images) is larger than
-    the `images` there are in `where` (e.g. "the training split"); checked before training."""
-    if tune.epochs and tune.batch_size > images:
-        raise configs.ConfigError(
-            f"finetune.batch_size={tune.batch_size} is larger than the {images} images in "
-            f"{where}; use a batch size of at most {images}, or add images")
-
-
 @_stage("train-head")
 def train_head(features_dir: str, head_dir: str, *, config) -> dict:
     """Trains the head on cached features. Returns val metrics of the best epoch."""
-    from components.core import model as models, training
+    from components.core.train import head as head_training, model as models
 
     classes = storage.read_json(os.path.join(features_dir, cache.META))["classes"]
     features = cache.load_features(features_dir)
     with storage.atomic_dir(head_dir) as partial:
-        head, report = training.train_head(features, len(classes), config,
-                                           log_dir=os.path.join(partial, "tensorboard"))
+        head, report = head_training.train_head(features, len(classes), config,
+                                                log_dir=os.path.join(partial, "tensorboard"))
         models.save(head, os.path.join(partial, "head.keras"))
         storage.write_json(os.path.join(partial, "history.json"), report)
     return {name: report[name] for name in ("l2", "val_loss", "val_accuracy", "steps_run")}
@@ -175,7 +170,7 @@ def finetune(images_dir: str, backbone_dir: str, head_dir: str, model_dir: str, 
     chief writes the model; other workers write to a temporary place that is removed.
     backup_root: where every worker keeps its backup (local path or gs://; "" for none), so
     a restarted job resumes from the last completed epoch."""
-    from components.core import model as models, training
+    from components.core.train import finetune as finetuning, model as models
 
     strategy = distribute.make_strategy()
     task_type, task_index = distribute.task()
@@ -187,10 +182,10 @@ def finetune(images_dir: str, backbone_dir: str, head_dir: str, model_dir: str, 
     target = model_dir if chief else tempfile.mkdtemp(prefix="tlpipe-worker-")
     try:
         with storage.atomic_dir(target) as partial:
-            classifier, report = training.fine_tune(
+            classifier, report = finetuning.fine_tune(
                 os.path.join(backbone_dir, "backbone.keras"),
                 os.path.join(head_dir, "head.keras"),
-                functools.partial(_finetune_epoch, images_dir, config),
+                functools.partial(cache.training_epoch, images_dir, config),
                 cache.read_resized(images_dir, "val").batch(config.finetune.batch_size),
                 config, strategy, meta["train_class_counts"],
                 pretrained=provenance["weights"] != "random",
@@ -220,7 +215,7 @@ def _finetune_facts(report: dict, workers: int) -> dict:
 @_stage("finetune")
 def finetune_step(images_dir: str, backbone_dir: str, head_dir: str, model_dir: str, *,
                   config, distribution: dict, uris: dict | None = None) -> dict:
-    """The fine-tune pipeline step. distribution (see pipelines.settings.distribution) with
+    """The fine-tune pipeline step. distribution (see pipelines.deploy.distribution) with
     "workers" 1 (or absent): `finetune` in this process. Otherwise this process launches the
     workers ("launcher": "local" processes beside it, or a "trainjob" or "tfjob" on the
     cluster, whose pods read the artifacts at `uris` {"images", "backbone", "head", "model"}),
@@ -228,21 +223,20 @@ def finetune_step(images_dir: str, backbone_dir: str, head_dir: str, model_dir: 
     backups), and returns the chief's figures plus "restarts" used."""
     train_images = sum(storage.read_json(os.path.join(images_dir, cache.META))[
         "train_class_counts"])
-    check_batch_fits(config.finetune, train_images, "the training split")
+    config_checks.check_batch_fits(config.finetune, train_images, "the training split")
     workers = int(distribution.get("workers", 1))
     if workers <= 1:
         return finetune(images_dir, backbone_dir, head_dir, model_dir, config=config)
-    from components.core import cluster_job
 
-    if distribution["launcher"] in cluster_job.LAUNCHERS:
-        restarts = cluster_job.fine_tune(distribution, uris, json.dumps(config.to_dict()),
-                                         model_dir)
+    if distribution["launcher"] in launch.LAUNCHERS:
+        restarts = launch.fine_tune(distribution, uris, json.dumps(config.to_dict()),
+                                    model_dir)
     else:
         backup_root = f"{model_dir}.backups"
         command = distribute.worker_command(images_dir, backbone_dir, head_dir, model_dir,
                                             json.dumps(config.to_dict()), backup_root)
         try:
-            restarts = distribute.launch_with_restarts(lambda: distribute.launch_local(
+            restarts = local_workers.launch_with_restarts(lambda: local_workers.launch_local(
                 command, workers, timeout_seconds=distribution["timeout_seconds"],
                 start_timeout_seconds=distribution["start_timeout_seconds"]),
                 distribution["restarts"], log.warning)
@@ -252,23 +246,6 @@ def finetune_step(images_dir: str, backbone_dir: str, head_dir: str, model_dir: 
     return {**_finetune_facts(report, workers), "restarts": restarts}
 
 
-def _finetune_epoch(images_dir: str, config, epoch: int):
-    """Epoch `epoch`'s training batches (global batch size): shuffled and augmented from seeds
-    of (data.seed, epoch) only, so every worker, and a run resumed at this epoch, sees the same
-    batches."""
-    import tensorflow as tf
-
-    from components.core.preprocessing import augment
-
-    seed, augmentation = config.data.seed, config.augment
-    batches = cache.read_resized(images_dir, "train").shuffle(
-        4096, seed=seed * cache.AUGMENT_SEED_STRIDE + epoch).batch(config.finetune.batch_size)
-    return batches.enumerate().map(lambda number, batch: (augment(
-        batch[0], tf.stack([tf.constant(seed + 1, tf.int64),
-                            epoch * cache.AUGMENT_SEED_STRIDE + number]),
-        augmentation.min_crop_scale, augmentation.flip), batch[1])).prefetch(2)
-
-
 @_stage("evaluate")
 def evaluate(model_dir: str, images_dir: str, dataset_dir: str, backbone_dir: str,
              head_dir: str, evaluation_dir: str, report_path: str, card_path: str, *,
@@ -276,43 +253,32 @@ def evaluate(model_dir: str, images_dir: str, dataset_dir: str, backbone_dir: st
     """Test-split metrics with bootstrap intervals, the blessing decision (absolute rules and the
     baseline model, if any, on the same images), and the evaluation record, HTML report and
     model card. Returns the evaluation record without thumbnails."""
-    from components.core import evaluation, model as models, report
+    from components.core.evaluate import blessing, metrics as evaluation, report
+    from components.core.train import model as models
 
     judge = config.evaluate
     meta = storage.read_json(os.path.join(images_dir, cache.META))
     classes = meta["classes"]
     images, labels = cache.read_arrays(images_dir, "test")
-    baseline_model = _baseline(judge.baseline_model, classes) if judge.baseline_model else None
+    baseline_model = load_baseline(judge.baseline_model, classes) if judge.baseline_model else None
     probabilities = models.load(os.path.join(model_dir, "model.keras")).predict(
         images, batch_size=64, verbose=0)
-    metrics = evaluation.classification_metrics(labels, probabilities, classes)
     baseline = None
     if baseline_model is not None:
         baseline = {"uri": judge.baseline_model, "metrics": evaluation.classification_metrics(
             labels, baseline_model.predict(images, batch_size=64, verbose=0), classes)}
-    blessed, checks = evaluation.bless(metrics, judge, baseline and baseline["metrics"])
-    reason = evaluation.blessing_reason(blessed, checks)
-    log.info("test accuracy %.4f on %d images; %s", metrics["accuracy"], len(labels), reason)
-    intervals = evaluation.bootstrap_intervals(labels, probabilities, judge.bootstrap_samples,
-                                               seed=config.data.seed)
+    judged = blessing.judge(labels, probabilities, images, classes, judge, config.data.seed,
+                            baseline)
+    log.info("test accuracy %.4f on %d images; %s", judged["metrics"]["accuracy"], len(labels),
+             judged["blessing_reason"])
     provenance = storage.read_json(os.path.join(backbone_dir, "provenance.json"))
     record = {
-        "classes": classes, "metrics": metrics,
-        "intervals": {**intervals, "samples": judge.bootstrap_samples},
-        "blessed": blessed, "checks": checks, "blessing_reason": reason, "baseline": baseline,
-        "roc": (evaluation.roc_curve(probabilities[:, 1], labels == 1)
-                if len(classes) == 2 else None),
+        "classes": classes, **judged,
         "data": storage.read_json(os.path.join(dataset_dir, "manifest.json")),
         "model": {"backbone": config.model.backbone, "image_size": meta["image_size"],
                   **provenance},
         "training": {"head": storage.read_json(os.path.join(head_dir, "history.json")),
                      "finetune": storage.read_json(os.path.join(model_dir, "finetune.json"))},
-        "wrong": [{"index": i, "true": classes[labels[i]],
-                   "predicted": classes[int(probabilities[i].argmax())],
-                   "confidence": float(probabilities[i].max()),
-                   "thumbnail": report.thumbnail(images[i])}
-                  for i in evaluation.most_confidently_wrong(labels, probabilities,
-                                                              judge.wrong_examples)],
         "exports": None}
     with storage.atomic_dir(evaluation_dir) as partial:
         storage.write_json(os.path.join(partial, report.EVALUATION), record)
@@ -324,40 +290,19 @@ def evaluate(model_dir: str, images_dir: str, dataset_dir: str, backbone_dir: st
 def report(evaluation_dir: str, tflite_dir: str, onnx_dir: str, report_path: str,
            card_path: str) -> dict:
     """The evaluate step's report and model card, completed with every exported format."""
-    from components.core import report as reporting
+    from components.core.evaluate import report
 
-    record = reporting.read_evaluation(evaluation_dir, tflite_dir, onnx_dir)
+    record = report.read_evaluation(evaluation_dir, tflite_dir, onnx_dir)
     _write_report(record, report_path, card_path)
     return {"formats": len(record["exports"]["tflite"]) + 2,
             "recommended": record["exports"]["recommended"]}
 
 
 def _write_report(record: dict, report_path: str, card_path: str) -> None:
-    from components.core import report
+    from components.core.evaluate import card, report
 
     storage.write_text(report_path, report.render_html(record))
-    storage.write_text(card_path, report.render_model_card(record))
-
-
-def _baseline(uri: str, classes: list[str]):
-    """The production model to compare with, checked to classify the same classes."""
-    from components.core import model as models
-
-    with tempfile.TemporaryDirectory(prefix="tlpipe-baseline-") as scratch:
-        path = storage.fetch(uri, scratch)
-        if not (os.path.isfile(path) and path.endswith(".keras")):
-            raise configs.ConfigError(f"evaluate.baseline_model={uri!r} is not a .keras file; "
-                                      f"give the model/model.keras of an earlier run")
-        labels = predict.labels_for(path)
-        if labels is not None and labels != classes:
-            raise configs.ConfigError(f"baseline {uri} classifies {labels} but this run's "
-                                      f"classes are {classes}; give a baseline trained on the "
-                                      f"same classes")
-        baseline = models.load(path)
-    if baseline.output_shape[-1] != len(classes):
-        raise configs.ConfigError(f"baseline {uri} has {baseline.output_shape[-1]} outputs for "
-                                  f"{len(classes)} classes; give a baseline of the same task")
-    return baseline
+    storage.write_text(card_path, card.render_model_card(record))
 
 
 @_stage("quantize")
@@ -365,41 +310,28 @@ def quantize(model_dir: str, images_dir: str, tflite_dir: str, *, config) -> dic
     """SavedModel, a float32 TFLite reference and the configured quantized TFLite variants, each
     evaluated on the test split and gated against the float model; names the recommended
     variant (the smallest within export.max_accuracy_drop points)."""
-    from components.core import export, model as models
+    from components.core.export import measure, tflite
+    from components.core.train import model as models
 
     shipping = config.export
     model = models.load(os.path.join(model_dir, "model.keras"))
     test_images, test_labels = cache.read_arrays(images_dir, "test")
-    calibration = _calibration_images(images_dir, config)
+    calibration = calibration_images(images_dir, config)
     reference = model.predict(test_images, batch_size=64, verbose=0)
-    float_accuracy = _accuracy(reference, test_labels)
-    _, keras_latency = export.timed(lambda image: model(image[None], training=False)[0],
-                                    test_images[:KERAS_TIMED_IMAGES])
-    variants = {}
-    with storage.atomic_dir(tflite_dir) as partial, tempfile.TemporaryDirectory() as scratch:
+    float_accuracy = measure.accuracy(reference, test_labels)
+    _, keras_latency = measure.timed(lambda image: model(image[None], training=False)[0],
+                                     test_images[:measure.KERAS_TIMED_IMAGES])
+    with storage.atomic_dir(tflite_dir) as partial:
         saved_model = os.path.join(partial, "saved_model")
-        export.export_saved_model(model, saved_model)
-        sources = dict.fromkeys(("float32", *shipping.tflite_variants), saved_model)
-        if shipping.int8_input == "int8" and "int8" in sources:
-            sources["int8"] = os.path.join(scratch, "float_input")
-            export.export_float_input_saved_model(model, sources["int8"])
-        for variant, source in sources.items():
-            path = os.path.join(partial, f"model_{variant}.tflite")
-            with open(path, "wb") as handle:
-                handle.write(export.tflite_bytes(source, variant, calibration,
-                                                 int8_input=source != saved_model))
-            probabilities, latency = export.predict_tflite(path, test_images)
-            variants[variant] = {"file": os.path.basename(path),
-                                 "size_bytes": os.path.getsize(path),
-                                 "test_accuracy": _accuracy(probabilities, test_labels),
-                                 **export.latency_summary(latency),
-                                 **export.agreement(reference, probabilities)}
-        recommended = export.gate(float_accuracy, variants, shipping.max_accuracy_drop)
+        tflite.export_saved_model(model, saved_model)
+        variants = tflite.write_variants(model, saved_model, partial, shipping, calibration,
+                                         (test_images, test_labels, reference))
+        recommended = measure.gate(float_accuracy, variants, shipping.max_accuracy_drop)
         for variant, figures in variants.items():
             log.info("tflite %s: %s", variant, figures)
         facts = {"float_test_accuracy": float_accuracy,
-                 "saved_model_size_bytes": _tree_size(saved_model),
-                 "keras_latency": export.latency_summary(keras_latency),
+                 "saved_model_size_bytes": storage.tree_size(saved_model),
+                 "keras_latency": measure.latency_summary(keras_latency),
                  "calibration_images": len(calibration), "int8_input": shipping.int8_input,
                  "max_accuracy_drop_points": shipping.max_accuracy_drop,
                  "recommended": recommended, "recommended_file": variants[recommended]["file"],
@@ -418,32 +350,28 @@ def tensorrt(model_dir: str, images_dir: str, onnx_dir: str, *, config) -> dict:
     the test split with ONNX Runtime and gated like the TFLite variants; a TensorRT engine built
     from the export.tensorrt_precision one where TensorRT and a GPU exist and that variant was
     accepted, otherwise status "skipped" with the reason."""
-    from components.core import export, model as models, onnx_precision
+    from components.core.export import measure, onnx as onnx_export, tensorrt as tensorrt_engine
+    from components.core.train import model as models
 
     shipping = config.export
     model = models.load(os.path.join(model_dir, "model.keras"))
     images, labels = cache.read_arrays(images_dir, "test")
     meta = storage.read_json(os.path.join(images_dir, cache.META))
     reference = model.predict(images, batch_size=64, verbose=0)  # also builds the loaded model
-    calibration = (_calibration_images(images_dir, config) if "int8" in shipping.onnx_variants
+    calibration = (calibration_images(images_dir, config) if "int8" in shipping.onnx_variants
                    else None)
-    with storage.atomic_dir(onnx_dir) as partial, tempfile.TemporaryDirectory() as scratch:
-        files = {"onnx": os.path.join(partial, "model.onnx")}
-        export.export_onnx(model, files["onnx"], shipping.onnx_opset)
-        folded = os.path.join(scratch, "folded.onnx")
-        onnx_precision.fold_constants(files["onnx"], folded)
-        for variant in shipping.onnx_variants:
-            files[f"onnx_{variant}"] = os.path.join(partial, f"model_{variant}.onnx")
-            onnx_precision.convert(variant, folded, files[f"onnx_{variant}"], calibration)
-        formats = {name: _runtime_figures(export.onnx_classifier(path), images, labels,
-                                          reference, file=os.path.basename(path),
-                                          size_bytes=os.path.getsize(path))
+    with storage.atomic_dir(onnx_dir) as partial:
+        files = onnx_export.write_formats(model, partial, shipping.onnx_opset,
+                                          shipping.onnx_variants, calibration)
+        formats = {name: measure.runtime_figures(onnx_export.onnx_classifier(path), images,
+                                                 labels, reference, file=os.path.basename(path),
+                                                 size_bytes=os.path.getsize(path))
                    for name, path in files.items()}
         float_size = formats["onnx"]["size_bytes"]
         for name in files.keys() - {"onnx"}:  # how many times smaller than the float ONNX
             formats[name]["size_ratio"] = float_size / formats[name]["size_bytes"]
-        float_accuracy = _accuracy(reference, labels)
-        recommended = export.gate(float_accuracy, formats, shipping.max_accuracy_drop)
+        float_accuracy = measure.accuracy(reference, labels)
+        recommended = measure.gate(float_accuracy, formats, shipping.max_accuracy_drop)
         if calibration is not None:
             formats["onnx_int8"]["calibration_images"] = len(calibration)
         for name, figures in formats.items():
@@ -451,73 +379,15 @@ def tensorrt(model_dir: str, images_dir: str, onnx_dir: str, *, config) -> dict:
         facts = {**formats, "float_test_accuracy": float_accuracy,
                  "max_accuracy_drop_points": shipping.max_accuracy_drop,
                  "recommended_onnx": recommended, "opset": shipping.onnx_opset,
-                 "tensorrt": _engine(files, formats, shipping.tensorrt_precision,
-                                     meta["image_size"], (images, labels, reference), partial)}
+                 "tensorrt": tensorrt_engine.engine_figures(
+                     files, formats, shipping.tensorrt_precision, meta["image_size"],
+                     (images, labels, reference), partial)}
         storage.write_json(os.path.join(partial, "tensorrt.json"), facts)
         predict.write_labels(partial, meta["classes"])
     return facts
-
-
-def _engine(files: dict, formats: dict, precision: str, image_size: int, test: tuple,
-            folder: str) -> dict:
-    """The TensorRT engine of `precision` built from its ONNX format in `files` into `folder`
-    and evaluated on `test` (images, labels, Keras probabilities); or "skipped" and why: that
-    format was rejected by the gate, or TensorRT or a GPU is missing here."""
-    from components.core import tensorrt as trt
-
-    source = trt.SOURCE_FORMAT[precision]
-    plan = {"precision": precision, "onnx": os.path.basename(files[source]),
-            "api": trt.planned_api()}
-    reason = trt.unavailable_reason()
-    if formats[source]["status"] == "rejected":
-        reason = (f"{source} is {formats[source]['accuracy_drop_points']} points below the "
-                  f"float model, more than export.max_accuracy_drop; choose another "
-                  f"export.tensorrt_precision or raise the limit")
-    if reason:
-        log.warning("TensorRT engine skipped: %s", reason)
-        return {"status": "skipped", "reason": reason, **plan}
-    engine_path = os.path.join(folder, "model.engine")
-    built = trt.build_engine(files[source], engine_path, image_size)
-    with trt.EngineClassifier(engine_path) as engine:
-        figures = _runtime_figures(engine.predict, *test,
-                                   size_bytes=os.path.getsize(engine_path))
-    return {"status": "built", **plan, **built, **figures}
-
-
-KERAS_TIMED_IMAGES = 50  # eager Keras calls are slow: the latency of the first 50 is enough
-
-
-def _runtime_figures(classify, images: np.ndarray, labels: np.ndarray, reference: np.ndarray,
-                     **facts) -> dict:
-    """Test accuracy, agreement with the Keras `reference`, batch-1 latency (median, p90) and
-    batch-32 latency (median) of `classify` (uint8 images (N, H, W, 3) -> probabilities (N, C)),
-    merged with `facts`."""
-    from components.core import export
-
-    probabilities = classify(images)
-    _, latency = export.timed(lambda image: classify(image[None])[0], images)
-    return {**facts, "test_accuracy": _accuracy(probabilities, labels),
-            **export.agreement(reference, probabilities), **export.latency_summary(latency),
-            "latency_ms_batch32_median": export.batch_latency(classify, images, 32)}
-
-
-def _calibration_images(images_dir: str, config) -> np.ndarray:
-    """export.calibration_samples class-stratified training images (never val or test)."""
-    from components.core import export
-
-    train_images, train_labels = cache.read_arrays(images_dir, "train")
-    return export.calibration_sample(train_images, train_labels,
-                                     config.export.calibration_samples, config.data.seed)
 
 
 def _classes(images_dir: str) -> list[str]:
     return storage.read_json(os.path.join(images_dir, cache.META))["classes"]
 
 
-def _accuracy(probabilities: np.ndarray, labels: np.ndarray) -> float:
-    return float(np.mean(np.argmax(probabilities, axis=1) == labels))
-
-
-def _tree_size(path: str) -> int:
-    return sum(os.path.getsize(os.path.join(folder, name))
-               for folder, _, names in os.walk(path) for name in names)

@@ -1,0 +1,66 @@
+"""Multi-worker fine-tuning inside a worker: the strategy, this worker's place in TF_CONFIG, and
+the command that starts a worker (`worker_command`, for local processes and cluster pods alike).
+
+`MultiWorkerMirroredStrategy` reads the cluster from `TF_CONFIG`; without it, this process is
+the only worker. Only the chief writes final outputs. local.py launches workers on this machine;
+launch.py as a cluster job.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+COLLECTIVE_TIMEOUT_SECONDS = 600
+
+
+READY = "tlpipe-worker-ready:"  # logged by a worker once every peer has joined the strategy
+
+
+class WorkerFailure(RuntimeError):
+    """A worker group that did not finish: names the worker, why, and its last log lines."""
+
+
+def make_strategy(timeout_seconds: int = COLLECTIVE_TIMEOUT_SECONDS):
+    """A MultiWorkerMirroredStrategy whose collectives give up after `timeout_seconds` (a frozen
+    peer then fails the step instead of hanging it)."""
+    import tensorflow as tf
+
+    options = tf.distribute.experimental.CommunicationOptions(timeout_seconds=timeout_seconds)
+    return tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
+
+
+def _tf_config(tf_config: str | None) -> dict:
+    raw = os.environ.get("TF_CONFIG", "") if tf_config is None else tf_config
+    return json.loads(raw) if raw else {}
+
+
+def task(tf_config: str | None = None) -> tuple[str, int]:
+    """(task type, index) of this process; ("worker", 0) when TF_CONFIG is unset."""
+    spec = _tf_config(tf_config).get("task", {})
+    return spec.get("type", "worker"), int(spec.get("index", 0))
+
+
+def worker_count(tf_config: str | None = None) -> int:
+    """Processes taking part in training (chief and workers); 1 when TF_CONFIG is unset."""
+    cluster = _tf_config(tf_config).get("cluster", {})
+    return max(1, len(cluster.get("chief", [])) + len(cluster.get("worker", [])))
+
+
+def is_chief(tf_config: str | None = None) -> bool:
+    """True for the worker that writes outputs: the chief task, or worker 0 when there is no
+    chief, or the only process when TF_CONFIG is unset."""
+    cluster = _tf_config(tf_config).get("cluster", {})
+    task_type, index = task(tf_config)
+    if "chief" in cluster:
+        return task_type == "chief"
+    return task_type == "worker" and index == 0
+
+
+def worker_command(images: str, backbone: str, head: str, model: str, config_json: str,
+                   backup_root: str, python: str = sys.executable) -> list[str]:
+    """The command line of one fine-tuning worker (components/worker.py)."""
+    return [python, "-m", "components.worker", "--images", images, "--backbone", backbone,
+            "--head", head, "--model", model, "--config", config_json,
+            "--backup-root", backup_root]

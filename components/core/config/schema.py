@@ -1,0 +1,271 @@
+"""Typed run configuration: dataclasses with defaults and presets (validation: checks.py; the
+loading from YAML and dicts: coerce.py).
+
+A `PipelineConfig` travels through the pipeline as a plain dict (a KFP struct parameter), so every
+step rebuilds it with `PipelineConfig.from_dict` and sees the same validated values. `validate()`
+checks everything that can be checked without touching data or TensorFlow, so a bad value fails
+before any expensive work starts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Optional
+
+from components.core.config.checks import problems
+from components.core.config.coerce import deep_merge, from_mapping, read_yaml
+from components.core.config.errors import ConfigError
+
+
+@dataclass
+class DataConfig:
+    """How ingest splits a source into train/val/test.
+
+    val_fraction, test_fraction: share of each class carved out for val / test when the source
+        does not provide that split itself; each in [0, 0.5), default 0.15.
+    seed: decides which files go to which split (same seed and files -> same split).
+    shard_size: images per TFRecord shard, >= 1 (default 1000).
+    """
+
+    val_fraction: float = 0.15
+    test_fraction: float = 0.15
+    seed: int = 42
+    shard_size: int = 1000
+
+
+@dataclass
+class ModelConfig:
+    """The backbone and the new head.
+
+    backbone: a name from `components.core.train.backbones.REGISTRY` (default "mobilenet_v2").
+    alpha: width multiplier, MobileNet family only (default 1.0).
+    image_size: square input side in pixels the backbone sees; 0 means the backbone's default.
+    weights: "imagenet" (Keras download and cache), "none" (random init), a local .h5/.weights.h5
+        path or a gs:// URI of such a file.
+    allow_random_fallback: if ImageNet weights cannot be downloaded, continue from random
+        initialisation (loudly, and recorded in the outputs) instead of failing. Default False.
+    dropout: dropout rate before the classification layer, in [0, 1) (default 0.2).
+    mirror_average: the classifier sees the mean of the backbone's features of the image and
+        of its left-right mirror image, in training, evaluation and every exported model
+        (default False). Costs a second backbone pass per image (twice the latency); measured
+        in benchmarks/RESULTS.md on ants/bees. Needs augment.flip (mirroring keeps the class).
+    """
+
+    backbone: str = "mobilenet_v2"
+    alpha: float = 1.0
+    image_size: int = 0
+    weights: str = "imagenet"
+    allow_random_fallback: bool = False
+    dropout: float = 0.2
+    mirror_average: bool = False
+
+
+@dataclass
+class AugmentConfig:
+    """Training-image augmentation, one definition for head features and fine-tuning.
+
+    views: augmented views of each training image whose frozen features are cached for head
+        training, besides the image itself, in [0, 32] (default 0; each costs one backbone pass
+        over the training set. Measured in benchmarks/RESULTS.md: 8 views took 2-4x the head
+        stage; final test accuracy one image of 153 better on ants/bees at 160 px, the same at
+        384 px, 2.4 points lower on digits; fine-tuning augments either way).
+    min_crop_scale: a view is a random square crop covering this share of each side or more,
+        resized back, in (0, 1] (default 0.75; 1 disables cropping).
+    flip: mirror half of the views left-right (default True; turn off where mirroring changes
+        the class, e.g. digits or text).
+    """
+
+    views: int = 0
+    min_crop_scale: float = 0.75
+    flip: bool = True
+
+
+@dataclass
+class LossConfig:
+    """The loss of both training stages.
+
+    label_smoothing: share of each target's probability spread over all classes, in [0, 0.5)
+        (default 0: plain cross-entropy).
+    class_weight: "none" or "balanced" (each class weighted by N / (classes x its training count),
+        for imbalanced data).
+    """
+
+    label_smoothing: float = 0.0
+    class_weight: str = "none"
+
+
+@dataclass
+class HeadConfig:
+    """Training of the new head on cached frozen-backbone features.
+
+    max_steps: most full-batch training steps per L2 candidate, >= 10 (default 2000; early
+        stopping on val cross-entropy usually ends far sooner).
+    learning_rate: Adam learning rate, > 0 (default 1e-2).
+    patience: val checks (one every 10 steps) without a lower val cross-entropy before
+        stopping, >= 1 (default 20).
+    l2_candidates: L2 penalties on the classification weights, each >= 0; one head is trained
+        per value and the one with the lowest val cross-entropy is kept (default 1e-4 to 1e-1).
+    """
+
+    max_steps: int = 2000
+    learning_rate: float = 1e-2
+    patience: int = 20
+    l2_candidates: list[float] = field(default_factory=lambda: [1e-4, 1e-3, 1e-2, 1e-1])
+
+
+@dataclass
+class FinetuneConfig:
+    """Fine-tuning the top of the backbone together with the head.
+
+    epochs: maximum epochs, >= 0; 0 skips fine-tuning and ships the head-only model (default 10).
+    learning_rate: Adam learning rate, > 0; should be 10-100x below the head's (default 1e-5).
+    scratch_learning_rate: the learning rate instead, when the backbone has random weights and
+        the whole network trains from scratch, > 0 (default 1e-3).
+    warmup_epochs: epochs of linear warm-up from 0 to learning_rate, after which it decays to 0
+        along a cosine over the remaining epochs, in [0, epochs) (default 1).
+    Which layers train (BatchNorm layers always stay frozen), first match wins:
+    unfreeze_from: name of the lowest backbone layer to train; it and every layer above it train.
+    unfreeze_layers: that many layers from the top (default 0: not used).
+    unfreeze_fraction: that share of the backbone's layers from the top, in [0, 1]; 0 (default)
+        means the backbone's own default (`BackboneSpec.unfreeze_fraction`).
+    batch_size: global batch size across all workers, >= 1 (default 32).
+    patience: epochs without val-loss improvement before stopping, >= 1 (default 3).
+    precision: what the backbone computes in while fine-tuning (see
+        `components.core.train.acceleration`): "auto" (default: "mixed_bfloat16" where every GPU has
+        compute capability 8.0 or more, else "float32"), "float32" or "mixed_bfloat16"
+        (bfloat16 maths, float32 variables, head and loss). The shipped model is float32.
+    xla: compile the forward and backward pass with XLA: "auto" (default: where there is a
+        GPU), "always" or "never".
+    """
+
+    epochs: int = 10
+    learning_rate: float = 1e-5
+    scratch_learning_rate: float = 1e-3
+    warmup_epochs: int = 1
+    unfreeze_from: str = ""
+    unfreeze_layers: int = 0
+    unfreeze_fraction: float = 0.0
+    batch_size: int = 32
+    patience: int = 3
+    precision: str = "auto"
+    xla: str = "auto"
+
+
+@dataclass
+class EvaluateConfig:
+    """Blessing rules (TFX Evaluator style) and what the report shows.
+
+    min_accuracy: test accuracy in [0, 1] a model needs to be blessed (exported). Default 0.5.
+    min_class_recall: lowest recall in [0, 1] any class may have (default 0: no rule).
+    baseline_model: the model in production to compare with (a .keras file of an earlier run,
+        local or gs://, with labels.txt beside it); "" for none (default).
+    baseline_margin: percentage points the candidate's accuracy may trail the baseline's, >= 0
+        (default 0: not worse).
+    max_recall_drop: percentage points any class's recall may fall below the baseline's, >= 0
+        (default 5).
+    wrong_examples: most confidently wrong test images shown in the report, 0-100 (default 12).
+    bootstrap_samples: resamples for the model card's confidence intervals, 100-100000
+        (default 1000)."""
+
+    min_accuracy: float = 0.5
+    min_class_recall: float = 0.0
+    baseline_model: str = ""
+    baseline_margin: float = 0.0
+    max_recall_drop: float = 5.0
+    wrong_examples: int = 12
+    bootstrap_samples: int = 1000
+
+
+@dataclass
+class ExportConfig:
+    """How the blessed model is shipped.
+
+    tflite_variants: quantized TFLite variants to build, each evaluated on the test split; any of
+        "fp16", "dynamic_int8", "int8" (full integer), "int16x8" (int16 activations, int8
+        weights). A float32 TFLite model is always built as the reference and the fallback.
+    int8_input: input of the full-integer "int8" model: "uint8" raw pixels like every other
+        format (default), or "int8" pixels - 128 for accelerators that take only int8.
+    calibration_samples: training images (class-stratified) used to calibrate full-integer
+        INT8 / 16x8 TFLite and the Q/DQ INT8 ONNX (the TensorRT INT8 engine's source), >= 1
+        (default 200).
+    max_accuracy_drop: percentage points of test accuracy a variant may lose against the float
+        model before it is rejected, >= 0 (default 1.0).
+    onnx_opset: ONNX opset of the exported model, 13-18 (default 17).
+    onnx_variants: reduced-precision ONNX models to build beside the float one, each evaluated
+        and gated like the TFLite variants: any of "fp16", "int8" (explicit Q/DQ, calibrated on
+        the same images); default both.
+    tensorrt_precision: "fp32", "fp16" (default) or "int8": the TensorRT engine is built from
+        the float, fp16 or int8 ONNX model (the latter two must be in onnx_variants)."""
+
+    tflite_variants: list[str] = field(
+        default_factory=lambda: ["fp16", "dynamic_int8", "int8", "int16x8"])
+    int8_input: str = "uint8"
+    calibration_samples: int = 200
+    max_accuracy_drop: float = 1.0
+    onnx_opset: int = 17
+    onnx_variants: list[str] = field(default_factory=lambda: ["fp16", "int8"])
+    tensorrt_precision: str = "fp16"
+
+
+@dataclass
+class PipelineConfig:
+    """Everything a run needs besides the data source."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    head: HeadConfig = field(default_factory=HeadConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "PipelineConfig":
+        """Builds a config from nested dicts; unknown keys are errors, numbers are coerced to the
+        field's type (KFP struct parameters turn every number into a float)."""
+        return from_mapping(cls, values or {})
+
+    def validate(self) -> "PipelineConfig":
+        """Raises ConfigError naming the first invalid field and its fix; returns self."""
+        for message in problems(self):
+            raise ConfigError(message)
+        return self
+
+    def with_overrides(self, overrides: dict) -> "PipelineConfig":
+        """Returns a copy with nested `overrides` (same shape as to_dict()) applied."""
+        return PipelineConfig.from_dict(deep_merge(self.to_dict(), overrides))
+
+
+PRESETS = {
+    "default": {},
+    # The offline demo: scikit-learn's 8x8 handwritten digits, small and fast on 2 cores.
+    "demo": {
+        "model": {"backbone": "mobilenet", "alpha": 0.25, "image_size": 32,
+                  "allow_random_fallback": True},
+        "augment": {"views": 0, "flip": False, "min_crop_scale": 0.85},
+        "finetune": {"epochs": 30, "patience": 8, "learning_rate": 1e-4, "batch_size": 64,
+                     "scratch_learning_rate": 3e-3},
+        "export": {"calibration_samples": 100},
+    },
+}
+
+
+def preset(name: str) -> PipelineConfig:
+    """Returns the named preset ("default" or "demo")."""
+    if name not in PRESETS:
+        raise ConfigError(f"unknown preset {name!r}; use one of: {', '.join(PRESETS)}")
+    return PipelineConfig.from_dict(PRESETS[name])
+
+
+def load_yaml(path: str, base: Optional[PipelineConfig] = None) -> PipelineConfig:
+    """Reads a YAML file of overrides (same nesting as to_dict()) on top of `base` (defaults)."""
+    overrides = read_yaml(path, "config file")
+    if not isinstance(overrides, dict):
+        raise ConfigError(f"config file {path} must hold a mapping such as "
+                          f"'finetune: {{epochs: 5}}'")
+    return (base or PipelineConfig()).with_overrides(overrides)

@@ -1,0 +1,264 @@
+"""The preprocess step's caches: images resized once to the backbone's input size, and the frozen
+backbone's features of the training and validation images.
+
+Nothing here depends on the training stages' settings (only on data, model and augment), so it
+is computed once per dataset and backbone, not once per training run.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import contextlib
+import itertools
+import logging
+import os
+import time
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from components.core.data import discovery, tfrecords
+from components.core.data.preprocessing import augment, resize_images, to_uint8
+from components.core.io import storage
+from components.core.io.progress import Progress
+
+if TYPE_CHECKING:  # annotations only: config sits above this package
+    from components.core.config.schema import AugmentConfig
+
+
+log = logging.getLogger("tlpipe.cache")
+
+
+META = "meta.json"
+
+
+FEATURES = "features.npz"
+
+
+BATCH = 64
+
+
+# Augmentation seeds are (seed, pass * AUGMENT_SEED_STRIDE + batch number): one stream per
+# feature view or fine-tuning epoch, up to 2**20 batches each.
+AUGMENT_SEED_STRIDE = 2 ** 20
+
+
+# Decoded, resized batches may run this far ahead of their consumer (bytes of uint8 pixels).
+PREFETCH_BYTES = 256 * 2 ** 20
+
+
+def start_resizing(dataset_dir: str, image_size: int):
+    """Starts decoding every split of an ingested dataset and resizing it to image_size x
+    image_size uint8 RGB, in background threads (tf.data's, up to PREFETCH_BYTES ahead), so
+    that decoding overlaps whatever the caller does next (building the backbone, tracing it).
+
+    Returns an iterator of (split, images uint8 (B, S, S, 3), labels int64 (B,)) numpy
+    batches of at most BATCH images, split by split in `discovery.SPLITS` order, each split in
+    manifest order.
+    """
+    requester = concurrent.futures.ThreadPoolExecutor(max_workers=1)
+    started = requester.submit(_first_batch, dataset_dir, image_size)
+    requester.shutdown(wait=False)
+    return _named_splits(started)
+
+
+def _first_batch(dataset_dir: str, image_size: int):
+    """Builds start_resizing's pipeline and requests its first batch (tf.data starts its
+    threads on the first request). Returns (first batch, iterator over the rest)."""
+    import tensorflow as tf
+
+    def split_batches(split):
+        return _resized(tfrecords.read_split(dataset_dir, split), image_size).batch(BATCH).map(
+            lambda images, labels: (tf.constant(split), images, labels))
+
+    batches = split_batches(discovery.SPLITS[0])
+    for split in discovery.SPLITS[1:]:
+        batches = batches.concatenate(split_batches(split))
+    ahead = max(1, PREFETCH_BYTES // (BATCH * image_size * image_size * 3))
+    iterator = batches.prefetch(ahead).as_numpy_iterator()
+    return next(iterator), iterator
+
+
+def _named_splits(started: concurrent.futures.Future):
+    first, rest = started.result()
+    for split, images, labels in itertools.chain([first], rest):
+        yield split.decode(), images, labels
+
+
+def write_resized(batches, dataset_dir: str, output_dir: str, image_size: int,
+                  on_batch=None) -> dict:
+    """Writes the batches of `start_resizing` atomically as `<split>.tfrecord` (raw pixels +
+    label) plus `meta.json`, calling on_batch(split, images, labels) on each batch once it is
+    written. Returns the meta."""
+    import tensorflow as tf
+
+    manifest = storage.read_json(os.path.join(dataset_dir, tfrecords.MANIFEST))
+    writers, progress = {}, {}
+    with storage.atomic_dir(output_dir) as partial:
+        with contextlib.ExitStack() as open_files:
+            for split, images, labels in batches:
+                if split not in writers:
+                    writers[split] = open_files.enter_context(tf.io.TFRecordWriter(
+                        os.path.join(partial, f"{split}.tfrecord")))
+                    progress[split] = Progress(log, f"resized {split} images to {image_size} px",
+                                               sum(manifest["counts"][split].values()))
+                for pixels, label in zip(images, labels):
+                    writers[split].write(_resized_example(pixels, int(label)))
+                progress[split].advance(len(labels))
+                if on_batch is not None:
+                    on_batch(split, images, labels)
+        meta = {"image_size": image_size, "classes": manifest["classes"],
+                "counts": {split: progress[split].done for split in discovery.SPLITS},
+                "train_class_counts": [manifest["counts"]["train"][label]
+                                       for label in manifest["classes"]],
+                "fingerprint": manifest["fingerprint"]}
+        storage.write_json(os.path.join(partial, META), meta)
+    return meta
+
+
+def batchnorm_sample(dataset_dir: str, image_size: int, seed: int) -> np.ndarray:
+    """BATCH training images drawn at random (seeded), resized: uint8 (B, S, S, 3)."""
+    shuffled = tfrecords.read_split(dataset_dir, "train").shuffle(4096, seed=seed)
+    images, _ = next(iter(_resized(shuffled, image_size).batch(BATCH)))
+    return images.numpy()
+
+
+def _resized(images_and_labels, image_size: int):
+    """Maps a dataset of (uint8 image (H, W, 3), label) to (uint8 (S, S, 3), label)."""
+    import tensorflow as tf
+
+    return images_and_labels.map(
+        lambda image, label: (to_uint8(resize_images(image[None], image_size))[0], label),
+        num_parallel_calls=tf.data.AUTOTUNE)
+
+
+def _resized_example(pixels: np.ndarray, label: int) -> bytes:
+    import tensorflow as tf
+
+    return tf.train.Example(features=tf.train.Features(feature={
+        "pixels": tf.train.Feature(bytes_list=tf.train.BytesList(value=[pixels.tobytes()])),
+        "label": tf.train.Feature(int64_list=tf.train.Int64List(value=[label])),
+    })).SerializeToString()
+
+
+def read_resized(images_dir: str, split: str):
+    """tf.data.Dataset of (uint8 (S, S, 3), int64 label) from `write_resized` output."""
+    import tensorflow as tf
+
+    size = storage.read_json(os.path.join(images_dir, META))["image_size"]
+    spec = {"pixels": tf.io.FixedLenFeature([], tf.string),
+            "label": tf.io.FixedLenFeature([], tf.int64)}
+
+    def parse(record):
+        example = tf.io.parse_single_example(record, spec)
+        pixels = tf.reshape(tf.io.decode_raw(example["pixels"], tf.uint8), (size, size, 3))
+        return pixels, example["label"]
+
+    return tf.data.TFRecordDataset(os.path.join(images_dir, f"{split}.tfrecord")).map(
+        parse, num_parallel_calls=tf.data.AUTOTUNE)
+
+
+def read_arrays(images_dir: str, split: str) -> tuple[np.ndarray, np.ndarray]:
+    """One split as numpy (images uint8 (N, S, S, 3), labels int64 (N,))."""
+    images, labels = [], []
+    for batch_images, batch_labels in read_resized(images_dir, split).batch(256):
+        images.append(batch_images.numpy())
+        labels.append(batch_labels.numpy())
+    return np.concatenate(images), np.concatenate(labels)
+
+
+class FeatureCache:
+    """The frozen feature extractor run once per image: over the original train and val images
+    as `write_resized` hands them over (`add`), then over `augment_config.views` augmented
+    views of the written train cache (`add_views`); `save` writes `features.npz` with
+    {split}_features float32 (N, D) and {split}_labels (train: the originals, then view after
+    view) and `meta.json` with `classes`.
+
+    extractor: uint8 (B, S, S, 3) images -> (B, D) features (a Keras model, called with
+    training=False). Both graphs (original and augmented) are traced here, before any batch
+    arrives, so that tracing overlaps the decoding started by `start_resizing`.
+    """
+
+    SPLITS = ("train", "val")
+
+    def __init__(self, extractor, image_size: int, augment_config: AugmentConfig, seed: int):
+        import tensorflow as tf
+
+        images = tf.TensorSpec((None, image_size, image_size, 3), tf.uint8)
+        self._original = tf.function(lambda batch: extractor(batch, training=False),
+                                     input_signature=[images])
+        self._augmented = tf.function(
+            lambda batch, view_seed: extractor(
+                augment(batch, view_seed, augment_config.min_crop_scale, augment_config.flip),
+                training=False),
+            input_signature=[images, tf.TensorSpec((2,), tf.int64)])
+        self._original.get_concrete_function()
+        if augment_config.views:
+            self._augmented.get_concrete_function()
+        self._views, self._seed = augment_config.views, seed
+        self._arrays = {split: ([], []) for split in self.SPLITS}
+        self._seconds = 0.0
+
+    def add(self, split: str, images: np.ndarray, labels: np.ndarray) -> None:
+        """Features of one batch of original images; batches of other splits are ignored."""
+        if split in self._arrays:
+            self._run(split, self._original, labels, images)
+
+    def add_views(self, images_dir: str) -> None:
+        """Features of the augmented views: seeds (seed, view * AUGMENT_SEED_STRIDE + batch
+        number), so a view depends only on the seed and the image's place in the """
+        import tensorflow as tf
+
+        if not self._views:
+            return
+        count = storage.read_json(os.path.join(images_dir, META))["counts"]["train"]
+        progress = Progress(log, f"features of {self._views} augmented view(s) of train",
+                            self._views * count)
+        for view in range(1, 1 + self._views):
+            batches = read_resized(images_dir, "train").batch(BATCH)
+            for number, (images, labels) in enumerate(batches):
+                view_seed = tf.constant([self._seed, view * AUGMENT_SEED_STRIDE + number],
+                                        tf.int64)
+                self._run("train", self._augmented, labels.numpy(), images, view_seed)
+                progress.advance(len(labels))
+
+    def _run(self, split: str, graph, labels, *args) -> None:
+        started = time.monotonic()
+        self._arrays[split][0].append(graph(*args).numpy().astype(np.float32))
+        self._arrays[split][1].append(labels)
+        self._seconds += time.monotonic() - started
+
+    def save(self, output_dir: str, classes: list[str]) -> dict:
+        """Writes the cache atomically. Returns {"feature_seconds": time spent in the
+        extractor, "views": train views including the original, "feature_dim": D}."""
+        arrays = {}
+        for split, (features, labels) in self._arrays.items():
+            arrays[f"{split}_features"] = np.concatenate(features)
+            arrays[f"{split}_labels"] = np.concatenate(labels)
+            log.info("features of %s: %s", split, arrays[f"{split}_features"].shape)
+        facts = {"feature_seconds": self._seconds, "views": 1 + self._views,
+                 "feature_dim": int(arrays["train_features"].shape[1])}
+        with storage.atomic_dir(output_dir) as partial:
+            np.savez(os.path.join(partial, FEATURES), **arrays)
+            storage.write_json(os.path.join(partial, META), {"classes": classes, **facts})
+        return facts
+
+
+def load_features(features_dir: str) -> dict[str, np.ndarray]:
+    with np.load(os.path.join(features_dir, FEATURES)) as arrays:
+        return {name: arrays[name] for name in arrays.files}
+
+
+def training_epoch(images_dir: str, config, epoch: int):
+    """Epoch `epoch`'s training batches (global batch size): shuffled and augmented from seeds
+    of (data.seed, epoch) only, so every worker, and a run resumed at this epoch, sees the same
+    batches."""
+    import tensorflow as tf
+
+    seed, augmentation = config.data.seed, config.augment
+    batches = read_resized(images_dir, "train").shuffle(
+        4096, seed=seed * AUGMENT_SEED_STRIDE + epoch).batch(config.finetune.batch_size)
+    return batches.enumerate().map(lambda number, batch: (augment(
+        batch[0], tf.stack([tf.constant(seed + 1, tf.int64),
+                            epoch * AUGMENT_SEED_STRIDE + number]),
+        augmentation.min_crop_scale, augmentation.flip), batch[1])).prefetch(2)

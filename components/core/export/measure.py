@@ -1,0 +1,86 @@
+"""Figures every exported format is judged by: accuracy drop gate, agreement with the
+Keras model, batch-1 and batch-32 latency.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+
+def gate(reference_accuracy: float, variants: dict, max_drop_points: float) -> str:
+    """Marks each of `variants` ({name: {"test_accuracy", "size_bytes", ...}}) "accepted" or
+    "rejected" in place, with its accuracy drop in percentage points below
+    `reference_accuracy` (the float model's test accuracy in [0, 1]); a variant is rejected when
+    it drops more than `max_drop_points`. Returns the recommended variant: the smallest accepted
+    one (ties: the more accurate)."""
+    for figures in variants.values():
+        drop = round((reference_accuracy - figures["test_accuracy"]) * 100, 4)
+        figures["accuracy_drop_points"] = drop
+        figures["status"] = "accepted" if drop <= max_drop_points else "rejected"
+    accepted = [name for name, figures in variants.items() if figures["status"] == "accepted"]
+    if not accepted:
+        raise ValueError(f"every variant lost more than {max_drop_points} points; "
+                         f"raise export.max_accuracy_drop or include the float32 reference")
+    return min(accepted, key=lambda name: (variants[name]["size_bytes"],
+                                           -variants[name]["test_accuracy"]))
+
+
+def latency_summary(latencies_ms: np.ndarray) -> dict:
+    """Median and 90th percentile of per-image latencies (milliseconds)."""
+    return {"latency_ms_median": float(np.median(latencies_ms)),
+            "latency_ms_p90": float(np.percentile(latencies_ms, 90))}
+
+
+def timed(classify_one, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Runs `classify_one` (uint8 image (H, W, 3) -> probabilities (C,)) on each image after one
+    warm-up call on the first. Returns (probabilities (N, C), latency per image in ms (N,))."""
+    classify_one(images[0])
+    outputs, latencies = [], []
+    for image in images:
+        started = time.perf_counter()
+        outputs.append(classify_one(image))
+        latencies.append((time.perf_counter() - started) * 1000)
+    return np.stack(outputs), np.array(latencies)
+
+
+def batch_latency(classify, images: np.ndarray, batch_size: int = 32, repeats: int = 5) -> float:
+    """Median wall time in milliseconds of `classify` (uint8 images (N, H, W, 3) -> (N, C)) on
+    one batch of `batch_size` images (the first ones, repeated if there are fewer), over
+    `repeats` runs after one warm-up run."""
+    batch = np.ascontiguousarray(np.resize(images, (batch_size, *images.shape[1:])))
+    classify(batch)
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        classify(batch)
+        times.append((time.perf_counter() - started) * 1000)
+    return float(np.median(times))
+
+
+def agreement(reference: np.ndarray, candidate: np.ndarray) -> dict:
+    """How closely `candidate` probabilities (N, C) follow `reference`: top-1 agreement in [0, 1]
+    and the maximum absolute difference."""
+    return {"top1_agreement": float(np.mean(reference.argmax(1) == candidate.argmax(1))),
+            "max_abs_diff": float(np.max(np.abs(reference - candidate)))}
+
+
+KERAS_TIMED_IMAGES = 50  # eager Keras calls are slow: the latency of the first 50 is enough
+
+
+def runtime_figures(classify, images: np.ndarray, labels: np.ndarray, reference: np.ndarray,
+                    **facts) -> dict:
+    """Test accuracy, agreement with the Keras `reference`, batch-1 latency (median, p90) and
+    batch-32 latency (median) of `classify` (uint8 images (N, H, W, 3) -> probabilities (N, C)),
+    merged with `facts`."""
+    probabilities = classify(images)
+    _, latency = timed(lambda image: classify(image[None])[0], images)
+    return {**facts, "test_accuracy": accuracy(probabilities, labels),
+            **agreement(reference, probabilities), **latency_summary(latency),
+            "latency_ms_batch32_median": batch_latency(classify, images, 32)}
+
+
+def accuracy(probabilities: np.ndarray, labels: np.ndarray) -> float:
+    """Top-1 accuracy in [0, 1] of probabilities (N, C) against integer labels (N,)."""
+    return float(np.mean(np.argmax(probabilities, axis=1) == labels))

@@ -1,0 +1,280 @@
+"""Transfer learning's second stage: fine_tune() trains the top of the backbone with the head
+(head.train_head trained the head alone on cached features) under a tf.distribute strategy.
+
+fine_tune() never ships a worse model: the fine-tuned weights are kept only if they beat the
+head-only model on the validation split (lower loss and at least the same accuracy).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from typing import TYPE_CHECKING
+
+import keras
+import numpy as np
+
+from components.core.train import acceleration, backbones, backup, model as models, scoring
+from components.core.train.tensorboard import scalar_writer, write_scalars
+
+if TYPE_CHECKING:  # annotations only: config sits above this package
+    from components.core.config.schema import PipelineConfig
+
+
+log = logging.getLogger("tlpipe.training")
+
+
+# BatchNorm moving-average momentum when training from scratch: Keras's 0.99 needs thousands of
+# steps before the inference statistics mean anything, which small datasets never reach.
+SCRATCH_BATCHNORM_MOMENTUM = 0.9
+
+
+def fine_tune(backbone_path: str, head_path: str, train_epoch, val, config: PipelineConfig,
+              strategy, class_counts: list[int], pretrained: bool = True,
+              log_dir: str | None = None, backup_dir: str | None = None
+              ) -> tuple[keras.Model, dict]:
+    """Fine-tunes the backbone with the head under `strategy` (one process or several workers).
+
+    train_epoch: epoch number (0-based) -> batched tf.data dataset of (uint8 images, labels) for
+    that epoch with the global batch size; the same on every worker (the strategy gives each
+    worker its share of every batch). val: batched dataset every worker reads whole.
+    class_counts: training images per class (for the step count and class weights).
+    The learning rate warms up linearly for finetune.warmup_epochs, then decays along a cosine
+    to 0 at the last epoch; gradients are all-reduced, then clipped to global norm CLIP_NORM.
+    The best epoch by val loss is kept (early stopping after finetune.patience epochs without
+    a lower val loss). log_dir: TensorBoard logs (train/ and validation/).
+    pretrained: True trains the top layers (finetune.unfreeze_layers) at finetune.learning_rate
+    with BatchNorm frozen in inference mode. False (random weights: nothing to transfer) trains
+    every layer, BatchNorm included (statistics synchronised across workers), at
+    finetune.scratch_learning_rate: training from scratch.
+    backup_dir: this worker's backup directory (None: no backups). The training state is saved
+    there after every epoch and restored at the start, so a restarted job resumes from the last
+    completed epoch; it is removed when training ends.
+    Returns (the model to ship, report) where report holds the head-only and fine-tuned val
+    metrics, which one was chosen and why, the trained layer names, the history and the epoch
+    training resumed from.
+    """
+    keras.utils.set_random_seed(config.data.seed)
+    spec = backbones.get(config.model.backbone)
+    size = backbones.resolved_size(spec, config.model.image_size)
+    with strategy.scope():
+        backbone = models.load(backbone_path)
+        head = models.load(head_path)
+        head_only = models.attach(backbone, spec.preprocess_mode, size, head,
+                                  mirror_average=config.model.mirror_average)
+    head_only_val = scoring.evaluate(scoring.inference(head_only), val)
+    report = {"mode": "fine_tune" if pretrained else "from_scratch",
+              "head_only_val": head_only_val, "finetuned_val": None, "history": {},
+              "trained_layers": [], "resumed_from_epoch": 0}
+    if config.finetune.epochs == 0:
+        return head_only, {**report, "chosen": "head_only",
+                           "reason": "fine-tuning disabled (finetune.epochs: 0)"}
+    head_weights = _snapshot(head_only)
+    batchnorms = [layer for layer in backbone.layers
+                  if isinstance(layer, keras.layers.BatchNormalization)]
+    with strategy.scope():
+        if pretrained:
+            tune = config.finetune
+            count = models.unfreeze_count(backbone, tune.unfreeze_from, tune.unfreeze_layers,
+                                          tune.unfreeze_fraction, spec.unfreeze_fraction)
+            report["trained_layers"] = models.unfreeze_top(backbone, count)
+            tuned, learning_rate = head_only, config.finetune.learning_rate
+        else:
+            backbone.trainable = True
+            for layer in batchnorms:
+                layer.momentum = SCRATCH_BATCHNORM_MOMENTUM
+                layer.synchronized = True  # batch statistics over the global batch
+            report["trained_layers"] = [layer.name for layer in backbone.layers if layer.weights]
+            tuned = models.attach(backbone, spec.preprocess_mode, size, head,
+                                  batchnorm_inference=False,
+                                  mirror_average=config.model.mirror_average)
+            learning_rate = config.finetune.scratch_learning_rate
+        steps = -(-sum(class_counts) // config.finetune.batch_size) * config.finetune.epochs
+        optimizer = keras.optimizers.Adam(warmup_cosine(
+            learning_rate, steps, config.finetune.warmup_epochs / config.finetune.epochs))
+        optimizer.build(tuned.trainable_variables)
+    weights = models.class_weights(class_counts, config.loss.class_weight) or {}
+    report.update(_accelerate(backbone, config.finetune))
+    step = _train_step(tuned, optimizer, strategy, config.loss.label_smoothing,
+                       [weights.get(index, 1.0) for index in range(len(class_counts))],
+                       report["xla"])
+    history, report["resumed_from_epoch"] = _fit(tuned, optimizer, step, train_epoch, val,
+                                                 strategy, config, log_dir, backup_dir)
+    acceleration.set_compute_policy(backbone, acceleration.FLOAT32)  # shipped: float32
+    for layer in batchnorms:
+        layer.synchronized = False  # the shipped model runs anywhere
+    report["history"] = history
+    report["finetuned_weights_sha256"] = weights_digest(tuned)
+    report["finetuned_val"] = scoring.evaluate(scoring.inference(tuned), val)
+    keep, reason = finetuned_is_better(head_only_val, report["finetuned_val"])
+    log.info("shipping the %s model: %s", "fine-tuned" if keep else "head-only", reason)
+    if keep:
+        return tuned, {**report, "chosen": "finetuned", "reason": reason}
+    _restore(head_only, head_weights)
+    return head_only, {**report, "chosen": "head_only", "reason": reason}
+
+
+def _accelerate(backbone: keras.Model, tune) -> dict:
+    """Puts the backbone in the compute precision `tune.precision` resolves to on this
+    worker's hardware (the head stays float32). Returns {"precision": the dtype policy,
+    "xla": whether the training step is XLA-compiled} for the report."""
+    capabilities = acceleration.gpu_capabilities()
+    policy = acceleration.resolve_precision(tune.precision, capabilities)
+    acceleration.set_compute_policy(backbone, policy)
+    xla = acceleration.resolve_xla(tune.xla, len(capabilities))
+    log.info("finetune: backbone computes in %s, XLA %s (%d GPU(s))", policy,
+             "on" if xla else "off", len(capabilities))
+    return {"precision": policy, "xla": xla}
+
+
+CLIP_NORM = 1.0  # global gradient norm fine-tuning clips to
+
+
+def _train_step(model: keras.Model, optimizer, strategy, label_smoothing: float,
+                class_weight: list[float], xla: bool = False):
+    """A tf.function (images, labels) -> (summed weighted loss, correct predictions, examples)
+    over one global batch (distributed values from the strategy's dataset). Each worker's
+    gradients are summed across workers, clipped, then applied once: the same update as one
+    process on the whole batch, whatever the number of workers. xla: each worker's forward
+    and backward pass is XLA-compiled (the all-reduce stays outside)."""
+    import tensorflow as tf
+
+    loss = models.SparseCrossentropy(label_smoothing)
+    weight_of = tf.constant(class_weight, tf.float32)
+    variables = model.trainable_variables
+    replicas = float(strategy.num_replicas_in_sync)
+
+    def forward_backward(images, labels, examples):
+        """This worker's share: (gradients of its part of the objective, its summed weighted
+        loss, its correct predictions)."""
+        with tf.GradientTape() as tape:
+            probabilities = model(images, training=True)
+            weighted = loss.call(labels, probabilities) * tf.gather(weight_of, labels)
+            objective = tf.reduce_sum(weighted) / tf.maximum(examples, 1.0)
+            if model.losses:  # regularisation: counted once across the replicas
+                objective += tf.add_n(model.losses) / replicas
+        correct = tf.reduce_sum(tf.cast(
+            tf.argmax(probabilities, axis=1) == tf.cast(labels, tf.int64), tf.float32))
+        return tape.gradient(objective, variables), tf.reduce_sum(weighted), correct
+
+    if xla:
+        forward_backward = tf.function(forward_backward, jit_compile=True)
+
+    def replica_step(images, labels):
+        context = tf.distribute.get_replica_context()
+        examples = context.all_reduce("SUM", tf.cast(tf.shape(labels)[0], tf.float32))
+        gradients, weighted, correct = forward_backward(images, labels, examples)
+        gradients = context.all_reduce("SUM", gradients)
+        gradients, _ = tf.clip_by_global_norm(gradients, CLIP_NORM)
+        return gradients, weighted, correct, examples
+
+    @tf.function
+    def step(images, labels):
+        gradients, weighted, correct, examples = strategy.run(replica_step, (images, labels))
+        # identical on every replica after the all-reduce: apply one copy once
+        optimizer.apply([strategy.experimental_local_results(g)[0] for g in gradients],
+                        variables)
+        return (strategy.reduce("SUM", weighted, axis=None),
+                strategy.reduce("SUM", correct, axis=None),
+                strategy.experimental_local_results(examples)[0])
+
+    return step
+
+
+def _fit(model: keras.Model, optimizer, step, train_epoch, val, strategy,
+         config: PipelineConfig, log_dir: str | None,
+         backup_dir: str | None) -> tuple[dict, int]:
+    """The epoch loop with early stopping on val loss (best weights restored at the end) and a
+    backup after every epoch. Returns (history {loss, accuracy, val_loss, val_accuracy: one
+    value per epoch}, the epoch it resumed from)."""
+    state = {"epoch": 0, "best_val_loss": None, "epochs_without_gain": 0,
+             "history": {"loss": [], "accuracy": [], "val_loss": [], "val_accuracy": []}}
+    best = _snapshot(model)
+    agreed = backup.resume_epoch(strategy, backup_dir, config.finetune.epochs) if backup_dir else 0
+    if agreed:
+        state, arrays = backup.load(backup_dir, agreed)
+        backup.restore_state_arrays(model, optimizer, arrays)
+        best = {path: arrays[f"best/{index}"] for index, path in enumerate(sorted(best))}
+        log.info("finetune: resuming after epoch %d from the backup in %s", state["epoch"],
+                 backup_dir)
+    resumed_from, predict = state["epoch"], scoring.inference(model)
+    writers = {name: scalar_writer(log_dir, name) for name in ("train", "validation")}
+    for epoch in range(state["epoch"], config.finetune.epochs):
+        if state["epochs_without_gain"] >= config.finetune.patience:
+            break
+        totals = [step(images, labels) for images, labels in
+                  strategy.experimental_distribute_dataset(train_epoch(epoch))]
+        sums = np.sum([[float(value) for value in total] for total in totals], axis=0)
+        figures = {"loss": sums[0] / sums[2], "accuracy": sums[1] / sums[2],
+                   **{f"val_{name}": value
+                      for name, value in scoring.evaluate(predict, val).items()}}
+        for name, value in figures.items():
+            state["history"][name].append(value)
+        _write_epoch(writers, epoch, figures)
+        log.info("finetune epoch %d: %s", epoch + 1,
+                 " ".join(f"{name}={value:.4f}" for name, value in figures.items()))
+        if state["best_val_loss"] is None or figures["val_loss"] < state["best_val_loss"]:
+            state["best_val_loss"], state["epochs_without_gain"] = figures["val_loss"], 0
+            best = _snapshot(model)
+        else:
+            state["epochs_without_gain"] += 1
+        state["epoch"] = epoch + 1
+        if backup_dir:
+            backup.save(backup_dir, state["epoch"], state, backup.state_arrays(model, optimizer,
+                                                                               best))
+            log.info("finetune: backup of epoch %d saved in %s", epoch + 1, backup_dir)
+    _restore(model, best)
+    for writer in writers.values():
+        if writer is not None:
+            writer.close()
+    if backup_dir:
+        backup.remove(backup_dir)
+    return state["history"], resumed_from
+
+
+def _write_epoch(writers: dict, epoch: int, figures: dict) -> None:
+    """TensorBoard scalars of one epoch: loss and accuracy under train/ and validation/."""
+    for name, writer in writers.items():
+        if writer is not None:
+            prefix = "val_" if name == "validation" else ""
+            write_scalars(writer, epoch, {f"epoch_{metric}": figures[prefix + metric]
+                                          for metric in ("loss", "accuracy")})
+            writer.flush()  # TensorBoard shows the epoch while training goes on
+
+
+def finetuned_is_better(head_only: dict, tuned: dict) -> tuple[bool, str]:
+    """The never-worse rule on val metrics ({"loss", "accuracy"} dicts): keep the fine-tuned
+    model only if its loss is lower and its accuracy at least as high. Returns (keep, reason)."""
+    figures = (f"val loss {tuned['loss']:.4f} vs {head_only['loss']:.4f}, val accuracy "
+               f"{tuned['accuracy']:.4f} vs {head_only['accuracy']:.4f} (fine-tuned vs head-only)")
+    keep = tuned["loss"] < head_only["loss"] and tuned["accuracy"] >= head_only["accuracy"]
+    verdict = "fine-tuning improved val" if keep else "fine-tuning did not improve val"
+    return keep, f"{verdict}: {figures}"
+
+
+def warmup_cosine(peak: float, total_steps: int, warmup_share: float):
+    """Learning rate schedule: linear from 0 to `peak` over `warmup_share` (in [0, 1)) of
+    `total_steps`, then cosine decay to 0 at the last step."""
+    warmup = int(round(total_steps * warmup_share))
+    return keras.optimizers.schedules.CosineDecay(
+        initial_learning_rate=0.0 if warmup else peak, decay_steps=max(total_steps - warmup, 1),
+        warmup_target=peak if warmup else None, warmup_steps=warmup)
+
+
+def weights_digest(model: keras.Model) -> str:
+    """SHA-256 of the model's trainable weights (values and order): equal on every worker when
+    the replicas stayed in sync."""
+    digest = hashlib.sha256()
+    for variable in model.trainable_variables:
+        digest.update(np.ascontiguousarray(variable.numpy()).tobytes())
+    return digest.hexdigest()
+
+
+def _snapshot(model: keras.Model) -> dict:
+    """Every variable's value by path (stable whatever the trainable flags are)."""
+    return {variable.path: variable.numpy() for variable in model.weights}
+
+
+def _restore(model: keras.Model, snapshot: dict) -> None:
+    for variable in model.weights:
+        variable.assign(snapshot[variable.path])

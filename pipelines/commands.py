@@ -39,7 +39,6 @@ OVERRIDES = {
                              "fp32, fp16 or int8 (calibrated) for the TensorRT engine"),
 }
 
-
 # `tlpipe run` plans a local folder's splits before the pipeline (reading every file once)
 # when it has at most this many files, or when fine-tuning's batch is near its size.
 PREVIEW_MAX_FILES = 5000
@@ -68,6 +67,7 @@ def build_config(args: argparse.Namespace) -> configs.PipelineConfig:
 
 
 def run(args: argparse.Namespace) -> int:
+    """`tlpipe run`: the pipeline on this machine, then its summary and report."""
     from pipelines import settings
 
     deployment = _settings(args)
@@ -141,6 +141,7 @@ def _check_baseline_classes(baseline: str, classes: list[str]) -> None:
 
 
 def demo(args: argparse.Namespace) -> int:
+    """`tlpipe demo`: the offline digits demo."""
     from pipelines import demo
 
     folder = demo.write_digits(os.path.join(args.output, "digits"))
@@ -149,6 +150,7 @@ def demo(args: argparse.Namespace) -> int:
 
 
 def compile_yaml(args: argparse.Namespace) -> int:
+    """`tlpipe compile`: the pipeline as KFP v2 YAML."""
     from pipelines.transfer_learning import compile_pipeline
 
     folder = os.path.dirname(os.path.abspath(args.output))
@@ -170,6 +172,7 @@ def _settings(args: argparse.Namespace):
 
 
 def submit(args: argparse.Namespace) -> int:
+    """`tlpipe submit`: one run on a KFP cluster."""
     from pipelines import cluster
 
     config, deployment = build_config(args), _settings(args)
@@ -180,6 +183,7 @@ def submit(args: argparse.Namespace) -> int:
 
 
 def runs(args: argparse.Namespace) -> int:
+    """`tlpipe runs`: the cluster's runs, newest first."""
     from pipelines import cluster
 
     for run in cluster.runs(args.host, args.namespace, args.experiment, args.limit):
@@ -188,6 +192,7 @@ def runs(args: argparse.Namespace) -> int:
 
 
 def schedule(args: argparse.Namespace) -> int:
+    """`tlpipe schedule`: a recurring run on the cluster."""
     from pipelines import cluster
 
     cluster.validate_cron(args.cron)
@@ -199,6 +204,7 @@ def schedule(args: argparse.Namespace) -> int:
 
 
 def schedules(args: argparse.Namespace) -> int:
+    """`tlpipe schedules`: the cluster's recurring runs."""
     from pipelines import cluster
 
     for job in cluster.schedules(args.host, args.namespace, args.experiment, args.limit):
@@ -208,6 +214,7 @@ def schedules(args: argparse.Namespace) -> int:
 
 
 def unschedule(args: argparse.Namespace) -> int:
+    """`tlpipe unschedule`: deletes a recurring run."""
     from pipelines import cluster
 
     cluster.unschedule(args.host, args.namespace, args.recurring_run_id)
@@ -230,6 +237,7 @@ def publish_report(run_dir: str, destination: str) -> tuple[str, str]:
 
 
 def report(args: argparse.Namespace) -> int:
+    """`tlpipe report`: a local run's evaluation summary and where its report and card are."""
     from components.core.evaluate import card, report
 
     run_dir = args.run
@@ -275,6 +283,7 @@ def _read_summary(path: str) -> dict:
 
 
 def predict(args: argparse.Namespace) -> int:
+    """`tlpipe predict`: classifies image files with a shipped model."""
     from components.core.evaluate.predict import predict_files
 
     failed = 0
@@ -289,6 +298,7 @@ def predict(args: argparse.Namespace) -> int:
 
 
 def list_backbones(args: argparse.Namespace) -> int:
+    """`tlpipe backbones`: the backbones and their defaults."""
     print(f"{'name':<22}{'keras.applications':<22}{'size':>5}{'min':>5}  preprocessing  alphas")
     for name, spec in sorted(backbones.REGISTRY.items()):
         alphas = ", ".join(str(a) for a in spec.alphas) or "-"

@@ -14,7 +14,6 @@ from pipelines.settings import (CLUSTER_LAUNCHERS, LAUNCHERS, MULTI_WORKER_STEP,
 WORKER_POD_KEYS = ("cpu_request", "cpu_limit", "memory_request", "memory_limit", "gpus",
                    "gpu_type", "node_selector", "tolerations", "secrets", "worker_service_account")
 
-
 # What the launcher pod learns about itself through the downward API: the job's owner reference
 # (so Kubernetes deletes the workers with a cancelled or killed step) and the service account
 # its workers default to.

@@ -37,7 +37,6 @@ from components.core.train import backbones, backup
 
 log = logging.getLogger("tlpipe.stages")
 
-
 # A folder named by this variable (local runs set it) gets each step's log, <step>.log, and,
 # when the step fails, <step>.error.json: {"step", "type", "message"} for a one-line report.
 STEP_RECORDS_ENV = "TLPIPE_STEP_RECORDS"

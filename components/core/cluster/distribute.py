@@ -14,7 +14,6 @@ import sys
 
 COLLECTIVE_TIMEOUT_SECONDS = 600
 
-
 READY = "tlpipe-worker-ready:"  # logged by a worker once every peer has joined the strategy
 
 

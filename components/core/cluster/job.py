@@ -30,9 +30,7 @@ from components.core.cluster import distribute, local as local_workers
 
 log = logging.getLogger("tlpipe.cluster")
 
-
 LOG_LINES = 40
-
 
 DELETION_TIMEOUT_SECONDS = 600  # how long a previous attempt's job may take to go away
 

@@ -15,7 +15,6 @@ from components.core.io import storage
 
 LAUNCHERS = ("trainjob", "tfjob")  # the engines, by the module that builds their manifest
 
-
 LAUNCHER_MARGIN_SECONDS = 300  # the job's deadline is this much before the step's (or 10%)
 
 

@@ -22,7 +22,6 @@ from components.core.cluster.distribute import READY, WorkerFailure
 
 START_TIMEOUT_SECONDS = 300  # a worker whose peer never starts would wait 10+ minutes
 
-
 POLL_SECONDS = 0.2
 
 

@@ -13,9 +13,7 @@ from components.core.cluster import job as cluster_job, pod as own_pod
 
 GROUP, VERSION, PLURAL = "kubeflow.org", "v1", "tfjobs"
 
-
 CONTAINER = "tensorflow"  # the container name the Training Operator expects
-
 
 JOB_LABEL = "training.kubeflow.org/job-name"  # the label the operator puts on its pods
 

@@ -32,21 +32,15 @@ from components.core.cluster import job as cluster_job, pod as own_pod
 
 GROUP, VERSION, PLURAL = "trainer.kubeflow.org", "v1alpha1", "trainjobs"
 
-
 RUNTIME = "tlpipe-tensorflow"  # the ClusterTrainingRuntime in images/k8s/
-
 
 CONTAINER = "node"  # the runtime's trainer container
 
-
 REPLICATED_JOB = "node"
-
 
 JOBSET_LABEL = "jobset.sigs.k8s.io/jobset-name"  # JobSet's label on its pods
 
-
 WORKER_PORT = 2222
-
 
 PATCH_MANAGER = "tlpipe.dev/launcher"
 

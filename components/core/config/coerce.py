@@ -79,6 +79,7 @@ def _coerce(value: Any, kind: type, name: str) -> Any:
 
 
 def deep_merge(base: dict, overrides: dict) -> dict:
+    """`base` with `overrides` applied, nested dicts merged key by key (neither is changed)."""
     merged = dict(base)
     for key, value in overrides.items():
         if isinstance(value, dict) and isinstance(merged.get(key), dict):

@@ -1,5 +1,4 @@
-"""The error every invalid configuration value raises.
-"""
+"""The error every invalid configuration value raises."""
 
 from __future__ import annotations
 

@@ -16,9 +16,7 @@ from components.core.io.console import describe
 
 ARCHIVE_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz")
 
-
 MAX_ARCHIVE_BYTES = 50 * 2**30  # uncompressed bytes an archive may expand to
-
 
 MAX_ARCHIVE_FILES = 2_000_000
 
@@ -44,6 +42,7 @@ def archive_members(path: str) -> list[tuple[str, int]]:
 
 
 def archive_kind(path: str) -> str:
+    """The archive suffix `path` ends with (one of ARCHIVE_SUFFIXES, case-insensitive)."""
     return next(suffix for suffix in ARCHIVE_SUFFIXES if path.lower().endswith(suffix))
 
 

@@ -28,20 +28,15 @@ if TYPE_CHECKING:  # annotations only: config sits above this package
 
 log = logging.getLogger("tlpipe.cache")
 
-
 META = "meta.json"
-
 
 FEATURES = "features.npz"
 
-
 BATCH = 64
-
 
 # Augmentation seeds are (seed, pass * AUGMENT_SEED_STRIDE + batch number): one stream per
 # feature view or fine-tuning epoch, up to 2**20 batches each.
 AUGMENT_SEED_STRIDE = 2 ** 20
-
 
 # Decoded, resized batches may run this far ahead of their consumer (bytes of uint8 pixels).
 PREFETCH_BYTES = 256 * 2 ** 20

@@ -12,9 +12,7 @@ from typing import Optional
 
 SPLITS = ("train", "val", "test")
 
-
 PLAIN_NAME = re.compile(r"^[A-Za-z0-9._-]+$")  # file names that need no quoting anywhere
-
 
 SPLIT_FOLDER_NAMES = {"train": "train", "val": "val", "validation": "val", "test": "test"}
 

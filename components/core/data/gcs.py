@@ -1,5 +1,4 @@
-"""Cloud Storage reads: listings and parallel downloads with retries on transient errors.
-"""
+"""Cloud Storage reads: listings and parallel downloads with retries on transient errors."""
 
 from __future__ import annotations
 
@@ -13,9 +12,7 @@ from components.core.io import storage
 
 log = logging.getLogger("tlpipe.sources")
 
-
 DOWNLOAD_THREADS = 16
-
 
 RETRY_DEADLINE_SECONDS = 60.0  # how long transient Cloud Storage errors are retried
 
@@ -69,6 +66,8 @@ def gcs_listing(prefix_uri: str) -> list:
 
 
 def gcs_blob(uri: str):
+    """The Cloud Storage object at gs:// `uri`, fetched with retries; DataError when it does not
+    exist or cannot be read."""
     from google.api_core.retry import Retry
 
     bucket, name = storage.split_gcs(uri)

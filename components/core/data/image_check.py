@@ -15,11 +15,9 @@ from components.core.io.progress import Progress
 
 log = logging.getLogger("tlpipe.data")
 
-
 # A picture with this few distinct colours is a graphic (an "image not found" placeholder, a
 # logo, a blank), not a photo: kept, but listed in the data report for a person to look at.
 PLACEHOLDER_COLOURS = 64
-
 
 STORED_AS_IS = ("JPEG", "PNG")  # formats TensorFlow decodes; other formats are re-encoded as PNG
 

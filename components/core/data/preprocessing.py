@@ -13,12 +13,9 @@ from keras import ops
 
 IMAGENET_MEAN_RGB = (0.485, 0.456, 0.406)
 
-
 IMAGENET_STD_RGB = (0.229, 0.224, 0.225)
 
-
 CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
-
 
 MODES = ("tf", "torch", "caffe", "none")
 

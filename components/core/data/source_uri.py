@@ -1,5 +1,4 @@
-"""A source URI parsed into its kind (folder, gcs, archive, tfds) and parts.
-"""
+"""A source URI parsed into its kind (folder, gcs, archive, tfds) and parts."""
 
 from __future__ import annotations
 

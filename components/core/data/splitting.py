@@ -107,6 +107,7 @@ def clean_test(splits: dict, conflicting: set) -> tuple[list, list[dict]]:
 
 
 def label_conflicts(images: list[CheckedImage]) -> list[dict]:
+    """Identical files (same sha256) filed under more than one class: {"sha256", "paths"}."""
     by_hash = {}
     for image in images:
         by_hash.setdefault(image.sha256, []).append(image)

@@ -1,5 +1,4 @@
-"""TensorFlow Datasets as a data source: `tfds:NAME?split=...` exported to class folders.
-"""
+"""TensorFlow Datasets as a data source: `tfds:NAME?split=...` exported to class folders."""
 
 from __future__ import annotations
 
@@ -12,6 +11,8 @@ TFDS_DOWNLOAD_HOST = "storage.googleapis.com"  # TFDS's mirror of prepared datas
 
 
 def tfds_builder(source: Source):
+    """The TFDS builder of `source` (not downloaded); DataError when TFDS is missing or has no
+    such dataset."""
     try:
         import tensorflow_datasets as tfds
     except ImportError:

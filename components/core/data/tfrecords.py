@@ -1,5 +1,4 @@
-"""The dataset artifact's TFRecord shards: writing checked images, reading a split back.
-"""
+"""The dataset artifact's TFRecord shards: writing checked images, reading a split back."""
 
 from __future__ import annotations
 
@@ -9,6 +8,8 @@ import os
 from components.core.data.discovery import DataError
 from components.core.data.image_check import CheckedImage, rgb_bytes
 from components.core.io import storage
+
+MANIFEST = "manifest.json"  # the dataset artifact's description of its splits
 
 
 def write_shards(directory: str, split: str, members: list[CheckedImage], classes: list[str],
@@ -68,6 +69,3 @@ def read_split(dataset_dir: str, split: str):
         return image, example["label"]
 
     return tf.data.TFRecordDataset(paths).map(parse, num_parallel_calls=tf.data.AUTOTUNE)
-
-
-MANIFEST = "manifest.json"

@@ -1,1 +1,1 @@
-""""""
+"""Test metrics, the blessing decision, the report and model card, and predict."""

@@ -1,5 +1,4 @@
-"""The production model a candidate is compared with before it is blessed.
-"""
+"""The production model a candidate is compared with before it is blessed."""
 
 from __future__ import annotations
 

@@ -1,5 +1,4 @@
-"""The model card (Markdown) and the one-paragraph summary of an evaluation record.
-"""
+"""The model card (Markdown) and the one-paragraph summary of an evaluation record."""
 
 from __future__ import annotations
 

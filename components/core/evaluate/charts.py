@@ -1,5 +1,4 @@
-"""Self-contained SVG charts and image thumbnails for the HTML report.
-"""
+"""Self-contained SVG charts and image thumbnails for the HTML report."""
 
 from __future__ import annotations
 

@@ -15,7 +15,6 @@ from components.core.io.console import describe
 
 LABELS = "labels.txt"
 
-
 FORMATS = ".keras file, SavedModel folder, .tflite, .onnx or TensorRT .engine file"
 
 

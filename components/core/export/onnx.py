@@ -1,5 +1,4 @@
-"""ONNX export of a Keras classifier and an ONNX Runtime classifier for it.
-"""
+"""ONNX export of a Keras classifier and an ONNX Runtime classifier for it."""
 
 from __future__ import annotations
 

@@ -27,12 +27,9 @@ from components.core.io import storage
 
 VARIANTS = ("fp16", "int8")
 
-
 QUANTIZED_OPS = ["Conv", "MatMul", "Gemm"]
 
-
 FLOAT32_OPS = ["Resize"]  # beyond onnxconverter-common's own list (no output op: see to_fp16)
-
 
 CALIBRATION_BATCH = 8  # images per ONNX Runtime calibration run
 

@@ -16,9 +16,7 @@ from components.core.io import storage
 
 log = logging.getLogger("tlpipe.export")
 
-
 QUANTIZED_VARIANTS = ("fp16", "dynamic_int8", "int8", "int16x8")
-
 
 TFLITE_VARIANTS = ("float32", *QUANTIZED_VARIANTS)
 

@@ -1,1 +1,1 @@
-""""""
+"""Storage (local paths and gs://, atomic writes), progress lines and console output."""

@@ -1,1 +1,1 @@
-""""""
+"""The model (backbone + head), head training on cached features, and fine-tuning."""

@@ -13,15 +13,11 @@ from __future__ import annotations
 
 MIXED = "mixed_bfloat16"
 
-
 FLOAT32 = "float32"
-
 
 PRECISIONS = ("auto", FLOAT32, MIXED)
 
-
 XLA_SETTINGS = ("auto", "always", "never")
-
 
 BFLOAT16_COMPUTE_CAPABILITY = (8, 0)  # lowest NVIDIA compute capability with fast bfloat16
 

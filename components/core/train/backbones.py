@@ -38,7 +38,6 @@ class BackboneSpec:
 
 MAX_IMAGE_SIZE = 1024
 
-
 _SPECS = [
     BackboneSpec("mobilenet", "MobileNet", "mobilenet", "tf", 224, alphas=(0.25, 0.5, 0.75, 1.0)),
     BackboneSpec("mobilenet_v2", "MobileNetV2", "mobilenet_v2", "tf", 224,
@@ -68,7 +67,6 @@ _SPECS = [
     BackboneSpec("nasnet_mobile", "NASNetMobile", "nasnet", "tf", 224),
     BackboneSpec("vgg16", "VGG16", "vgg16", "caffe", 224),
 ]
-
 
 REGISTRY = {spec.name: spec for spec in _SPECS}
 

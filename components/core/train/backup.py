@@ -27,7 +27,6 @@ if TYPE_CHECKING:
 
 STATE_KEY = "__state__"
 
-
 KEEP = 2  # epochs kept per worker
 
 
@@ -137,6 +136,8 @@ def state_arrays(model: keras.Model, optimizer, best: dict) -> dict[str, np.ndar
 
 def restore_state_arrays(model: keras.Model, optimizer,
                          arrays: dict[str, np.ndarray]) -> None:
+    """Assigns a backup's arrays (from `state_arrays`) to the model's and the optimizer's
+    variables; ValueError when the backup was written for another configuration."""
     for prefix, variables in (("model", model.variables), ("optimizer", optimizer.variables)):
         if sum(name.startswith(f"{prefix}/") for name in arrays) != len(variables):
             raise ValueError(f"the backup does not match this model's {prefix} variables: it "

@@ -23,7 +23,6 @@ if TYPE_CHECKING:  # annotations only: config sits above this package
 
 log = logging.getLogger("tlpipe.training")
 
-
 # BatchNorm moving-average momentum when training from scratch: Keras's 0.99 needs thousands of
 # steps before the inference statistics mean anything, which small datasets never reach.
 SCRATCH_BATCHNORM_MOMENTUM = 0.9

@@ -19,15 +19,12 @@ if TYPE_CHECKING:  # annotations only: config sits above this package
 
 log = logging.getLogger("tlpipe.training")
 
-
 EVAL_EVERY = 10  # head training steps between two val checks
-
 
 # Head steps are XLA-compiled from this many multiply-adds per step (train examples x feature
 # dim x candidates x classes) on: XLA's compile (~0.3 s here) then pays for itself (measured:
 # digits, 1234 x 256 x 4 x 10, 3.9 -> 2.7 s; ants/bees, 196 x 256 x 4 x 2, 0.4 -> 0.7 s).
 HEAD_XLA_MIN_MULTIPLY_ADDS = 4_000_000
-
 
 HEAD_SCALARS = ("train_loss", "val_loss", "val_accuracy")  # per check, per candidate
 

@@ -1,5 +1,4 @@
-"""TensorBoard scalar events written directly, without tf.summary.
-"""
+"""TensorBoard scalar events written directly, without tf.summary."""
 
 from __future__ import annotations
 

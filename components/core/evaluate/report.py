@@ -7,13 +7,12 @@ report step: `read_evaluation`).
 
 from __future__ import annotations
 
-import functools
 import os
 
 from markupsafe import Markup
 
 from components.core.evaluate.charts import line_chart, reliability_chart
-from components.core.evaluate.formatting import interval, percent
+from components.core.evaluate.formatting import interval, percent, score, templates
 from components.core.export.tflite import TFLITE_VARIANTS
 from components.core.io import storage
 
@@ -96,7 +95,7 @@ def render_html(evaluation: dict) -> str:
                           f"(95% CI {interval(intervals.get('accuracy'))})"),
              ("macro F1", f"{metrics['macro_f1']:.3f}"),
              ("weighted F1", f"{metrics['weighted_f1']:.3f}"),
-             ("ROC AUC (one-vs-rest)", _score(metrics["roc_auc_ovr"])),
+             ("ROC AUC (one-vs-rest)", score(metrics["roc_auc_ovr"])),
              ("log loss", f"{metrics['log_loss']:.3f}"),
              ("calibration error (ECE)", f"{metrics['expected_calibration_error']:.3f}"),
              *[(f"top-{k}", percent(metrics[f"top_{k}_accuracy"])) for k in (3, 5)
@@ -104,27 +103,9 @@ def render_html(evaluation: dict) -> str:
              ("test images", metrics["examples"])]
     confusion = [(name, [(count, count / max(sum(counts), 1)) for count in counts])
                  for name, counts in zip(evaluation["classes"], metrics["confusion_matrix"])]
-    return _templates().get_template("report.html.j2").render(
+    return templates().get_template("report.html.j2").render(
         **{"wrong": [], "baseline": None, **evaluation}, style=STYLE, tiles=tiles,
         confusion=confusion,
         curves=Markup(_curves(evaluation.get("training", {}))),
         reliability=Markup(reliability_chart(metrics["reliability"])),
         formats=formats_rows(evaluation) if evaluation.get("exports") else [])
-
-
-@functools.cache
-def _templates():
-    """The report's Jinja2 environment: templates/ beside this module, HTML autoescaping, and
-    the `percent` and `score` filters."""
-    import jinja2
-
-    environment = jinja2.Environment(
-        loader=jinja2.FileSystemLoader(os.path.join(os.path.dirname(__file__), "templates")),
-        autoescape=True, undefined=jinja2.StrictUndefined, trim_blocks=True)
-    environment.filters.update(percent=percent, score=_score)
-    return environment
-
-
-def _score(value) -> str:
-    """A score in [0, 1] with 3 decimals, "-" when undefined (None)."""
-    return "-" if value is None else f"{value:.3f}"

@@ -27,13 +27,18 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command in TENSORFLOW_COMMANDS:
             _import_tensorflow_quietly()
-        return args.handler(args)
+        code = args.handler(args)
+        sys.stdout.flush()  # a closed pipe fails here, inside the try, not at exit
+        return code
     except ValueError as error:  # ConfigError, DataError, WeightsError: bad input, named
         print(f"tlpipe: error: {_one_line(error)}", file=sys.stderr)
         return 2
     except RuntimeError as error:  # StepFailed: the step, its error and its log
         print(f"tlpipe: {_one_line(error)}", file=sys.stderr)
         return 1
+    except BrokenPipeError:  # the reader stopped reading (`tlpipe backbones | head`): done
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no error at exit
+        return 0
     except KeyboardInterrupt as interrupt:
         local_run.end_child_processes()
         where = getattr(interrupt, "run_dir", "")

@@ -1,6 +1,8 @@
 """Bad input is a one-line error naming the problem and the fix, before any work starts."""
 
 import os
+import subprocess
+import sys
 
 import pytest
 
@@ -69,6 +71,17 @@ def test_the_fine_tune_step_rejects_a_batch_larger_than_the_training_split():
                             "the training split")
     with pytest.raises(ConfigError, match="at most 32, or add images"):
         config_checks.check_batch_fits(FinetuneConfig(batch_size=33), 32, "the training split")
+
+
+def test_output_into_a_closed_pipe_ends_quietly():
+    """`tlpipe backbones | head -1`: the reader is gone before tlpipe writes; exit 0 and no
+    traceback (Python's own default is "Exception ignored ... BrokenPipeError", exit 120)."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    listing = subprocess.run([sys.executable, "-m", "pipelines.cli", "backbones"],
+                             stdout=write_end, stderr=subprocess.PIPE, timeout=120)
+    os.close(write_end)
+    assert (listing.returncode, listing.stderr) == (0, b"")
 
 
 def test_help_and_backbone_listing(capsys):

@@ -71,21 +71,6 @@ def _curves(training: dict) -> str:
                    "fine-tuning accuracy", "epoch")])
 
 
-STYLE = """
-body { font-family: sans-serif; margin: 24px; color: #222; max-width: 1100px; }
-h1 { font-size: 22px; } h2 { font-size: 17px; margin-top: 28px; border-bottom: 1px solid #ddd; }
-table { border-collapse: collapse; margin: 8px 0; } td, th { border: 1px solid #ddd;
-padding: 4px 8px; text-align: right; } th { background: #f4f4f4; }
-.verdict { padding: 10px 14px; border-radius: 6px; font-weight: bold; }
-.yes { background: #e3f4e3; } .no { background: #fbe3e3; }
-.tiles span { display: inline-block; margin: 4px 12px 4px 0; } .muted { color: #777; }
-.wrong { display: inline-block; width: 120px; margin: 4px; font-size: 12px;
-text-align: center; vertical-align: top; } .wrong img { width: 96px; height: 96px;
-image-rendering: pixelated; border: 2px solid #d62728; }
-svg { margin: 4px 12px 4px 0; } svg .title { font-size: 13px; } svg .axis { font-size: 11px; }
-"""
-
-
 def render_html(evaluation: dict) -> str:
     """The whole report as one self-contained HTML document (templates/report.html.j2; every
     value from the record is HTML-escaped, the SVG charts are inserted as they are)."""
@@ -104,8 +89,7 @@ def render_html(evaluation: dict) -> str:
     confusion = [(name, [(count, count / max(sum(counts), 1)) for count in counts])
                  for name, counts in zip(evaluation["classes"], metrics["confusion_matrix"])]
     return templates().get_template("report.html.j2").render(
-        **{"wrong": [], "baseline": None, **evaluation}, style=STYLE, tiles=tiles,
-        confusion=confusion,
+        **{"wrong": [], "baseline": None, **evaluation}, tiles=tiles, confusion=confusion,
         curves=Markup(_curves(evaluation.get("training", {}))),
         reliability=Markup(reliability_chart(metrics["reliability"])),
         formats=formats_rows(evaluation) if evaluation.get("exports") else [])

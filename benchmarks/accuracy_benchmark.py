@@ -1,19 +1,25 @@
-"""Test accuracy of tlpipe's recipes over seeds, beside two baselines on the same splits.
+"""Test accuracy of tlpipe's recipes over seeds, beside a hand-written reference and two
+frozen-feature baselines on the same cached images and splits.
 
-    python benchmarks/accuracy_benchmark.py                 # hymenoptera, 160 px, 3 seeds
-    python benchmarks/accuracy_benchmark.py --seeds 42 1 2 3 4 --recipes default mirror_average
+    python benchmarks/accuracy_benchmark.py                     # both datasets, 3 seeds
+    python benchmarks/accuracy_benchmark.py --datasets trashnet --seeds 42 1 --recipes default
 
-Each (recipe, seed) is one `tlpipe run` (a fresh process, as a user runs it) on ../shared's
-hymenoptera photos with MobileNet v1 alpha 0.25 and ../shared's ImageNet weights at 160 px. The
-seed re-draws the train/val split of train/ and every training seed; the test split is the given
-val/ folder, the same 153 images every time. Beside each seed's runs, on that run's own cached
-frozen features: a converged linear probe (logistic regression, C picked on val) and a nearest-
-centroid classifier, so a recipe's gain over what the frozen features already give is visible.
+Each (dataset, recipe, seed) is one `tlpipe run` (a fresh process, as a user runs it) with
+MobileNet v1 alpha 0.25 and ../shared's ImageNet weights: ../shared's hymenoptera photos at
+160 px (the seed re-draws train/val from train/; the test split is the given val/, the same 153
+images every time) and trashnet at 128 px (train/val/test carved by the seed). Recipes:
+- default: what a user gets (`tlpipe run` with no config);
+- tutorial: the textbook fine-tune tlpipe shipped before (Adam 1e-5 on the top 20% of the
+  layers, 10 epochs, early stopping on val loss with patience 3, no label smoothing, no class
+  weights, crops of 75-100% of the side).
+On the default run's own cached images of each seed: the hand-written Keras reference
+(benchmarks/reference_recipe.py, same pixels and splits), a converged linear probe (logistic
+regression, C picked on val) and a nearest-centroid classifier on the cached frozen features.
 
-Reported per recipe: the test accuracy of every seed, the mean with a 95% t-interval over seeds
-(t with n-1 degrees of freedom: the seed-to-seed spread, which on 153 test images is wide), the
-mean of the per-run 95% bootstrap intervals' widths, and the wall time of one run. Results go
-to benchmarks/ACCURACY_RESULTS.md.
+Reported per dataset and method: test accuracy and macro F1, mean over seeds with a 95%
+t-interval over seeds, per seed, and wall time: the whole `tlpipe run` for tlpipe's recipes, the
+training (head + fine-tune, no process start or image caching) for the reference. Results go to
+benchmarks/ACCURACY_RESULTS.md.
 """
 
 from __future__ import annotations
@@ -32,56 +38,68 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SHARED = os.path.join(os.path.dirname(HERE), "..", "shared")
-DATA = os.path.join(SHARED, "data", "hymenoptera_data")
 WEIGHTS = os.path.join(SHARED, "weights", "mobilenet_2_5_224_tf_no_top.h5")
-RUN_FLAGS = ["--backbone", "mobilenet", "--alpha", "0.25", "--image-size", "160",
-             "--weights", WEIGHTS]
+DATASETS = {  # name: (folder, image size in px)
+    "hymenoptera": (os.path.join(SHARED, "data", "hymenoptera_data"), 160),
+    "trashnet": (os.path.join(SHARED, "data", "trashnet"), 128),
+}
 # Recipes: config overrides on the default preset. "default" is what a user gets.
 RECIPES = {
     "default": {},
-    "mirror_average": {"model": {"mirror_average": True}},
-    "augment_views_8": {"augment": {"views": 8}},
-    "finetune_all_layers": {"finetune": {"learning_rate": 1e-4, "unfreeze_fraction": 1.0,
-                                         "epochs": 20, "patience": 20, "batch_size": 16},
-                            "augment": {"min_crop_scale": 0.35}},
+    "tutorial": {"finetune": {"epochs": 10, "learning_rate": 1e-5, "unfreeze_fraction": 0.2,
+                              "warmup_epochs": 1, "weight_decay": 0.0,
+                              "selection": "best_val_loss", "patience": 3},
+                 "loss": {"label_smoothing": 0.0, "class_weight": "none"},
+                 "augment": {"min_crop_scale": 0.75}},
 }
 T_975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306,
          9: 2.262}  # two-sided 95% Student t quantiles by degrees of freedom
 
 
-def run_recipe(recipe: str, seed: int, work: str) -> dict:
-    """One `tlpipe run`; returns its test accuracy, bootstrap interval, chosen model, wall s and
-    run folder."""
+def run_recipe(dataset: str, recipe: str, seed: int, work: str) -> dict:
+    """One `tlpipe run`; returns its test accuracy, macro F1, chosen model, wall s and run
+    folder."""
     config = os.path.join(work, f"{recipe}.json")  # JSON is YAML
     with open(config, "w", encoding="utf-8") as handle:
         json.dump(RECIPES[recipe], handle)
-    output = os.path.join(work, f"{recipe}-{seed}")
+    folder, size = DATASETS[dataset]
+    output = os.path.join(work, f"{dataset}-{recipe}-{seed}")
     started = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "pipelines.cli", "run", "--data", DATA, *RUN_FLAGS,
-                    "--seed", str(seed), "--config", config, "--output", output],
+    subprocess.run([sys.executable, "-m", "pipelines.cli", "run", "--data", folder,
+                    "--backbone", "mobilenet", "--alpha", "0.25", "--image-size", str(size),
+                    "--weights", WEIGHTS, "--seed", str(seed), "--config", config,
+                    "--output", output],
                    check=True, stdout=subprocess.DEVNULL, cwd=os.path.dirname(HERE))
     wall = time.perf_counter() - started
     run_dir = json.load(open(os.path.join(output, "summary.json")))["run_dir"]
     record = json.load(open(glob.glob(os.path.join(run_dir, "evaluate", "evaluation",
                                                    "evaluation.json"))[0]))
-    return {"test": record["metrics"]["accuracy"],
-            "interval": record["intervals"]["accuracy"],
+    return {"test": record["metrics"]["accuracy"], "macro_f1": record["metrics"]["macro_f1"],
             "chosen": record["training"]["finetune"]["chosen"], "wall": wall, "run_dir": run_dir}
 
 
-def baselines(run_dir: str, seed: int) -> dict:
+def reference(run_dir: str, seed: int) -> dict:
+    """benchmarks/reference_recipe.py on the run's cached images, in its own process."""
+    done = subprocess.run([sys.executable, os.path.join(HERE, "reference_recipe.py"), run_dir,
+                           "--weights", WEIGHTS, "--seed", str(seed)],
+                          check=True, capture_output=True, text=True)
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def baselines(run_dir: str, seed: int, size: int) -> dict:
     """Linear probe and nearest centroid on the run's cached frozen features (original views)."""
     from sklearn.neighbors import NearestCentroid
 
     from transfer_benchmark import linear_probe
 
-    config = {"model": {"backbone": "mobilenet", "alpha": 0.25, "image_size": 160,
+    config = {"model": {"backbone": "mobilenet", "alpha": 0.25, "image_size": size,
                         "weights": WEIGHTS}, "data": {"seed": seed}}
     step = {name: os.path.join(run_dir, "preprocess", name)
             for name in ("features", "backbone", "images")}
     probe = linear_probe(step["features"], step["backbone"], step["images"], config)
     centroid = _nearest_centroid_test(step, config, NearestCentroid())
-    return {"linear_probe": probe["test"], "nearest_centroid": centroid}
+    return {"linear_probe": {"test": probe["test"]},
+            "nearest_centroid": {"test": centroid}}
 
 
 def _nearest_centroid_test(step: dict, config: dict, classifier) -> float:
@@ -109,47 +127,62 @@ def summary(values: list[float]) -> str:
     return f"{100 * mean:.1f} [{100 * (mean - half):.1f}, {100 * (mean + half):.1f}]"
 
 
+def table(dataset: str, rows: dict, seeds: list[int]) -> list[str]:
+    """The Markdown table of one dataset: rows {method: [per-seed dicts with "test" and
+    optionally "macro_f1", "wall", "chosen"]}."""
+    lines = [f"### {dataset} ({DATASETS[dataset][1]} px)", "",
+             "| method | test accuracy | per seed | macro F1 | shipped model per seed "
+             "| wall per run |", "|---|---|---|---|---|---|"]
+    for method, runs in rows.items():
+        tests = [run["test"] for run in runs]
+        f1 = summary([run["macro_f1"] for run in runs]) if "macro_f1" in runs[0] else "-"
+        wall = f"{statistics.fmean(run['wall'] for run in runs):.0f} s" if "wall" in runs[
+            0] else "-"
+        chosen = ", ".join(run["chosen"] for run in runs) if "chosen" in runs[0] else "-"
+        lines.append(f"| {method} | {summary(tests)} "
+                     f"| {', '.join(f'{100 * value:.1f}' for value in tests)} | {f1} "
+                     f"| {chosen} | {wall} |")
+    return lines + [""]
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=list(DATASETS))
     parser.add_argument("--seeds", type=int, nargs="+", default=[42, 1, 2])
     parser.add_argument("--recipes", nargs="+", default=list(RECIPES), choices=list(RECIPES))
     parser.add_argument("--output", default=os.path.join(HERE, "ACCURACY_RESULTS.md"))
     args = parser.parse_args(argv)
-    results, reference = {}, {}
-    with tempfile.TemporaryDirectory(prefix="tlpipe-accuracy-") as work:
-        for seed in args.seeds:
-            for recipe in args.recipes:
-                results.setdefault(recipe, []).append(run_recipe(recipe, seed, work))
-                print(recipe, seed, results[recipe][-1], flush=True)
-            reference[seed] = baselines(results[args.recipes[0]][-1]["run_dir"], seed)
-            print("baselines", seed, reference[seed], flush=True)
+    tables = []
+    for dataset in args.datasets:
+        rows = {f"tlpipe {recipe}": [] for recipe in args.recipes}
+        rows.update({"hand-written reference": [], "linear probe (frozen features)": [],
+                     "nearest centroid (frozen features)": []})
+        with tempfile.TemporaryDirectory(prefix="tlpipe-accuracy-") as work:
+            for seed in args.seeds:
+                for recipe in args.recipes:
+                    rows[f"tlpipe {recipe}"].append(run_recipe(dataset, recipe, seed, work))
+                    print(dataset, recipe, seed, rows[f"tlpipe {recipe}"][-1], flush=True)
+                run_dir = rows[f"tlpipe {args.recipes[0]}"][-1]["run_dir"]
+                rows["hand-written reference"].append(reference(run_dir, seed))
+                found = baselines(run_dir, seed, DATASETS[dataset][1])
+                rows["linear probe (frozen features)"].append(found["linear_probe"])
+                rows["nearest centroid (frozen features)"].append(found["nearest_centroid"])
+                print(dataset, "reference and baselines", seed,
+                      rows["hand-written reference"][-1], found, flush=True)
+        tables += table(dataset, rows, args.seeds)
     lines = [
-        "# Accuracy benchmark: tlpipe recipes vs frozen-feature baselines", "",
-        f"{datetime.date.today()}, {platform.machine()}, {os.cpu_count()} CPUs; "
-        f"`python benchmarks/accuracy_benchmark.py --seeds {' '.join(map(str, args.seeds))}`. "
-        "hymenoptera (196 train + 49 val carved from train/ by the seed, 153 test = the given "
-        "val/), MobileNet v1 alpha 0.25, ../shared's ImageNet weights, 160 px.", "",
-        "Test accuracy in %: mean over seeds [95% t-interval over seeds]; per seed in order "
-        f"{', '.join(map(str, args.seeds))}. Bootstrap width: mean width of the per-run 95% "
-        "test-set bootstrap intervals (one image is 0.65 points).", "",
-        "| recipe | test accuracy | per seed | bootstrap width | shipped model per seed "
-        "| wall per run |", "|---|---|---|---|---|---|"]
-    for name, key in (("linear probe (frozen features)", "linear_probe"),
-                      ("nearest centroid (frozen features)", "nearest_centroid")):
-        values = [reference[seed][key] for seed in args.seeds]
-        lines.append(f"| {name} | {summary(values)} | "
-                     f"{', '.join(f'{100 * v:.1f}' for v in values)} | - | - | - |")
-    for recipe in args.recipes:
-        runs = results[recipe]
-        tests = [run["test"] for run in runs]
-        width = statistics.fmean(100 * (r["interval"][1] - r["interval"][0]) for r in runs)
-        lines.append(
-            f"| {recipe}: `{json.dumps(RECIPES[recipe])}` | {summary(tests)} "
-            f"| {', '.join(f'{100 * value:.1f}' for value in tests)} | {width:.1f} "
-            f"| {', '.join(r['chosen'] for r in runs)} "
-            f"| {statistics.fmean(r['wall'] for r in runs):.0f} s |")
+        "# Accuracy benchmark: tlpipe's recipes vs a hand-written reference and frozen-feature "
+        "baselines", "",
+        f"{datetime.date.today()}, {platform.machine()}, {os.cpu_count()} CPUs; `python "
+        f"benchmarks/accuracy_benchmark.py --datasets {' '.join(args.datasets)} --seeds "
+        f"{' '.join(map(str, args.seeds))}`. MobileNet v1 alpha 0.25, ../shared's ImageNet "
+        "weights. The reference and the baselines run on the `tlpipe "
+        f"{args.recipes[0]}` run's cached images of each seed (same pixels, same splits).", "",
+        "In %: mean over seeds [95% t-interval over seeds]; per seed in order "
+        f"{', '.join(map(str, args.seeds))}. Wall: the whole `tlpipe run` (ingest to the "
+        "exports) for tlpipe; head + fine-tune training for the reference.", "", *tables]
     with open(args.output, "w", encoding="utf-8") as handle:
-        handle.write("\n".join(lines) + "\n")
+        handle.write("\n".join(lines))
     print("\n".join(lines))
     return 0
 

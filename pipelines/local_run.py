@@ -202,7 +202,8 @@ def report(summary: dict) -> str:
         "metadata", {})
     if quantized:
         lines.append(f"TFLite (gate: at most {quantized['max_accuracy_drop_points']} points below "
-                     f"float; recommended: {quantized['recommended_file']}):")
+                     f"float, agreement at least {quantized['min_agreement']:.0%}; "
+                     f"recommended: {quantized['recommended_file']}):")
         lines.extend(_format_line(name, figures)
                      for name, figures in quantized["variants"].items())
     exported = summary.get("tensorrt", {}).get("outputs", {}).get("onnx", {}).get("metadata", {})

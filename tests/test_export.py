@@ -25,7 +25,7 @@ def trained(tmp_path_factory):
     config = PipelineConfig.from_dict({
         "model": {"backbone": "mobilenet", "alpha": 0.25, "image_size": 32, "weights": "none"},
         "head": {"l2_candidates": [1e-3]},
-        "finetune": {"epochs": 12, "batch_size": 32, "patience": 12,
+        "finetune": {"epochs": 12, "batch_size": 32, "patience": 12, "warmup_epochs": 1,
                      "scratch_learning_rate": 3e-3}})
     spec = backbones.get("mobilenet")
     backbone = backbones.build(spec, 32, 0.25, None)

@@ -18,6 +18,7 @@ Artifact layouts (directories):
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import logging
@@ -33,7 +34,7 @@ from components.core.evaluate import predict
 from components.core.evaluate.baseline import load_baseline
 from components.core.export.calibration import calibration_images
 from components.core.io import storage
-from components.core.train import backbones, backup
+from components.core.train import backbones, backup, recipe
 
 log = logging.getLogger("tlpipe.stages")
 
@@ -132,10 +133,14 @@ def preprocess(dataset_dir: str, images_dir: str, features_dir: str, backbone_di
         models.calibrate_batchnorm(backbone, spec.preprocess_mode, size,
                                    cache.batchnorm_sample(dataset_dir, size, config.data.seed))
         provenance["detail"] += "; BatchNorm statistics estimated from training images"
+    train_counts = storage.read_json(os.path.join(dataset_dir, "manifest.json"))["counts"][
+        "train"]
     features = cache.FeatureCache(
         models.attach(backbone, spec.preprocess_mode, size,
                       mirror_average=config.model.mirror_average),
-        size, config.augment, config.data.seed)
+        size, config.augment, config.data.seed,
+        recipe.crop_scale(config.augment.min_crop_scale, list(train_counts.values())))
+    provenance["parameters"] = backbone.count_params()
     with storage.atomic_dir(backbone_dir) as partial:
         models.save(backbone, os.path.join(partial, "backbone.keras"))
         storage.write_json(os.path.join(partial, "provenance.json"), provenance)
@@ -177,6 +182,10 @@ def finetune(images_dir: str, backbone_dir: str, head_dir: str, model_dir: str, 
              distribute.worker_count())
     meta = storage.read_json(os.path.join(images_dir, cache.META))
     provenance = storage.read_json(os.path.join(backbone_dir, "provenance.json"))
+    plan = recipe.resolve(config.finetune, config.augment, config.loss,
+                          meta["train_class_counts"], provenance["parameters"],
+                          backbones.get(config.model.backbone).unfreeze_fraction)
+    config = recipe.applied(config, plan)
     chief = distribute.is_chief()
     target = model_dir if chief else tempfile.mkdtemp(prefix="tlpipe-worker-")
     try:
@@ -191,6 +200,10 @@ def finetune(images_dir: str, backbone_dir: str, head_dir: str, model_dir: str, 
                 log_dir=os.path.join(partial, "tensorboard"),
                 backup_dir=backup.worker_dir(backup_root, task_type, task_index)
                 if backup_root else None)
+            report["recipe"] = {**dataclasses.asdict(plan), "weight_decay":
+                                config.finetune.weight_decay,
+                                "selection": config.finetune.selection,
+                                "label_smoothing": config.loss.label_smoothing}
             models.save(classifier, os.path.join(partial, "model.keras"))
             storage.write_json(os.path.join(partial, "finetune.json"), report)
             predict.write_labels(partial, meta["classes"])
@@ -325,7 +338,8 @@ def quantize(model_dir: str, images_dir: str, tflite_dir: str, *, config) -> dic
         tflite.export_saved_model(model, saved_model)
         variants = tflite.write_variants(model, saved_model, partial, shipping, calibration,
                                          (test_images, test_labels, reference))
-        recommended = measure.gate(float_accuracy, variants, shipping.max_accuracy_drop)
+        recommended = measure.gate(float_accuracy, variants, shipping.max_accuracy_drop,
+                                   shipping.min_agreement)
         for variant, figures in variants.items():
             log.info("tflite %s: %s", variant, figures)
         facts = {"float_test_accuracy": float_accuracy,
@@ -333,10 +347,12 @@ def quantize(model_dir: str, images_dir: str, tflite_dir: str, *, config) -> dic
                  "keras_latency": measure.latency_summary(keras_latency),
                  "calibration_images": len(calibration), "int8_input": shipping.int8_input,
                  "max_accuracy_drop_points": shipping.max_accuracy_drop,
-                 "recommended": recommended, "recommended_file": variants[recommended]["file"],
+                 "min_agreement": shipping.min_agreement, "recommended": recommended,
+                 "recommended_file": variants[recommended]["file"],
                  "variants": variants}
-        log.info("recommended TFLite variant: %s (smallest within %s points of float32 %.4f)",
-                 recommended, shipping.max_accuracy_drop, float_accuracy)
+        log.info("recommended TFLite variant: %s (smallest within %s points of float32 %.4f "
+                 "agreeing on %s of its predictions)", recommended, shipping.max_accuracy_drop,
+                 float_accuracy, shipping.min_agreement)
         storage.write_json(os.path.join(partial, "quantization.json"), facts)
         predict.write_labels(partial, _classes(images_dir))
     return facts
@@ -370,14 +386,15 @@ def tensorrt(model_dir: str, images_dir: str, onnx_dir: str, *, config) -> dict:
         for name in files.keys() - {"onnx"}:  # how many times smaller than the float ONNX
             formats[name]["size_ratio"] = float_size / formats[name]["size_bytes"]
         float_accuracy = measure.accuracy(reference, labels)
-        recommended = measure.gate(float_accuracy, formats, shipping.max_accuracy_drop)
+        recommended = measure.gate(float_accuracy, formats, shipping.max_accuracy_drop,
+                                   shipping.min_agreement)
         if calibration is not None:
             formats["onnx_int8"]["calibration_images"] = len(calibration)
         for name, figures in formats.items():
             log.info("%s: %s", name, figures)
         facts = {**formats, "float_test_accuracy": float_accuracy,
                  "max_accuracy_drop_points": shipping.max_accuracy_drop,
-                 "recommended_onnx": recommended, "opset": shipping.onnx_opset,
+                 "min_agreement": shipping.min_agreement, "recommended_onnx": recommended, "opset": shipping.onnx_opset,
                  "tensorrt": tensorrt_engine.engine_figures(
                      files, formats, shipping.tensorrt_precision, meta["image_size"],
                      (images, labels, reference), partial)}

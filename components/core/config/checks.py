@@ -10,6 +10,8 @@ from components.core.config.errors import ConfigError
 from components.core.export import onnx_precision, tflite
 from components.core.train import acceleration, backbones
 
+SELECTIONS = ("last", "best_val_loss")  # finetune.selection
+
 if TYPE_CHECKING:
     from components.core.config.schema import FinetuneConfig, PipelineConfig
 
@@ -40,36 +42,42 @@ def problems(config: PipelineConfig) -> list[str]:
           "model.mirror_average averages each image with its mirror image, but augment.flip is "
           "off (mirroring changes the class); turn one of them off")
     check(0 <= augment.views <= 32, f"augment.views={augment.views}; use a count from 0 to 32")
-    check(0 < augment.min_crop_scale <= 1,
-          f"augment.min_crop_scale={augment.min_crop_scale}; use a value in (0, 1]")
+    check(0 <= augment.min_crop_scale <= 1,
+          f"augment.min_crop_scale={augment.min_crop_scale}; use a value in (0, 1], or 0 to "
+          f"choose from the data")
 
+    check(head.learning_rate > 0, f"head.learning_rate={head.learning_rate}; use a positive value")
+    check(tune.learning_rate >= 0, f"finetune.learning_rate={tune.learning_rate}; use a positive "
+                                   f"value, or 0 to choose from the backbone and batch size")
     for section, stage in (("head", head), ("finetune", tune)):
-        check(stage.learning_rate > 0,
-              f"{section}.learning_rate={stage.learning_rate}; use a positive value")
         check(stage.patience >= 1, f"{section}.patience={stage.patience}; use at least 1")
+    check(tune.weight_decay >= 0, f"finetune.weight_decay={tune.weight_decay}; use a value >= 0")
+    check(tune.selection in SELECTIONS,
+          f"finetune.selection={tune.selection!r}; use one of {', '.join(SELECTIONS)}")
     check(tune.batch_size >= 1, f"finetune.batch_size={tune.batch_size}; use at least 1")
     check(tune.scratch_learning_rate > 0,
           f"finetune.scratch_learning_rate={tune.scratch_learning_rate}; use a positive value")
     check(head.max_steps >= 10, f"head.max_steps={head.max_steps}; use at least 10")
     check(len(head.l2_candidates) >= 1 and min(head.l2_candidates) >= 0,
           f"head.l2_candidates={head.l2_candidates}; give one or more values >= 0")
-    check(tune.epochs >= 0, f"finetune.epochs={tune.epochs}; use 0 (no fine-tuning) or more")
+    check(tune.epochs >= -1, f"finetune.epochs={tune.epochs}; use 0 (no fine-tuning), more, "
+                             f"or -1 to choose from the data")
     check(tune.unfreeze_layers >= 0,
           f"finetune.unfreeze_layers={tune.unfreeze_layers}; use 0 (backbone default) or more")
     check(0 <= tune.unfreeze_fraction <= 1,
           f"finetune.unfreeze_fraction={tune.unfreeze_fraction}; use a share in [0, 1]")
-    check(0 <= tune.warmup_epochs and (tune.warmup_epochs < tune.epochs or tune.epochs == 0),
+    check(tune.warmup_epochs >= -1 and (tune.warmup_epochs < tune.epochs or tune.epochs <= 0),
           f"finetune.warmup_epochs={tune.warmup_epochs}; use fewer than finetune.epochs="
-          f"{tune.epochs}")
+          f"{tune.epochs}, or -1 to choose from the epochs")
     for name, allowed in (("precision", acceleration.PRECISIONS),
                           ("xla", acceleration.XLA_SETTINGS)):
         check(getattr(tune, name) in allowed,
               f"finetune.{name}={getattr(tune, name)!r}; use one of {', '.join(allowed)}")
     check(0 <= config.loss.label_smoothing < 0.5,
           f"loss.label_smoothing={config.loss.label_smoothing}; use a value in [0, 0.5)")
-    check(config.loss.class_weight in ("none", "balanced"),
-          f"loss.class_weight={config.loss.class_weight!r}; use none or balanced")
-    check(tune.learning_rate < head.learning_rate,
+    check(config.loss.class_weight in ("none", "balanced", "auto"),
+          f"loss.class_weight={config.loss.class_weight!r}; use none, balanced or auto")
+    check(not tune.learning_rate or tune.learning_rate < head.learning_rate,
           f"finetune.learning_rate={tune.learning_rate} is not below head.learning_rate="
           f"{head.learning_rate}; fine-tune 10-100x lower than the head or it wrecks the "
           f"pretrained features")
@@ -95,6 +103,8 @@ def problems(config: PipelineConfig) -> list[str]:
           f"export.int8_input={shipping.int8_input!r}; use uint8 or int8")
     check(shipping.max_accuracy_drop >= 0,
           f"export.max_accuracy_drop={shipping.max_accuracy_drop}; use points >= 0")
+    check(0 <= shipping.min_agreement <= 1,
+          f"export.min_agreement={shipping.min_agreement}; use a share in [0, 1]")
     check(13 <= shipping.onnx_opset <= 18,
           f"export.onnx_opset={shipping.onnx_opset}; use 13 to 18 (what tf2onnx supports)")
     unknown = sorted(set(shipping.onnx_variants) - set(onnx_precision.VARIANTS))

@@ -71,13 +71,15 @@ class AugmentConfig:
         stage; final test accuracy one image of 153 better on ants/bees at 160 px, the same at
         384 px, 2.4 points lower on digits; fine-tuning augments either way).
     min_crop_scale: a view is a random square crop covering this share of each side or more,
-        resized back, in (0, 1] (default 0.75; 1 disables cropping).
+        resized back, in [0, 1]; 1 disables cropping; 0 (default) chooses from the training
+        images per class (components.core.train.recipe: 0.6 below 500, 0.7 below 5,000, else
+        0.8).
     flip: mirror half of the views left-right (default True; turn off where mirroring changes
         the class, e.g. digits or text).
     """
 
     views: int = 0
-    min_crop_scale: float = 0.75
+    min_crop_scale: float = 0.0
     flip: bool = True
 
 
@@ -86,13 +88,14 @@ class LossConfig:
     """The loss of both training stages.
 
     label_smoothing: share of each target's probability spread over all classes, in [0, 0.5)
-        (default 0: plain cross-entropy).
-    class_weight: "none" or "balanced" (each class weighted by N / (classes x its training count),
-        for imbalanced data).
+        (default 0.1).
+    class_weight: "none", "balanced" (each class weighted by N / (classes x its training
+        count)) or "auto" (default: balanced when the largest class has 2x the smallest's
+        training images or more, else none).
     """
 
-    label_smoothing: float = 0.0
-    class_weight: str = "none"
+    label_smoothing: float = 0.1
+    class_weight: str = "auto"
 
 
 @dataclass
@@ -116,37 +119,54 @@ class HeadConfig:
 
 @dataclass
 class FinetuneConfig:
-    """Fine-tuning the top of the backbone together with the head.
+    """Fine-tuning the backbone together with the head (AdamW, gradients clipped, BatchNorm in
+    inference mode). Settings left on "auto" are chosen per run from the training images per
+    class, the number of classes and the backbone's size (components.core.train.recipe; the
+    values used and why are in finetune.json).
 
-    epochs: maximum epochs, >= 0; 0 skips fine-tuning and ships the head-only model (default 10).
-    learning_rate: Adam learning rate, > 0; should be 10-100x below the head's (default 1e-5).
+    epochs: epochs, >= 0; 0 skips fine-tuning and ships the head-only model; -1 (default):
+        about 50,000 images seen, within 4-40 epochs.
+    learning_rate: peak AdamW learning rate, > 0; 0 (default): 3e-4 at batch 32 for backbones of
+        up to 4M parameters, scaled by sqrt(batch / 32) and down by sqrt(4M / parameters).
     scratch_learning_rate: the learning rate instead, when the backbone has random weights and
         the whole network trains from scratch, > 0 (default 1e-3).
+    weight_decay: AdamW decoupled weight decay (Keras semantics: each step shrinks a weight by
+        weight_decay x learning_rate of itself), >= 0; biases are not decayed (default 0.01).
     warmup_epochs: epochs of linear warm-up from 0 to learning_rate, after which it decays to 0
-        along a cosine over the remaining epochs, in [0, epochs) (default 1).
+        along a cosine over the remaining epochs, in [0, epochs); -1 (default): 7% of the epochs,
+        at least 1.
     Which layers train (BatchNorm layers always stay frozen), first match wins:
     unfreeze_from: name of the lowest backbone layer to train; it and every layer above it train.
     unfreeze_layers: that many layers from the top (default 0: not used).
-    unfreeze_fraction: that share of the backbone's layers from the top, in [0, 1]; 0 (default)
-        means the backbone's own default (`BackboneSpec.unfreeze_fraction`).
+    unfreeze_fraction: that share of the backbone's layers from the top, in [0, 1]; 0 (default):
+        one training image per 2,000 backbone parameters, at least the backbone's own default
+        share (`BackboneSpec.unfreeze_fraction`), at most all of it.
     batch_size: global batch size across all workers, >= 1 (default 32).
-    patience: epochs without val-loss improvement before stopping, >= 1 (default 3).
+    selection: which weights fine-tuning ends with: "last" (default: the fixed schedule runs to
+        its end, nothing is picked on a small val set) or "best_val_loss" (the epoch with the
+        lowest val loss, stopping after `patience` epochs without a lower one).
+    patience: epochs without val-loss improvement before stopping, >= 1 (default 3; only with
+        selection "best_val_loss").
     precision: what the backbone computes in while fine-tuning (see
         `components.core.train.acceleration`): "auto" (default: "mixed_bfloat16" where every GPU has
         compute capability 8.0 or more, else "float32"), "float32" or "mixed_bfloat16"
         (bfloat16 maths, float32 variables, head and loss). The shipped model is float32.
     xla: compile the forward and backward pass with XLA: "auto" (default: where there is a
         GPU), "always" or "never".
+    Whatever the settings, the fine-tuned model ships only if the head-only model is not
+    clearly better on val (a paired test over the val images: see `finetune.finetuned_is_better`).
     """
 
-    epochs: int = 10
-    learning_rate: float = 1e-5
+    epochs: int = -1
+    learning_rate: float = 0.0
     scratch_learning_rate: float = 1e-3
-    warmup_epochs: int = 1
+    weight_decay: float = 0.01
+    warmup_epochs: int = -1
     unfreeze_from: str = ""
     unfreeze_layers: int = 0
     unfreeze_fraction: float = 0.0
     batch_size: int = 32
+    selection: str = "last"
     patience: int = 3
     precision: str = "auto"
     xla: str = "auto"
@@ -191,6 +211,8 @@ class ExportConfig:
         (default 200).
     max_accuracy_drop: percentage points of test accuracy a variant may lose against the float
         model before it is rejected, >= 0 (default 1.0).
+    min_agreement: share of test images, in [0, 1], on which a variant must predict the same
+        class as the float Keras model, or it is rejected (default 0.95).
     onnx_opset: ONNX opset of the exported model, 13-18 (default 17).
     onnx_variants: reduced-precision ONNX models to build beside the float one, each evaluated
         and gated like the TFLite variants: any of "fp16", "int8" (explicit Q/DQ, calibrated on
@@ -203,6 +225,7 @@ class ExportConfig:
     int8_input: str = "uint8"
     calibration_samples: int = 200
     max_accuracy_drop: float = 1.0
+    min_agreement: float = 0.95
     onnx_opset: int = 17
     onnx_variants: list[str] = field(default_factory=lambda: ["fp16", "int8"])
     tensorrt_precision: str = "fp16"
@@ -248,8 +271,12 @@ PRESETS = {
         "model": {"backbone": "mobilenet", "alpha": 0.25, "image_size": 32,
                   "allow_random_fallback": True},
         "augment": {"views": 0, "flip": False, "min_crop_scale": 0.85},
+        # digits train from scratch offline (no ImageNet weights): the recipe of a pretrained
+        # backbone does not apply; early stopping on val picks among 30 epochs
+        "loss": {"label_smoothing": 0.0, "class_weight": "none"},
         "finetune": {"epochs": 30, "patience": 8, "learning_rate": 1e-4, "batch_size": 64,
-                     "scratch_learning_rate": 3e-3},
+                     "scratch_learning_rate": 3e-3, "warmup_epochs": 1, "weight_decay": 0.0,
+                     "selection": "best_val_loss"},
         "export": {"calibration_samples": 100},
     },
 }

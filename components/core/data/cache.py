@@ -170,13 +170,15 @@ class FeatureCache:
     view) and `meta.json` with `classes`.
 
     extractor: uint8 (B, S, S, 3) images -> (B, D) features (a Keras model, called with
-    training=False). Both graphs (original and augmented) are traced here, before any batch
+    training=False). min_crop_scale: the views' smallest crop side share, in (0, 1] (resolved:
+    `recipe.crop_scale`). Both graphs (original and augmented) are traced here, before any batch
     arrives, so that tracing overlaps the decoding started by `start_resizing`.
     """
 
     SPLITS = ("train", "val")
 
-    def __init__(self, extractor, image_size: int, augment_config: AugmentConfig, seed: int):
+    def __init__(self, extractor, image_size: int, augment_config: AugmentConfig, seed: int,
+                 min_crop_scale: float):
         import tensorflow as tf
 
         images = tf.TensorSpec((None, image_size, image_size, 3), tf.uint8)
@@ -184,7 +186,7 @@ class FeatureCache:
                                      input_signature=[images])
         self._augmented = tf.function(
             lambda batch, view_seed: extractor(
-                augment(batch, view_seed, augment_config.min_crop_scale, augment_config.flip),
+                augment(batch, view_seed, min_crop_scale, augment_config.flip),
                 training=False),
             input_signature=[images, tf.TensorSpec((2,), tf.int64)])
         self._original.get_concrete_function()

@@ -9,20 +9,35 @@ import time
 import numpy as np
 
 
-def gate(reference_accuracy: float, variants: dict, max_drop_points: float) -> str:
-    """Marks each of `variants` ({name: {"test_accuracy", "size_bytes", ...}}) "accepted" or
-    "rejected" in place, with its accuracy drop in percentage points below
-    `reference_accuracy` (the float model's test accuracy in [0, 1]); a variant is rejected when
-    it drops more than `max_drop_points`. Returns the recommended variant: the smallest accepted
-    one (ties: the more accurate)."""
+def gate(reference_accuracy: float, variants: dict, max_drop_points: float,
+         min_agreement: float = 0.0) -> str:
+    """Marks each of `variants` ({name: {"test_accuracy", "size_bytes", "top1_agreement",
+    ...}}) "accepted" or "rejected" in place, with its accuracy drop in percentage points below
+    `reference_accuracy` (the float model's test accuracy in [0, 1]) and, when rejected, the
+    "reason". A variant is rejected when it drops more than `max_drop_points`, or when its top-1
+    agreement with the float Keras model (share of test images given the same class, in [0, 1])
+    is below `min_agreement`: accuracy alone can hide a model that swaps many predictions both
+    ways. Returns the recommended variant: the smallest accepted one (ties: the more
+    accurate)."""
     for figures in variants.values():
         drop = round((reference_accuracy - figures["test_accuracy"]) * 100, 4)
         figures["accuracy_drop_points"] = drop
-        figures["status"] = "accepted" if drop <= max_drop_points else "rejected"
+        reasons = []
+        if drop > max_drop_points:
+            reasons.append(f"{drop:g} points below the float model's accuracy (at most "
+                           f"{max_drop_points:g}: export.max_accuracy_drop)")
+        if figures.get("top1_agreement", 1.0) < min_agreement:
+            reasons.append(f"agrees with the float model on {figures['top1_agreement']:.1%} of "
+                           f"test images (at least {min_agreement:.0%}: export.min_agreement)")
+        figures["status"] = "rejected" if reasons else "accepted"
+        if reasons:
+            figures["reason"] = "; ".join(reasons)
     accepted = [name for name, figures in variants.items() if figures["status"] == "accepted"]
     if not accepted:
-        raise ValueError(f"every variant lost more than {max_drop_points} points; "
-                         f"raise export.max_accuracy_drop or include the float32 reference")
+        raise ValueError(f"every variant lost more than {max_drop_points} points or agrees "
+                         f"with the float model less than export.min_agreement; raise "
+                         f"export.max_accuracy_drop, lower export.min_agreement or include the "
+                         f"float32 reference")
     return min(accepted, key=lambda name: (variants[name]["size_bytes"],
                                            -variants[name]["test_accuracy"]))
 

@@ -216,9 +216,8 @@ def engine_figures(files: dict, formats: dict, precision: str, image_size: int, 
             "api": planned_api()}
     reason = unavailable_reason()
     if formats[source]["status"] == "rejected":
-        reason = (f"{source} is {formats[source]['accuracy_drop_points']} points below the "
-                  f"float model, more than export.max_accuracy_drop; choose another "
-                  f"export.tensorrt_precision or raise the limit")
+        reason = (f"{source} was rejected by the gate ({formats[source]['reason']}); choose "
+                  f"another export.tensorrt_precision or relax the gate")
     if reason:
         log.warning("TensorRT engine skipped: %s", reason)
         return {"status": "skipped", "reason": reason, **plan}

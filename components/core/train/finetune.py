@@ -1,8 +1,10 @@
-"""Transfer learning's second stage: fine_tune() trains the top of the backbone with the head
-(head.train_head trained the head alone on cached features) under a tf.distribute strategy.
+"""Transfer learning's second stage: fine_tune() trains the backbone with the head
+(head.train_head trained the head alone on cached features) under a tf.distribute strategy,
+with the recipe of `recipe.resolve`.
 
-fine_tune() never ships a worse model: the fine-tuned weights are kept only if they beat the
-head-only model on the validation split (lower loss and at least the same accuracy).
+fine_tune() never ships a clearly worse model: the fine-tuned weights are dropped when the
+head-only model is clearly better on the validation split (a paired test, so that the noise
+of a small val set does not decide).
 """
 
 from __future__ import annotations
@@ -37,12 +39,14 @@ def fine_tune(backbone_path: str, head_path: str, train_epoch, val, config: Pipe
     train_epoch: epoch number (0-based) -> batched tf.data dataset of (uint8 images, labels) for
     that epoch with the global batch size; the same on every worker (the strategy gives each
     worker its share of every batch). val: batched dataset every worker reads whole.
+    config: resolved (`recipe.applied`: no "auto" setting left).
     class_counts: training images per class (for the step count and class weights).
-    The learning rate warms up linearly for finetune.warmup_epochs, then decays along a cosine
-    to 0 at the last epoch; gradients are all-reduced, then clipped to global norm CLIP_NORM.
-    The best epoch by val loss is kept (early stopping after finetune.patience epochs without
-    a lower val loss). log_dir: TensorBoard logs (train/ and validation/).
-    pretrained: True trains the top layers (finetune.unfreeze_layers) at finetune.learning_rate
+    AdamW (finetune.weight_decay, biases not decayed); the learning rate warms up linearly for
+    finetune.warmup_epochs, then decays along a cosine to 0 at the last epoch; gradients are
+    all-reduced, then clipped to global norm CLIP_NORM. finetune.selection picks the weights
+    kept (see `_fit`); then the never-worse guard (`finetuned_is_better`) decides between them
+    and the head-only model. log_dir: TensorBoard logs (train/ and validation/).
+    pretrained: True trains the top layers (finetune.unfreeze_*) at finetune.learning_rate
     with BatchNorm frozen in inference mode. False (random weights: nothing to transfer) trains
     every layer, BatchNorm included (statistics synchronised across workers), at
     finetune.scratch_learning_rate: training from scratch.
@@ -53,6 +57,9 @@ def fine_tune(backbone_path: str, head_path: str, train_epoch, val, config: Pipe
     metrics, which one was chosen and why, the trained layer names, the history and the epoch
     training resumed from.
     """
+    if min(config.finetune.epochs, config.finetune.warmup_epochs) < 0:
+        raise ValueError("fine_tune needs a resolved config: pass recipe.applied(config, "
+                         "recipe.resolve(...))")
     keras.utils.set_random_seed(config.data.seed)
     spec = backbones.get(config.model.backbone)
     size = backbones.resolved_size(spec, config.model.image_size)
@@ -61,7 +68,8 @@ def fine_tune(backbone_path: str, head_path: str, train_epoch, val, config: Pipe
         head = models.load(head_path)
         head_only = models.attach(backbone, spec.preprocess_mode, size, head,
                                   mirror_average=config.model.mirror_average)
-    head_only_val = scoring.evaluate(scoring.inference(head_only), val)
+    head_only_examples = scoring.per_example(scoring.inference(head_only), val)
+    head_only_val = scoring.summary(head_only_examples)
     report = {"mode": "fine_tune" if pretrained else "from_scratch",
               "head_only_val": head_only_val, "finetuned_val": None, "history": {},
               "trained_layers": [], "resumed_from_epoch": 0}
@@ -89,8 +97,10 @@ def fine_tune(backbone_path: str, head_path: str, train_epoch, val, config: Pipe
                                   mirror_average=config.model.mirror_average)
             learning_rate = config.finetune.scratch_learning_rate
         steps = -(-sum(class_counts) // config.finetune.batch_size) * config.finetune.epochs
-        optimizer = keras.optimizers.Adam(warmup_cosine(
-            learning_rate, steps, config.finetune.warmup_epochs / config.finetune.epochs))
+        optimizer = keras.optimizers.AdamW(warmup_cosine(
+            learning_rate, steps, config.finetune.warmup_epochs / config.finetune.epochs),
+            weight_decay=config.finetune.weight_decay)
+        optimizer.exclude_from_weight_decay(var_names=["bias"])
         optimizer.build(tuned.trainable_variables)
     weights = models.class_weights(class_counts, config.loss.class_weight) or {}
     report.update(_accelerate(backbone, config.finetune))
@@ -104,8 +114,9 @@ def fine_tune(backbone_path: str, head_path: str, train_epoch, val, config: Pipe
         layer.synchronized = False  # the shipped model runs anywhere
     report["history"] = history
     report["finetuned_weights_sha256"] = weights_digest(tuned)
-    report["finetuned_val"] = scoring.evaluate(scoring.inference(tuned), val)
-    keep, reason = finetuned_is_better(head_only_val, report["finetuned_val"])
+    tuned_examples = scoring.per_example(scoring.inference(tuned), val)
+    report["finetuned_val"] = scoring.summary(tuned_examples)
+    keep, reason = finetuned_is_better(head_only_examples, tuned_examples)
     log.info("shipping the %s model: %s", "fine-tuned" if keep else "head-only", reason)
     if keep:
         return tuned, {**report, "chosen": "finetuned", "reason": reason}
@@ -183,8 +194,9 @@ def _train_step(model: keras.Model, optimizer, strategy, label_smoothing: float,
 def _fit(model: keras.Model, optimizer, step, train_epoch, val, strategy,
          config: PipelineConfig, log_dir: str | None,
          backup_dir: str | None) -> tuple[dict, int]:
-    """The epoch loop with early stopping on val loss (best weights restored at the end) and a
-    backup after every epoch. Returns (history {loss, accuracy, val_loss, val_accuracy: one
+    """The epoch loop with a backup after every epoch. With finetune.selection "best_val_loss",
+    early stopping on val loss (the best epoch's weights restored at the end); with "last",
+    every epoch runs and the last one's weights stay. Returns (history {loss, accuracy, val_loss, val_accuracy: one
     value per epoch}, the epoch it resumed from)."""
     state = {"epoch": 0, "best_val_loss": None, "epochs_without_gain": 0,
              "history": {"loss": [], "accuracy": [], "val_loss": [], "val_accuracy": []}}
@@ -198,8 +210,9 @@ def _fit(model: keras.Model, optimizer, step, train_epoch, val, strategy,
                  backup_dir)
     resumed_from, predict = state["epoch"], scoring.inference(model)
     writers = {name: scalar_writer(log_dir, name) for name in ("train", "validation")}
+    early_stopping = config.finetune.selection == "best_val_loss"
     for epoch in range(state["epoch"], config.finetune.epochs):
-        if state["epochs_without_gain"] >= config.finetune.patience:
+        if early_stopping and state["epochs_without_gain"] >= config.finetune.patience:
             break
         totals = [step(images, labels) for images, labels in
                   strategy.experimental_distribute_dataset(train_epoch(epoch))]
@@ -212,7 +225,8 @@ def _fit(model: keras.Model, optimizer, step, train_epoch, val, strategy,
         _write_epoch(writers, epoch, figures)
         log.info("finetune epoch %d: %s", epoch + 1,
                  " ".join(f"{name}={value:.4f}" for name, value in figures.items()))
-        if state["best_val_loss"] is None or figures["val_loss"] < state["best_val_loss"]:
+        if (state["best_val_loss"] is None or figures["val_loss"] < state["best_val_loss"]
+                or not early_stopping):
             state["best_val_loss"], state["epochs_without_gain"] = figures["val_loss"], 0
             best = _snapshot(model)
         else:
@@ -241,14 +255,34 @@ def _write_epoch(writers: dict, epoch: int, figures: dict) -> None:
             writer.flush()  # TensorBoard shows the epoch while training goes on
 
 
+# The never-worse guard's one-sided z threshold: the head-only model is "clearly better" only
+# when its edge on val is this many standard errors from zero (about 5% false alarms).
+GUARD_Z = 1.645
+
+
 def finetuned_is_better(head_only: dict, tuned: dict) -> tuple[bool, str]:
-    """The never-worse rule on val metrics ({"loss", "accuracy"} dicts): keep the fine-tuned
-    model only if its loss is lower and its accuracy at least as high. Returns (keep, reason)."""
-    figures = (f"val loss {tuned['loss']:.4f} vs {head_only['loss']:.4f}, val accuracy "
-               f"{tuned['accuracy']:.4f} vs {head_only['accuracy']:.4f} (fine-tuned vs head-only)")
-    keep = tuned["loss"] < head_only["loss"] and tuned["accuracy"] >= head_only["accuracy"]
-    verdict = "fine-tuning improved val" if keep else "fine-tuning did not improve val"
-    return keep, f"{verdict}: {figures}"
+    """The never-worse guard, judged so that a small val set's noise does not decide it: both
+    models' per-image val results ({"losses", "correct"} arrays over the same images, see
+    `scoring.per_example`) are compared pair by pair, and the fine-tuned model is dropped only
+    if the head-only one is clearly better on either count: its mean cross-entropy lower by more
+    than GUARD_Z standard errors of the paired differences, or more images right only for it
+    than only for the fine-tuned model by more than GUARD_Z x sqrt(discordant images) (McNemar,
+    normal form). Returns (keep the fine-tuned model, reason with the figures)."""
+    losses = np.asarray(tuned["losses"], np.float64) - np.asarray(head_only["losses"], np.float64)
+    loss_error = losses.std(ddof=1) / np.sqrt(len(losses)) if len(losses) > 1 else 0.0
+    only_head = int(np.sum(np.asarray(head_only["correct"]) & ~np.asarray(tuned["correct"])))
+    only_tuned = int(np.sum(np.asarray(tuned["correct"]) & ~np.asarray(head_only["correct"])))
+    worse_loss = losses.mean() > GUARD_Z * loss_error
+    worse_accuracy = only_head - only_tuned > GUARD_Z * np.sqrt(only_head + only_tuned)
+    before, after = scoring.summary(head_only), scoring.summary(tuned)
+    figures = (f"val loss {after['loss']:.4f} vs {before['loss']:.4f} (paired difference "
+               f"{losses.mean():+.4f}, standard error {loss_error:.4f}), val accuracy "
+               f"{after['accuracy']:.4f} vs {before['accuracy']:.4f} ({only_tuned} images right "
+               f"only fine-tuned, {only_head} only head-only; fine-tuned vs head-only, "
+               f"{len(losses)} images)")
+    if worse_loss or worse_accuracy:
+        return False, f"the head-only model is clearly better on val: {figures}"
+    return True, f"the head-only model is not clearly better on val: {figures}"
 
 
 def warmup_cosine(peak: float, total_steps: int, warmup_share: float):

@@ -17,7 +17,7 @@ import keras
 
 from components.core.data.preprocessing import MirrorImages, RawImagePreprocessing
 from components.core.io import storage
-from components.core.train import backbones
+from components.core.train import backbones, recipe
 
 if TYPE_CHECKING:  # annotations only: config sits above this package
     from components.core.config.schema import FinetuneConfig, ModelConfig
@@ -249,8 +249,9 @@ class SparseCrossentropy(keras.losses.Loss):
 
 def class_weights(counts: list[int], mode: str) -> dict[int, float] | None:
     """Keras `class_weight` for training counts per class: None for mode "none"; for "balanced",
-    N / (classes x count), so every class carries the same total weight."""
-    if mode == "none":
+    N / (classes x count), so every class carries the same total weight; "auto" is one of
+    those two (`recipe.class_weighting`)."""
+    if recipe.class_weighting(mode, counts) == "none":
         return None
     total, classes = sum(counts), len(counts)
     return {index: total / (classes * max(count, 1)) for index, count in enumerate(counts)}

@@ -13,12 +13,25 @@ def evaluate(predict, dataset) -> dict:
     (images, labels) dataset; predict: images -> probabilities (see `inference`). Runs on this
     worker alone (every worker holds the same weights and reads all of `dataset`, so every
     worker gets the same figures and takes the same early-stopping decision)."""
+    return summary(per_example(predict, dataset))
+
+
+def per_example(predict, dataset) -> dict:
+    """Per-image results on a batched (images, labels) dataset, in its order: {"losses":
+    cross-entropy in nats float64 (N,), "correct": top-1 right bool (N,)}."""
     probabilities, labels = [], []
     for images, batch_labels in dataset:
         probabilities.append(predict(images).numpy())
         labels.append(batch_labels.numpy())
-    return dict(zip(("loss", "accuracy"), scores(np.concatenate(probabilities),
-                                                 np.concatenate(labels))))
+    probabilities, labels = np.concatenate(probabilities), np.concatenate(labels)
+    return {"losses": cross_entropies(probabilities, labels),
+            "correct": probabilities.argmax(1) == labels}
+
+
+def summary(examples: dict) -> dict:
+    """{"loss": mean cross-entropy, "accuracy"} of `per_example` results."""
+    return {"loss": float(np.mean(examples["losses"])),
+            "accuracy": float(np.mean(examples["correct"]))}
 
 
 def inference(model: keras.Model):
@@ -32,7 +45,13 @@ def inference(model: keras.Model):
     return predict
 
 
+def cross_entropies(probabilities: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Each image's cross-entropy in nats, float64 (N,), of probabilities (N, C) at its label."""
+    picked = np.clip(probabilities[np.arange(len(labels)), labels], 1e-12, 1.0)
+    return -np.log(picked.astype(np.float64))
+
+
 def scores(probabilities: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
     """(mean cross-entropy in nats, accuracy) of predicted probabilities (N, C)."""
-    picked = np.clip(probabilities[np.arange(len(labels)), labels], 1e-12, 1.0)
-    return float(-np.mean(np.log(picked))), float(np.mean(probabilities.argmax(1) == labels))
+    return (float(np.mean(cross_entropies(probabilities, labels))),
+            float(np.mean(probabilities.argmax(1) == labels)))

@@ -75,7 +75,24 @@ def run_recipe(dataset: str, recipe: str, seed: int, work: str) -> dict:
     record = json.load(open(glob.glob(os.path.join(run_dir, "evaluate", "evaluation",
                                                    "evaluation.json"))[0]))
     return {"test": record["metrics"]["accuracy"], "macro_f1": record["metrics"]["macro_f1"],
-            "chosen": record["training"]["finetune"]["chosen"], "wall": wall, "run_dir": run_dir}
+            "chosen": record["training"]["finetune"]["chosen"], "wall": wall, "run_dir": run_dir,
+            "exports": exported_agreement(run_dir)}
+
+
+def exported_agreement(run_dir: str) -> dict:
+    """{format: (top-1 agreement with the Keras model, gate status)} of the run's reduced-
+    precision TFLite and ONNX models ({} when the model was not blessed)."""
+    found = {}
+    for pattern, table in (("quantize/tflite/quantization.json", "variants"),
+                           ("tensorrt/onnx/tensorrt.json", None)):
+        paths = glob.glob(os.path.join(run_dir, pattern))
+        if paths:
+            figures = json.load(open(paths[0]))
+            formats = figures[table] if table else {name: figures[name] for name in
+                                                    ("onnx_fp16", "onnx_int8") if name in figures}
+            found.update({name: (values["top1_agreement"], values["status"])
+                          for name, values in formats.items() if name not in ("float32",)})
+    return found
 
 
 def reference(run_dir: str, seed: int) -> dict:
@@ -142,6 +159,17 @@ def table(dataset: str, rows: dict, seeds: list[int]) -> list[str]:
         lines.append(f"| {method} | {summary(tests)} "
                      f"| {', '.join(f'{100 * value:.1f}' for value in tests)} | {f1} "
                      f"| {chosen} | {wall} |")
+    exported = rows.get("tlpipe default") or []
+    names = sorted({name for run in exported for name in run["exports"]})
+    if names:
+        lines += ["", "Exported formats of `tlpipe default`: top-1 agreement with the Keras model "
+                  "on the test images per seed (gate status: a = accepted, r = rejected).", "",
+                  "| format | " + " | ".join(f"seed {seed}" for seed in seeds) + " |",
+                  "|---|" + "---|" * len(seeds)]
+        for name in names:
+            cells = [f"{run['exports'][name][0]:.3f} ({run['exports'][name][1][0]})"
+                     if name in run["exports"] else "-" for run in exported]
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return lines + [""]
 
 

@@ -126,7 +126,7 @@ def _tiny_run(tmp_path, finetune_learning_rate, dropout=0.2, **finetune):
     images[labels == 1] += 120
     config = PipelineConfig.from_dict({
         "model": {**MOBILENET_025, "weights": "none", "dropout": dropout},
-        "head": {"learning_rate": 10.0},
+        "head": {"learning_rate": 10.0}, "loss": {"label_smoothing": 0.0},
         "finetune": {"epochs": 2, "learning_rate": finetune_learning_rate, "batch_size": 16,
                      "unfreeze_layers": 20, "warmup_epochs": 1, **finetune}})
     spec = backbones.get("mobilenet")
@@ -269,7 +269,8 @@ def test_head_converges_to_the_scikit_learn_logistic_regression():
              "val_features": features[:400], "val_labels": labels[:400]}
     l2 = 1e-2
     config = PipelineConfig.from_dict({"head": {"l2_candidates": [l2], "max_steps": 10000,
-                                                "patience": 1000}})
+                                                "patience": 1000},
+                                       "loss": {"label_smoothing": 0.0}})  # scikit-learn's
     head, report = head_training.train_head(split, 3, config)
     standardized = np.asarray(head.get_layer("standardize")(features))
     reference = LogisticRegression(C=1 / (2 * l2 * 400), max_iter=10000, tol=1e-10).fit(

@@ -21,7 +21,7 @@ def test_a_small_imbalanced_set_on_a_small_backbone_gets_a_full_fine_tune():
     assert chosen.learning_rate == pytest.approx(3e-4)
     assert chosen.unfreeze_fraction == 1.0
     assert chosen.min_crop_scale == 0.6
-    assert chosen.class_weight == "balanced"  # 406 / 95 = 4.3x
+    assert chosen.class_weight == "none"  # 406 / 95 = 4.3x: below 10x
     assert "1,776 training images" in chosen.reasons["epochs"]
 
 
@@ -36,6 +36,7 @@ def test_the_recipe_scales_with_data_size_backbone_size_and_batch():
     assert huge.unfreeze_fraction == 1.0
     assert huge.min_crop_scale == 0.8  # weaker crops with plenty of data
     assert huge.learning_rate == pytest.approx(2 * tiny_large_model.learning_rate)
+    assert _resolve([1000, 90], RESNET50_PARAMETERS).class_weight == "sqrt"  # 11x
     middle = _resolve([600] * 5, RESNET50_PARAMETERS)
     assert 0.2 < middle.unfreeze_fraction < 1.0  # 3,000 images x 2,000 / 23.6 M
     assert middle.min_crop_scale == 0.7
@@ -61,3 +62,16 @@ def test_applied_fills_the_config_and_validates():
     assert filled.augment.min_crop_scale == chosen.min_crop_scale
     assert filled.loss.class_weight == "none"
     assert config.finetune.epochs == -1  # the original is untouched
+
+
+def test_square_root_class_weights_sit_between_none_and_balanced_and_average_one():
+    from components.core.train import model as models
+
+    counts = [900, 100]
+    balanced = models.class_weights(counts, "balanced")
+    sqrt = models.class_weights(counts, "sqrt")
+    assert balanced[1] / balanced[0] == pytest.approx(9.0)
+    assert sqrt[1] / sqrt[0] == pytest.approx(3.0)
+    assert sum(sqrt[c] * n for c, n in enumerate(counts)) == pytest.approx(sum(counts))
+    assert models.class_weights(counts, "auto") is None  # 9x: below the auto threshold
+    assert models.class_weights([1000, 90], "auto") == models.class_weights([1000, 90], "sqrt")

@@ -75,8 +75,8 @@ def problems(config: PipelineConfig) -> list[str]:
               f"finetune.{name}={getattr(tune, name)!r}; use one of {', '.join(allowed)}")
     check(0 <= config.loss.label_smoothing < 0.5,
           f"loss.label_smoothing={config.loss.label_smoothing}; use a value in [0, 0.5)")
-    check(config.loss.class_weight in ("none", "balanced", "auto"),
-          f"loss.class_weight={config.loss.class_weight!r}; use none, balanced or auto")
+    check(config.loss.class_weight in ("none", "balanced", "sqrt", "auto"),
+          f"loss.class_weight={config.loss.class_weight!r}; use none, balanced, sqrt or auto")
     check(not tune.learning_rate or tune.learning_rate < head.learning_rate,
           f"finetune.learning_rate={tune.learning_rate} is not below head.learning_rate="
           f"{head.learning_rate}; fine-tune 10-100x lower than the head or it wrecks the "

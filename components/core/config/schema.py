@@ -90,8 +90,9 @@ class LossConfig:
     label_smoothing: share of each target's probability spread over all classes, in [0, 0.5)
         (default 0.1).
     class_weight: "none", "balanced" (each class weighted by N / (classes x its training
-        count)) or "auto" (default: balanced when the largest class has 2x the smallest's
-        training images or more, else none).
+        count)), "sqrt" (the square root of that, rescaled to average 1) or "auto" (default:
+        sqrt when the largest class has 10x the smallest's training images or more, else none;
+        see components.core.train.recipe for the measurement).
     """
 
     label_smoothing: float = 0.1

@@ -249,12 +249,20 @@ class SparseCrossentropy(keras.losses.Loss):
 
 def class_weights(counts: list[int], mode: str) -> dict[int, float] | None:
     """Keras `class_weight` for training counts per class: None for mode "none"; for "balanced",
-    N / (classes x count), so every class carries the same total weight; "auto" is one of
-    those two (`recipe.class_weighting`)."""
-    if recipe.class_weighting(mode, counts) == "none":
+    N / (classes x count), so every class carries the same total weight; for "sqrt", the square
+    root of that, scaled so the weights still average 1 over the training images (a small
+    class gains weight without its few images dominating); "auto" is one of them
+    (`recipe.class_weighting`)."""
+    mode = recipe.class_weighting(mode, counts)
+    if mode == "none":
         return None
     total, classes = sum(counts), len(counts)
-    return {index: total / (classes * max(count, 1)) for index, count in enumerate(counts)}
+    weights = [total / (classes * max(count, 1)) for count in counts]
+    if mode == "sqrt":
+        weights = [weight ** 0.5 for weight in weights]
+        scale = total / sum(weight * count for weight, count in zip(weights, counts))
+        weights = [weight * scale for weight in weights]
+    return dict(enumerate(weights))
 
 
 def save(model: keras.Model, path: str) -> None:

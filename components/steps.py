@@ -1,4 +1,4 @@
-"""The nine pipeline steps as KFP v2 lightweight Python components.
+"""The pipeline steps as KFP v2 lightweight Python components.
 
 Each body maps typed artifacts to paths, calls `components.core.stages` with the config sections
 the step uses (only those, so KFP's cache key of a step changes only when its own settings do),
@@ -6,6 +6,8 @@ and copies the returned facts onto the output artifacts' metadata (what the KFP 
 ships only the function body to the container, so every import is inside it; the images already
 hold this package.
 """
+
+from typing import List
 
 from kfp import dsl
 from kfp.dsl import HTML, ClassificationMetrics, Dataset, Input, Markdown, Metrics, Model, Output
@@ -66,20 +68,36 @@ def train_head(features: Input[Dataset], model: dict, loss: dict, head_config: d
 @dsl.component(base_image=TRAINING_IMAGE, install_kfp_package=False)
 def finetune(images: Input[Dataset], backbone: Input[Model], head: Input[Model], data: dict,
              model_config: dict, augment: dict, loss: dict, finetune_config: dict,
-             distribution: dict, model: Output[Model], metrics: Output[Metrics]):
-    """Fine-tune the top of the backbone (MultiWorkerMirroredStrategy: in this pod, or across
-    `distribution["workers"]` workers it launches); ship the better model."""
+             distribution: dict, model: Output[Model], metrics: Output[Metrics],
+             trial: dict = {}):
+    """Fine-tune the backbone with the head (MultiWorkerMirroredStrategy: in this pod, or
+    across `distribution["workers"]` workers it launches); ship the better model. trial: the
+    finetune overrides of one search trial ({} without a search)."""
     from components.core import stages
 
     facts = stages.finetune_step(
         images.path, backbone.path, head.path, model.path,
         uris={"images": images.uri, "backbone": backbone.uri, "head": head.uri,
               "model": model.uri},
-        distribution=distribution, config={
+        distribution=distribution, trial=trial, config={
             "data": data, "model": model_config, "augment": augment, "loss": loss,
             "finetune": finetune_config})
     model.metadata.update(facts)
     for name in ("head_only_val_accuracy", "finetuned_val_accuracy", "trained_layers"):
+        metrics.log_metric(name, facts[name])
+
+
+@dsl.component(base_image=TRAINING_IMAGE, install_kfp_package=False)
+def pick_trial(trials: Input[List[Model]], model: Output[Model], metrics: Output[Metrics],
+               search: Output[Markdown]):
+    """The fine-tuning search's fan-in: ship the trial with the lowest val loss; the trials as
+    a Markdown table."""
+    from components.core import stages
+
+    facts = stages.pick_trial([trial.path for trial in trials], model.path, search.path)
+    model.metadata.update(facts)
+    for name in ("head_only_val_accuracy", "finetuned_val_accuracy", "trained_layers",
+                 "trials"):
         metrics.log_metric(name, facts[name])
 
 

@@ -136,11 +136,15 @@ def _call(host: Optional[str], action, *args, **kwargs):
         raise RuntimeError(_explain(error, host)) from error
 
 
-def compiled_package(settings, directory: str) -> str:
-    """Compiles the pipeline with `settings` into `directory`; returns the YAML path."""
+def compiled_package(settings, directory: str, config=None) -> str:
+    """Compiles the pipeline with `settings` (and the fine-tuning search of `config`, a
+    PipelineConfig, if it has one) into `directory`; returns the YAML path."""
+    from components.core.train import search
     from pipelines.transfer_learning import PIPELINE_NAME, compile_pipeline
 
-    return compile_pipeline(os.path.join(directory, f"{PIPELINE_NAME}.yaml"), settings)
+    trials = search.trials(config.finetune.search) if config is not None else []
+    return compile_pipeline(os.path.join(directory, f"{PIPELINE_NAME}.yaml"), settings,
+                            trials=trials)
 
 
 def arguments(source: str, config) -> dict:
@@ -153,7 +157,8 @@ def submit(host, namespace, experiment, run_name, source, config, settings) -> d
     kfp_client = client(host, namespace)
     with tempfile.TemporaryDirectory() as scratch:
         result = _call(host, kfp_client.create_run_from_pipeline_package,
-                       compiled_package(settings, scratch), arguments=arguments(source, config),
+                       compiled_package(settings, scratch, config),
+                       arguments=arguments(source, config),
                        run_name=run_name, experiment_name=experiment, namespace=namespace)
     return {"run_id": result.run_id, "url": f"{_ui(kfp_client)}/#/runs/details/{result.run_id}"}
 
@@ -181,7 +186,8 @@ def schedule(host, namespace, experiment, name, cron, max_concurrency, catchup, 
         created = _call(host, kfp_client.create_recurring_run, experiment_id, name,
                         cron_expression=cron, max_concurrency=max_concurrency,
                         no_catchup=not catchup, params=arguments(source, config),
-                        pipeline_package_path=compiled_package(settings, scratch), enabled=True)
+                        pipeline_package_path=compiled_package(settings, scratch, config),
+                        enabled=True)
     return {"recurring_run_id": created.recurring_run_id,
             "url": f"{_ui(kfp_client)}/#/recurringrun/details/{created.recurring_run_id}"}
 

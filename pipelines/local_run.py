@@ -50,14 +50,17 @@ def run(source: str, config: dict, output_dir: str, settings=None) -> str:
 
     from kfp import components, local
 
+    from components.core.config.schema import PipelineConfig
     from components.core.stages import STEP_RECORDS_ENV
+    from components.core.train import search
 
     output_dir = os.path.abspath(output_dir)
     root = os.path.join(output_dir, "runs")
     os.makedirs(root, exist_ok=True)
     pipeline = components.load_component_from_file(
         compile_pipeline(os.path.join(output_dir, "pipeline.yaml"), settings,
-                         launcher="local"))
+                         launcher="local",
+                         trials=search.trials(PipelineConfig.from_dict(config).finetune.search)))
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=root,
                raise_on_error=True)
     before = set(os.listdir(root))
@@ -178,6 +181,12 @@ def summarize(run_dir: str) -> dict:
     return summary
 
 
+def shipped_model_step(summary: dict) -> str:
+    """The step whose `model` artifact the run evaluated and exported: "pick-trial" after a
+    fine-tuning search, else "finetune"."""
+    return "pick-trial" if "pick-trial" in summary else "finetune"
+
+
 def _local_path(uri: str) -> str:
     return uri[len("file://"):] if uri.startswith("file://") else uri
 
@@ -189,7 +198,10 @@ def report(summary: dict) -> str:
     if prepared:
         meta = prepared["metadata"]
         lines.append(f"backbone weights: {meta.get('weights')} ({meta.get('weights_detail')})")
-    tuned = summary.get("finetune", {}).get("outputs", {}).get("model", {}).get("metadata", {})
+    tuned = summary.get(shipped_model_step(summary), {}).get("outputs", {}).get(
+        "model", {}).get("metadata", {})
+    if tuned.get("trials"):
+        lines.append(f"fine-tuning search: {tuned['trials']} trials, shipped {tuned['trial']}")
     if tuned:
         lines.append(f"shipped model: {tuned.get('chosen')}; {tuned.get('reason')}")
     evaluated = summary.get("evaluate", {})

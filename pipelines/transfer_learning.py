@@ -1,8 +1,10 @@
 """The transfer-learning pipeline: fingerprint -> ingest -> preprocess -> train_head -> finetune
--> evaluate, then, for a blessed model only, quantize and tensorrt, and the report with every
+(or, with a search, one finetune per trial -> pick-trial) -> evaluate, then, for a blessed model only, quantize and tensorrt, and the report with every
 exported format. Deployment settings (images,
 resources, placement, secrets, retries, caching, time-outs) are applied when it is built. No
 environment is read at import time."""
+
+import functools
 
 from kfp import compiler, dsl
 
@@ -11,16 +13,20 @@ from components.core.config.errors import ConfigError
 from pipelines import deploy, settings as deployment
 
 PIPELINE_NAME = "tlpipe-transfer-learning"
-STEP_ORDER = ("fingerprint", "ingest", "preprocess", "train-head", "finetune", "evaluate",
-              "quantize", "tensorrt", "report")
+STEP_ORDER = ("fingerprint", "ingest", "preprocess", "train-head", "finetune", "pick-trial",
+              "evaluate", "quantize", "tensorrt", "report")
 IMAGE_NAMES = {"tensorrt": "tlpipe-tensorrt"}  # every other step: tlpipe-train
 
 
-def build_pipeline(settings: deployment.Settings | None = None, launcher: str | None = None):
+def build_pipeline(settings: deployment.Settings | None = None, launcher: str | None = None,
+                   trials: list[dict] = ()):
     """The pipeline function with `settings` (default: `Settings()`) applied to every step.
     launcher: how a multi-worker fine-tune step starts its workers: None for a cluster, as the
     job of steps.finetune.launcher (trainjob or tfjob), or "local" (processes beside the step,
-    for kfp.local). ConfigError when the settings lack what a cluster run needs."""
+    for kfp.local). trials: the fine-tuning search (`components.core.train.search.trials`):
+    one fine-tune task per trial in a ParallelFor (all at once on a cluster, one after another
+    locally), then pick-trial ships the best; () for one fine-tune task. ConfigError when the
+    settings lack what a cluster run needs."""
     settings = settings or deployment.Settings()
     distribution = deploy.distribution(settings, launcher)
     if distribution["launcher"] in deployment.CLUSTER_LAUNCHERS:
@@ -53,10 +59,20 @@ def build_pipeline(settings: deployment.Settings | None = None, launcher: str | 
                                               model=model, augment=augment), "preprocess")
         trained = configure(steps.train_head(features=prepared.outputs["features"], model=model,
                                              loss=loss, head_config=head), "train-head")
-        tuned = configure(steps.finetune(
-            images=prepared.outputs["images"], backbone=prepared.outputs["backbone"],
-            head=trained.outputs["head"], data=data, model_config=model, augment=augment,
-            loss=loss, finetune_config=finetune, distribution=distribution), "finetune")
+        tune = functools.partial(
+            steps.finetune, images=prepared.outputs["images"],
+            backbone=prepared.outputs["backbone"], head=trained.outputs["head"], data=data,
+            model_config=model, augment=augment, loss=loss, finetune_config=finetune,
+            distribution=distribution)
+        if trials:
+            with dsl.ParallelFor(list(trials), name="search",
+                                 parallelism=1 if distribution["launcher"] == "local" else None
+                                 ) as trial:
+                tried = configure(tune(trial=trial), "finetune")
+            tuned = configure(steps.pick_trial(trials=dsl.Collected(tried.outputs["model"])),
+                              "pick-trial")
+        else:
+            tuned = configure(tune(), "finetune")
         evaluated = configure(steps.evaluate(
             model=tuned.outputs["model"], images=prepared.outputs["images"],
             dataset=ingested.outputs["dataset"], backbone=prepared.outputs["backbone"],
@@ -80,8 +96,8 @@ transfer_learning = build_pipeline()
 
 
 def compile_pipeline(path: str, settings: deployment.Settings | None = None,
-                     launcher: str | None = None) -> str:
-    """Writes the pipeline (with `settings` applied; `launcher` as in build_pipeline) as KFP v2
-    YAML to `path`; returns `path`."""
-    compiler.Compiler().compile(build_pipeline(settings, launcher), package_path=path)
+                     launcher: str | None = None, trials: list[dict] = ()) -> str:
+    """Writes the pipeline (with `settings` applied; `launcher` and `trials` as in
+    build_pipeline) as KFP v2 YAML to `path`; returns `path`."""
+    compiler.Compiler().compile(build_pipeline(settings, launcher, trials), package_path=path)
     return path

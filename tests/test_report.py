@@ -148,3 +148,22 @@ def test_data_report_escapes_names_that_would_break_markdown():
     assert "- ``cats/back`tick.png``" in lines and "- `cats/pipe|star*.jpg`" in lines
     assert "| dogs\\|wolves | 2 |" in lines and "# Data report: /data/my\\_photos" in lines
     assert not [line for line in lines if line.startswith("lines.jpg")]
+
+
+def test_the_report_shows_the_fine_tuning_recipe_and_the_search(record):
+    tuned = {**record["training"]["finetune"],
+             "recipe": {"epochs": 28, "learning_rate": 3e-4,
+                        "reasons": {"epochs": "about 50,000 images seen <over> 1,776",
+                                    "learning_rate": "set in the config"}},
+             "search": [{"trial": "learning_rate=0.0001 unfreeze_fraction=1 epochs=28",
+                         "val_loss": 0.61, "val_accuracy": 0.8, "chosen": "finetuned",
+                         "picked": False},
+                        {"trial": "learning_rate=0.0003 unfreeze_fraction=1 epochs=28",
+                         "val_loss": 0.52, "val_accuracy": 0.82, "chosen": "finetuned",
+                         "picked": True}]}
+    page = report.render_html({**record, "training": {**record["training"], "finetune": tuned}})
+    recipe = page[page.index("Fine-tuning recipe"):page.index("Fine-tuning search")]
+    assert "<th>epochs</th><td>28</td>" in recipe and "&lt;over&gt;" in recipe  # escaped
+    trials = page[page.index("Fine-tuning search"):]
+    assert trials.count("<tr><th>learning_rate=") == 2 and "0.5200" in trials
+    assert "Fine-tuning recipe" not in report.render_html(record)  # older records: no section

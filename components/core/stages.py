@@ -29,12 +29,13 @@ import tempfile
 
 from components.core.cluster import distribute, launch, local as local_workers
 from components.core.config import checks as config_checks, schema as configs
+from components.core.config.errors import ConfigError
 from components.core.data import cache, discovery, ingest as ingestion, local_folder, sources
 from components.core.evaluate import predict
 from components.core.evaluate.baseline import load_baseline
 from components.core.export.calibration import calibration_images
 from components.core.io import storage
-from components.core.train import backbones, backup, recipe
+from components.core.train import backbones, backup, recipe, search
 
 log = logging.getLogger("tlpipe.stages")
 
@@ -226,13 +227,22 @@ def _finetune_facts(report: dict, workers: int) -> dict:
 
 @_stage("finetune")
 def finetune_step(images_dir: str, backbone_dir: str, head_dir: str, model_dir: str, *,
-                  config, distribution: dict, uris: dict | None = None) -> dict:
+                  config, distribution: dict, uris: dict | None = None,
+                  trial: dict | None = None) -> dict:
     """The fine-tune pipeline step. distribution (see pipelines.deploy.distribution) with
     "workers" 1 (or absent): `finetune` in this process. Otherwise this process launches the
     workers ("launcher": "local" processes beside it, or a "trainjob" or "tfjob" on the
     cluster, whose pods read the artifacts at `uris` {"images", "backbone", "head", "model"}),
     restarts the group after a lost worker up to "restarts" times (it resumes from the
-    backups), and returns the chief's figures plus "restarts" used."""
+    backups), and returns the chief's figures plus "restarts" used.
+    trial: this task's finetune overrides when the pipeline was compiled with a search (one
+    task per trial, see `train.search`)."""
+    if trial:
+        config = config.with_overrides({"finetune": {**trial, "search": {}}}).validate()
+    elif search.trials(config.finetune.search):
+        raise ConfigError("finetune.search is set but this pipeline was compiled without it; "
+                          "compile (or submit, schedule) with the same config so that each "
+                          "trial is a task of its own")
     train_images = sum(storage.read_json(os.path.join(images_dir, cache.META))[
         "train_class_counts"])
     config_checks.check_batch_fits(config.finetune, train_images, "the training split")
@@ -256,6 +266,32 @@ def finetune_step(images_dir: str, backbone_dir: str, head_dir: str, model_dir: 
             shutil.rmtree(backup_root, ignore_errors=True)
     report = storage.read_json(os.path.join(model_dir, "finetune.json"))
     return {**_finetune_facts(report, workers), "restarts": restarts}
+
+
+@_stage("pick-trial")
+def pick_trial(trial_dirs: list[str], model_dir: str, table_path: str) -> dict:
+    """The search's fan-in: copies the trial model (a fine-tune step's `model` folder) whose
+    shipped model has the lowest val loss (`search.best`) to `model_dir`, its finetune.json
+    completed with "search" (every trial's figures), and writes the trials as a Markdown table
+    to `table_path`. Returns the picked trial's fine-tune facts plus "trial" and "trials"."""
+    reports = [storage.read_json(os.path.join(folder, "finetune.json")) for folder in trial_dirs]
+    picked = search.best(reports)
+    rows = [{"trial": search.label(report["recipe"]), "chosen": report["chosen"],
+             "val_loss": search.shipped_val(report)["loss"],
+             "val_accuracy": search.shipped_val(report)["accuracy"],
+             "picked": index == picked} for index, report in enumerate(reports)]
+    with storage.atomic_dir(model_dir) as partial:
+        shutil.copytree(trial_dirs[picked], partial, dirs_exist_ok=True)
+        storage.write_json(os.path.join(partial, "finetune.json"),
+                           {**reports[picked], "search": rows})
+    lines = ["| trial | val loss | val accuracy | shipped model | picked |", "|---|---|---|---|---|",
+             *[f"| {row['trial']} | {row['val_loss']:.4f} | {row['val_accuracy']:.4f} "
+               f"| {row['chosen']} | {'yes' if row['picked'] else ''} |" for row in rows]]
+    storage.write_text(table_path, "# Fine-tuning search\n\nThe trial with the lowest val loss "
+                       "is shipped.\n\n" + "\n".join(lines) + "\n")
+    log.info("search: picked %s of %d trials", rows[picked]["trial"], len(rows))
+    return {**_finetune_facts(reports[picked], 1), "trial": rows[picked]["trial"],
+            "trials": len(rows)}
 
 
 @_stage("evaluate")

@@ -52,6 +52,16 @@ def problems(config: PipelineConfig) -> list[str]:
     for section, stage in (("head", head), ("finetune", tune)):
         check(stage.patience >= 1, f"{section}.patience={stage.patience}; use at least 1")
     check(tune.weight_decay >= 0, f"finetune.weight_decay={tune.weight_decay}; use a value >= 0")
+    search = tune.search
+    check(all(value > 0 for value in search.learning_rates),
+          f"finetune.search.learning_rates={search.learning_rates}; use positive values")
+    check(all(0 < value <= 1 for value in search.unfreeze_fractions),
+          f"finetune.search.unfreeze_fractions={search.unfreeze_fractions}; use shares in (0, 1]")
+    check(all(value >= 1 for value in search.epochs),
+          f"finetune.search.epochs={search.epochs}; use counts of at least 1")
+    check(not search.epochs or tune.warmup_epochs < min(search.epochs),
+          f"finetune.warmup_epochs={tune.warmup_epochs} is not below every count in "
+          f"finetune.search.epochs={search.epochs}; leave warmup_epochs at -1 (auto) or lower it")
     check(tune.selection in SELECTIONS,
           f"finetune.selection={tune.selection!r}; use one of {', '.join(SELECTIONS)}")
     check(tune.batch_size >= 1, f"finetune.batch_size={tune.batch_size}; use at least 1")

@@ -119,6 +119,25 @@ class HeadConfig:
 
 
 @dataclass
+class SearchConfig:
+    """Fine-tuning trials run side by side as parallel pipeline tasks (a KFP ParallelFor: each
+    trial gets the fine-tune step's GPUs on a cluster; kfp.local runs them one after another),
+    and the trial with the lowest val loss is shipped. Every combination of the non-empty
+    lists is one trial; an empty list keeps the recipe's value. All empty (default): no search,
+    one fine-tune task. The trials are part of the compiled pipeline (`tlpipe run`, `submit`
+    and `schedule` compile them from the config).
+
+    learning_rates: peak learning rates, each > 0.
+    unfreeze_fractions: shares of the backbone's layers that train, each in (0, 1].
+    epochs: epoch counts, each >= 1.
+    """
+
+    learning_rates: list[float] = field(default_factory=list)
+    unfreeze_fractions: list[float] = field(default_factory=list)
+    epochs: list[int] = field(default_factory=list)
+
+
+@dataclass
 class FinetuneConfig:
     """Fine-tuning the backbone together with the head (AdamW, gradients clipped, BatchNorm in
     inference mode). Settings left on "auto" are chosen per run from the training images per
@@ -154,6 +173,8 @@ class FinetuneConfig:
         (bfloat16 maths, float32 variables, head and loss). The shipped model is float32.
     xla: compile the forward and backward pass with XLA: "auto" (default: where there is a
         GPU), "always" or "never".
+    search: trials over learning rate, depth and epochs, the best on val shipped (see
+        `SearchConfig`; default: none).
     Whatever the settings, the fine-tuned model ships only if the head-only model is not
     clearly better on val (a paired test over the val images: see `finetune.finetuned_is_better`).
     """
@@ -171,6 +192,7 @@ class FinetuneConfig:
     patience: int = 3
     precision: str = "auto"
     xla: str = "auto"
+    search: SearchConfig = field(default_factory=SearchConfig)
 
 
 @dataclass

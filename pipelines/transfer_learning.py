@@ -1,8 +1,8 @@
 """The transfer-learning pipeline: fingerprint -> ingest -> preprocess -> train_head -> finetune
-(or, with a search, one finetune per trial -> pick-trial) -> evaluate, then, for a blessed model only, quantize and tensorrt, and the report with every
-exported format. Deployment settings (images,
-resources, placement, secrets, retries, caching, time-outs) are applied when it is built. No
-environment is read at import time."""
+(with a search: one finetune per trial -> pick-trial) -> evaluate, then, for a blessed model
+only, quantize and tensorrt, and the report with every exported format. Deployment settings
+(images, resources, placement, secrets, retries, caching, time-outs) are applied when it is
+built. No environment is read at import time."""
 
 import functools
 

@@ -205,6 +205,7 @@ def finetune(images_dir: str, backbone_dir: str, head_dir: str, model_dir: str, 
                                 config.finetune.weight_decay,
                                 "selection": config.finetune.selection,
                                 "label_smoothing": config.loss.label_smoothing}
+            report["workers"] = distribute.worker_count()
             models.save(classifier, os.path.join(partial, "model.keras"))
             storage.write_json(os.path.join(partial, "finetune.json"), report)
             predict.write_labels(partial, meta["classes"])
@@ -284,14 +285,15 @@ def pick_trial(trial_dirs: list[str], model_dir: str, table_path: str) -> dict:
         shutil.copytree(trial_dirs[picked], partial, dirs_exist_ok=True)
         storage.write_json(os.path.join(partial, "finetune.json"),
                            {**reports[picked], "search": rows})
-    lines = ["| trial | val loss | val accuracy | shipped model | picked |", "|---|---|---|---|---|",
+    lines = ["| trial | val loss | val accuracy | shipped model | picked |",
+             "|---|---|---|---|---|",
              *[f"| {row['trial']} | {row['val_loss']:.4f} | {row['val_accuracy']:.4f} "
                f"| {row['chosen']} | {'yes' if row['picked'] else ''} |" for row in rows]]
     storage.write_text(table_path, "# Fine-tuning search\n\nThe trial with the lowest val loss "
                        "is shipped.\n\n" + "\n".join(lines) + "\n")
     log.info("search: picked %s of %d trials", rows[picked]["trial"], len(rows))
-    return {**_finetune_facts(reports[picked], 1), "trial": rows[picked]["trial"],
-            "trials": len(rows)}
+    return {**_finetune_facts(reports[picked], reports[picked]["workers"]),
+            "trial": rows[picked]["trial"], "trials": len(rows)}
 
 
 @_stage("evaluate")
@@ -430,7 +432,8 @@ def tensorrt(model_dir: str, images_dir: str, onnx_dir: str, *, config) -> dict:
             log.info("%s: %s", name, figures)
         facts = {**formats, "float_test_accuracy": float_accuracy,
                  "max_accuracy_drop_points": shipping.max_accuracy_drop,
-                 "min_agreement": shipping.min_agreement, "recommended_onnx": recommended, "opset": shipping.onnx_opset,
+                 "min_agreement": shipping.min_agreement, "recommended_onnx": recommended,
+                 "opset": shipping.onnx_opset,
                  "tensorrt": tensorrt_engine.engine_figures(
                      files, formats, shipping.tensorrt_precision, meta["image_size"],
                      (images, labels, reference), partial)}

@@ -196,8 +196,8 @@ def _fit(model: keras.Model, optimizer, step, train_epoch, val, strategy,
          backup_dir: str | None) -> tuple[dict, int]:
     """The epoch loop with a backup after every epoch. With finetune.selection "best_val_loss",
     early stopping on val loss (the best epoch's weights restored at the end); with "last",
-    every epoch runs and the last one's weights stay. Returns (history {loss, accuracy, val_loss, val_accuracy: one
-    value per epoch}, the epoch it resumed from)."""
+    every epoch runs and the last one's weights stay. Returns (history {loss, accuracy,
+    val_loss, val_accuracy: one value per epoch}, the epoch it resumed from)."""
     state = {"epoch": 0, "best_val_loss": None, "epochs_without_gain": 0,
              "history": {"loss": [], "accuracy": [], "val_loss": [], "val_accuracy": []}}
     best = _snapshot(model)

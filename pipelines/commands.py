@@ -24,9 +24,12 @@ OVERRIDES = {
     "--weights": ("model", "weights", str, "imagenet, none, a weights file or a gs:// URI"),
     "--seed": ("data", "seed", int, "split and training seed"),
     "--head-steps": ("head", "max_steps", int, "maximum full-batch head training steps"),
-    "--finetune-epochs": ("finetune", "epochs", int, "maximum fine-tune epochs (0: none)"),
+    "--finetune-epochs": ("finetune", "epochs", int,
+                          "fine-tune epochs (0: none, the head-only model; default: chosen "
+                          "from the training set's size)"),
     "--unfreeze-layers": ("finetune", "unfreeze_layers", int,
-                          "backbone layers to fine-tune from the top (0: backbone default)"),
+                          "backbone layers to fine-tune from the top (default: a share chosen "
+                          "from the data and the backbone's size)"),
     "--min-accuracy": ("evaluate", "min_accuracy", float,
                        "test accuracy needed to bless and export the model"),
     "--baseline": ("evaluate", "baseline_model", str,

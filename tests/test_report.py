@@ -152,7 +152,9 @@ def test_data_report_escapes_names_that_would_break_markdown():
 
 def test_the_report_shows_the_fine_tuning_recipe_and_the_search(record):
     tuned = {**record["training"]["finetune"],
-             "recipe": {"epochs": 28, "learning_rate": 3e-4,
+             "recipe": {"epochs": 28, "learning_rate": 3e-4, "warmup_epochs": 2,
+                        "unfreeze_fraction": 1.0, "min_crop_scale": 0.6, "class_weight": "none",
+                        "weight_decay": 0.01, "selection": "last", "label_smoothing": 0.1,
                         "reasons": {"epochs": "about 50,000 images seen <over> 1,776",
                                     "learning_rate": "set in the config"}},
              "search": [{"trial": "learning_rate=0.0001 unfreeze_fraction=1 epochs=28",
@@ -167,3 +169,8 @@ def test_the_report_shows_the_fine_tuning_recipe_and_the_search(record):
     trials = page[page.index("Fine-tuning search"):]
     assert trials.count("<tr><th>learning_rate=") == 2 and "0.5200" in trials
     assert "Fine-tuning recipe" not in report.render_html(record)  # older records: no section
+    text = card.render_model_card({**record, "training": {**record["training"],
+                                                           "finetune": tuned}})
+    assert "- Recipe: 28 epochs, peak learning rate 0.0003 (AdamW, weight decay 0.01), 100% of " \
+           "the backbone's layers, crops of 60% of the side or more" in text
+    assert "- Search: 2 trials; shipped learning_rate=0.0003 unfreeze_fraction=1 epochs=28" in text

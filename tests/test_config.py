@@ -74,3 +74,15 @@ def test_yaml_overrides_apply_on_a_preset(tmp_path):
 def test_export_settings_are_validated(overrides, message):
     with pytest.raises(ConfigError, match=re.escape(message)):
         PipelineConfig().with_overrides(overrides).validate()
+
+
+def test_yaml_reads_exponent_learning_rates_as_numbers(tmp_path):
+    """PyYAML follows YAML 1.1, where 1e-5 (no dot) is a string; people write rates that way."""
+    path = tmp_path / "config.yaml"
+    path.write_text("finetune: {learning_rate: 1e-5, scratch_learning_rate: 3E-3}\n"
+                    "head: {learning_rate: 1.0e-2, l2_candidates: [1e-4, 0.01]}\n"
+                    "model: {weights: 1e5x}\n")  # a string that only looks like one stays one
+    config = configs.load_yaml(str(path))
+    assert config.finetune.learning_rate == 1e-5 and config.finetune.scratch_learning_rate == 3e-3
+    assert config.head.l2_candidates == [1e-4, 0.01]
+    assert config.model.weights == "1e5x"

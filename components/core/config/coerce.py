@@ -8,20 +8,31 @@ values to the fields' types; the run config (config.schema) and the deployment s
 from __future__ import annotations
 
 import dataclasses
+import re
 import typing
 from typing import Any
 
 from components.core.config.errors import ConfigError
 
 
+# YAML 1.2 floats without a dot (1e-5, 3E+2): PyYAML follows YAML 1.1, where they are strings,
+# and learning rates are written that way.
+EXPONENT_FLOAT = re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$")
+
+
 def read_yaml(path: str, what: str):
-    """The YAML document in file `path` ({} when empty); ConfigError naming `what` (e.g.
-    "config file") and the fix when it is missing or not YAML."""
+    """The YAML document in file `path` ({} when empty), read safely, with 1e-5 read as the
+    number it is (see EXPONENT_FLOAT); ConfigError naming `what` (e.g. "config file") and the
+    fix when it is missing or not YAML."""
     import yaml
 
+    class Loader(yaml.SafeLoader):
+        """SafeLoader plus YAML 1.2's exponent floats (the resolver table is per class)."""
+
+    Loader.add_implicit_resolver("tag:yaml.org,2002:float", EXPONENT_FLOAT, list("-+0123456789"))
     try:
         with open(path, encoding="utf-8") as handle:
-            return yaml.safe_load(handle) or {}
+            return yaml.load(handle, Loader=Loader) or {}
     except FileNotFoundError:
         raise ConfigError(f"{what} {path} does not exist; pass the path of a YAML file")
     except (IsADirectoryError, UnicodeDecodeError, PermissionError) as error:

@@ -1,7 +1,8 @@
 """Where full-integer quantization loses agreement with the float model, on a tlpipe run's own
 model and test images.
 
-    python benchmarks/int8_agreement.py RUN_DIR [--calibration 100 200 500] [--float-layers 0 4 8]
+    python benchmarks/int8_agreement.py RUN_DIR [--label NAME] [--calibration 100 200 500]
+        [--float-layers 0 2 4 8 16]
 
 RUN_DIR is a `tlpipe run` folder (`OUTPUT/runs/<pipeline>-<timestamp>`). Measured, each as
 top-1 agreement with the Keras model on the test split, test accuracy and file size:
@@ -74,6 +75,7 @@ def main(argv=None) -> int:
     parser.add_argument("--calibration", type=int, nargs="+", default=[100, 200, 500])
     parser.add_argument("--float-layers", type=int, nargs="+", default=[0, 2, 4, 8, 16])
     parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--label", help="the section's title (default: the run folder's name)")
     parser.add_argument("--output", default=os.path.join(HERE, "INT8_RESULTS.md"))
     args = parser.parse_args(argv)
     model_dir = (glob.glob(os.path.join(args.run_dir, "pick-trial", "model"))
@@ -83,7 +85,7 @@ def main(argv=None) -> int:
     images, labels = cache.read_arrays(images_dir, "test")
     train_images, train_labels = cache.read_arrays(images_dir, "train")
     reference = model.predict(images, batch_size=64, verbose=0)
-    lines = [f"## {os.path.basename(os.path.normpath(args.run_dir))}", "",
+    lines = [f"## {args.label or os.path.basename(os.path.normpath(args.run_dir))}", "",
              f"{datetime.date.today()}; `python benchmarks/int8_agreement.py RUN` on "
              f"{len(labels)} test images; float Keras test accuracy "
              f"{np.mean(reference.argmax(1) == labels):.4f}.", "",

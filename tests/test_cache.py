@@ -40,7 +40,7 @@ def expected_resized(dataset_dir, split):
 
 
 def one_pass(dataset_dir, root, extractor, views=0, seed=3, on_batch=None):
-    features = cache.FeatureCache(extractor, SIZE, AugmentConfig(views=views), seed)
+    features = cache.FeatureCache(extractor, SIZE, AugmentConfig(views=views), seed, 0.75)
 
     def add(split, images, labels):
         features.add(split, images, labels)

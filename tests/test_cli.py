@@ -22,7 +22,7 @@ def run_cli(capsys, *args):
     (["--data", "/no/such/folder"], "does not exist"),
     (["--backbone", "alexnet"], "unknown backbone 'alexnet'"),
     (["--backbone", "xception", "--image-size", "32"], "image size 32 is not possible"),
-    (["--finetune-epochs", "-1"], "finetune.epochs=-1"),
+    (["--finetune-epochs", "-2"], "finetune.epochs=-2; use 0 (no fine-tuning), more, or -1"),
     (["--unfreeze-layers", "500", "--backbone", "mobilenet", "--alpha", "0.25",
       "--image-size", "32", "--weights", "none"], "has only 87 layers"),
     (["--config", "/no/such.yaml"], "config file /no/such.yaml does not exist"),

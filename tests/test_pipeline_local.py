@@ -271,11 +271,12 @@ def test_hymenoptera_with_imagenet_weights_keeps_up_with_the_frozen_feature_base
     centroid = nearest_centroid_accuracy(artifact(summary, "preprocess", "backbone")["path"],
                                          artifact(summary, "preprocess", "images")["path"])
     print(f"tlpipe {accuracy:.4f} vs nearest centroid {centroid:.4f}")
-    # Measured on this split: tlpipe 0.8562 (the fine-tuned model shipped), nearest centroid
-    # 0.7712 (one image is 0.65 points; the 95% bootstrap interval is about +-6 points). The
-    # bar: fine-tuning shipped and at least 6 images ahead of the centroid.
+    # Measured on this split: tlpipe 0.8562 (the fine-tuned model shipped), nearest centroid of
+    # the L2-normalised features 0.8170 (one image is 0.65 points; the 95% bootstrap interval is
+    # about +-6 points; the old head-only default was 0.8105). The bar: fine-tuning shipped,
+    # at least 3 images ahead of the centroid.
     assert artifact(summary, "finetune", "model")["metadata"]["chosen"] == "finetuned"
-    assert accuracy >= centroid + 0.04 and accuracy > 0.8, out[-2000:]
+    assert accuracy >= centroid + 0.02 and accuracy > 0.83, out[-2000:]
     # The Q/DQ INT8 ONNX of the real pretrained model (measured: 0.65 points below float, 2.91x
     # smaller; before BatchNorm folding and with quantized Conv outputs it was 16 points below)
     onnx_facts = json.load(open(os.path.join(artifact(summary, "tensorrt", "onnx")["path"],

@@ -10,7 +10,7 @@ import onnxruntime
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from components.core.export import tensorrt
+from components.core.export import measure, tensorrt
 from tests import standin_tensorrt
 
 CLASSES = 2
@@ -168,11 +168,15 @@ def test_an_engine_is_not_built_from_a_variant_the_gate_rejected(tmp_path, monke
     standin_tensorrt.install(monkeypatch, 11)
     monkeypatch.setattr(tensorrt, "unavailable_reason", lambda: "")
     source = write_classifier(tmp_path / "model_int8.onnx")
-    formats = {"onnx_int8": {"status": "rejected", "accuracy_drop_points": 2.5}}
+    formats = {"onnx": {"test_accuracy": 0.9, "size_bytes": 10, "top1_agreement": 1.0},
+               "onnx_int8": {"test_accuracy": 0.875, "size_bytes": 4, "top1_agreement": 0.9}}
+    measure.gate(0.9, formats, max_drop_points=1.0, min_agreement=0.95)
     record = tensorrt.engine_figures({"onnx_int8": source}, formats, "int8", 40, None,
                                      str(tmp_path))
     assert record["status"] == "skipped"
-    assert "onnx_int8 is 2.5 points below the float model" in record["reason"]
+    assert ("onnx_int8 was rejected by the gate (2.5 points below the float model's accuracy "
+            "(at most 1: export.max_accuracy_drop); agrees with the float model on 90.0% of "
+            "test images (at least 95%: export.min_agreement))") in record["reason"]
     assert "export.tensorrt_precision" in record["reason"]
     assert not (tmp_path / "model.engine").exists()
 

@@ -93,6 +93,28 @@ def test_schedule_creates_a_cron_recurring_run_without_catchup(capsys, kfp_api):
     assert kfp_api.received("POST", "/recurringruns")[1]["body"]["no_catchup"] is False
 
 
+def test_submit_and_schedule_compile_the_configs_search_into_the_pipeline(capsys, kfp_api,
+                                                                           tmp_path):
+    config = tmp_path / "search.yaml"
+    config.write_text("finetune: {search: {learning_rates: [1e-4, 3e-4]}}\n")
+    for command in (["submit"], ["schedule", "--cron", "@weekly"]):
+        code, _, err = cli(capsys, *command, "--host", kfp_api.url, "--data", "/mnt/images",
+                           "--config", str(config))
+        assert code == 0, err
+    runs = kfp_api.received("POST", "/runs") + kfp_api.received("POST", "/recurringruns")
+    for body in (request["body"] for request in runs):
+        spec = body["pipeline_spec"]
+        spec = spec.get("pipeline_spec", spec)  # a run nests it beside the platform spec
+        tasks = spec["root"]["dag"]["tasks"]
+        loop = next(task for name, task in tasks.items() if name.startswith("for-loop"))
+        assert loop["parameterIterator"]["items"]["raw"] == (
+            '[{"learning_rate": 0.0001}, {"learning_rate": 0.0003}]')
+        assert "iteratorPolicy" not in loop  # every trial at once on a cluster
+        assert "pick-trial" in tasks["evaluate"]["dependentTasks"]
+        search = body["runtime_config"]["parameters"]["finetune"]["search"]
+        assert search["learning_rates"] == [1e-4, 3e-4]
+
+
 def test_schedules_lists_and_unschedule_disables(capsys, kfp_api):
     assert cli(capsys, "schedule", "--host", kfp_api.url, "--data", "/d", "--cron",
                "0 30 2 * * *")[0] == 0

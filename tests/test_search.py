@@ -41,6 +41,11 @@ def test_search_values_are_checked_up_front():
                          ({"epochs": [0]}, "epochs=[0]; use counts of at least 1")):
         with pytest.raises(ConfigError, match=re.escape(message)):
             PipelineConfig.from_dict({"finetune": {"search": bad}}).validate()
+    with pytest.raises(ConfigError, match="with weights: none the whole network trains from"):
+        PipelineConfig.from_dict({"model": {"weights": "none"}, "finetune": {
+            "search": {"learning_rates": [1e-4, 1e-3]}}}).validate()
+    PipelineConfig.from_dict({"model": {"weights": "none"},
+                              "finetune": {"search": {"epochs": [1, 2]}}}).validate()
     with pytest.raises(ConfigError, match="warmup_epochs=3 is not below"):
         PipelineConfig.from_dict({"finetune": {"warmup_epochs": 3, "epochs": 10,
                                                "search": {"epochs": [2, 8]}}}).validate()

@@ -62,6 +62,10 @@ def problems(config: PipelineConfig) -> list[str]:
     check(not search.epochs or tune.warmup_epochs < min(search.epochs),
           f"finetune.warmup_epochs={tune.warmup_epochs} is not below every count in "
           f"finetune.search.epochs={search.epochs}; leave warmup_epochs at -1 (auto) or lower it")
+    check(model.weights != "none" or not (search.learning_rates or search.unfreeze_fractions),
+          "finetune.search varies learning_rates or unfreeze_fractions, but with weights: none "
+          "the whole network trains from scratch at finetune.scratch_learning_rate; search "
+          "epochs only, or use pretrained weights")
     check(tune.selection in SELECTIONS,
           f"finetune.selection={tune.selection!r}; use one of {', '.join(SELECTIONS)}")
     check(tune.batch_size >= 1, f"finetune.batch_size={tune.batch_size}; use at least 1")

@@ -47,6 +47,17 @@ def test_tf_config_roles():
     assert len(set(ports)) == 4
 
 
+def test_one_process_trains_without_collective_ops_unless_it_has_several_gpus():
+    one_worker = local_workers.local_tf_configs([1234])[0]
+    assert distribute.strategy_kind("", gpus=0) == "single"
+    assert distribute.strategy_kind("", gpus=1) == "single"
+    assert distribute.strategy_kind("", gpus=4) == "mirrored"
+    assert distribute.strategy_kind(one_worker, gpus=0) == "multi_worker"
+    strategy = distribute.make_strategy(tf_config="")
+    assert type(strategy).__name__ == "_DefaultDistributionStrategy"
+    assert strategy.num_replicas_in_sync == 1
+
+
 def script(body: str) -> list[str]:
     """A worker command running `body` with TF_CONFIG's task index as `index`."""
     return [PYTHON, "-c", "import json, os, signal, sys, time\n"

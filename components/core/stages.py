@@ -170,8 +170,8 @@ def train_head(features_dir: str, head_dir: str, *, config) -> dict:
 @_stage("finetune")
 def finetune(images_dir: str, backbone_dir: str, head_dir: str, model_dir: str, *,
              config, backup_root: str = "") -> dict:
-    """Fine-tunes under MultiWorkerMirroredStrategy (the cluster comes from TF_CONFIG; without
-    it, this process alone); keeps the better of head-only and fine-tuned by val. Only the
+    """Fine-tunes under MultiWorkerMirroredStrategy when TF_CONFIG names a cluster (without it,
+    this process alone: see `distribute.make_strategy`); keeps the better of head-only and fine-tuned by val. Only the
     chief writes the model; other workers write to a temporary place that is removed.
     backup_root: where every worker keeps its backup (local path or gs://; "" for none), so
     a restarted job resumes from the last completed epoch."""
@@ -361,7 +361,7 @@ def quantize(model_dir: str, images_dir: str, tflite_dir: str, *, config) -> dic
     evaluated on the test split and gated against the float model; names the recommended
     variant (the smallest within export.max_accuracy_drop points)."""
     from components.core.export import measure, tflite
-    from components.core.train import model as models
+    from components.core.train import model as models, scoring
 
     shipping = config.export
     model = models.load(os.path.join(model_dir, "model.keras"))
@@ -369,7 +369,8 @@ def quantize(model_dir: str, images_dir: str, tflite_dir: str, *, config) -> dic
     calibration = calibration_images(images_dir, config)
     reference = model.predict(test_images, batch_size=64, verbose=0)
     float_accuracy = measure.accuracy(reference, test_labels)
-    _, keras_latency = measure.timed(lambda image: model(image[None], training=False)[0],
+    compiled = scoring.inference(model)  # as served: a graph, not eager calls
+    _, keras_latency = measure.timed(lambda image: compiled(image[None])[0].numpy(),
                                      test_images[:measure.KERAS_TIMED_IMAGES])
     with storage.atomic_dir(tflite_dir) as partial:
         saved_model = os.path.join(partial, "saved_model")

@@ -2,7 +2,7 @@
 the command that starts a worker (`worker_command`, for local processes and cluster pods alike).
 
 `MultiWorkerMirroredStrategy` reads the cluster from `TF_CONFIG`; without it, this process is
-the only worker. Only the chief writes final outputs. local.py launches workers on this machine;
+the only worker (and trains without collective ops on one device, or mirrored over its GPUs). Only the chief writes final outputs. local.py launches workers on this machine;
 launch.py as a cluster job.
 """
 
@@ -21,13 +21,29 @@ class WorkerFailure(RuntimeError):
     """A worker group that did not finish: names the worker, why, and its last log lines."""
 
 
-def make_strategy(timeout_seconds: int = COLLECTIVE_TIMEOUT_SECONDS):
-    """A MultiWorkerMirroredStrategy whose collectives give up after `timeout_seconds` (a frozen
-    peer then fails the step instead of hanging it)."""
+def make_strategy(timeout_seconds: int = COLLECTIVE_TIMEOUT_SECONDS,
+                  tf_config: str | None = None):
+    """The strategy fine-tuning runs under, by `strategy_kind`: a MultiWorkerMirroredStrategy
+    whose collectives give up after `timeout_seconds` (a frozen peer then fails the step instead
+    of hanging it), a MirroredStrategy over this machine's GPUs, or TensorFlow's default strategy
+    (one device, no collective ops)."""
     import tensorflow as tf
 
-    options = tf.distribute.experimental.CommunicationOptions(timeout_seconds=timeout_seconds)
-    return tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
+    kind = strategy_kind(tf_config, len(tf.config.list_physical_devices("GPU")))
+    if kind == "multi_worker":
+        options = tf.distribute.experimental.CommunicationOptions(timeout_seconds=timeout_seconds)
+        return tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
+    return tf.distribute.MirroredStrategy() if kind == "mirrored" else tf.distribute.get_strategy()
+
+
+def strategy_kind(tf_config: str | None, gpus: int) -> str:
+    """"multi_worker" when TF_CONFIG names a cluster, else "mirrored" over 2+ local GPUs, else
+    "single". One process on one device skips collective ops altogether: on 2 CPU cores a
+    one-device MultiWorkerMirrored (Mirrored) strategy made trashnet's fine-tuning epochs 1.5x
+    (1.3x) as long as the default strategy's, with idle waits of seconds inside them."""
+    if _tf_config(tf_config).get("cluster"):
+        return "multi_worker"
+    return "mirrored" if gpus > 1 else "single"
 
 
 def _tf_config(tf_config: str | None) -> dict:

@@ -18,7 +18,6 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from components.core.data import discovery, tfrecords
-from components.core.data.preprocessing import augment, resize_images, to_uint8
 from components.core.io import storage
 from components.core.io.progress import Progress
 
@@ -122,6 +121,8 @@ def _resized(images_and_labels, image_size: int):
     """Maps a dataset of (uint8 image (H, W, 3), label) to (uint8 (S, S, 3), label)."""
     import tensorflow as tf
 
+    from components.core.data.preprocessing import resize_images, to_uint8
+
     return images_and_labels.map(
         lambda image, label: (to_uint8(resize_images(image[None], image_size))[0], label),
         num_parallel_calls=tf.data.AUTOTUNE)
@@ -180,6 +181,8 @@ class FeatureCache:
     def __init__(self, extractor, image_size: int, augment_config: AugmentConfig, seed: int,
                  min_crop_scale: float):
         import tensorflow as tf
+
+        from components.core.data.preprocessing import augment
 
         images = tf.TensorSpec((None, image_size, image_size, 3), tf.uint8)
         self._original = tf.function(lambda batch: extractor(batch, training=False),
@@ -251,6 +254,8 @@ def training_epoch(images_dir: str, config, epoch: int):
     of (data.seed, epoch) only, so every worker, and a run resumed at this epoch, sees the same
     batches."""
     import tensorflow as tf
+
+    from components.core.data.preprocessing import augment
 
     seed, augmentation = config.data.seed, config.augment
     batches = read_resized(images_dir, "train").shuffle(

@@ -81,7 +81,7 @@ def agreement(reference: np.ndarray, candidate: np.ndarray) -> dict:
             "max_abs_diff": float(np.max(np.abs(reference - candidate)))}
 
 
-KERAS_TIMED_IMAGES = 50  # eager Keras calls are slow: the latency of the first 50 is enough
+KERAS_TIMED_IMAGES = 50  # the Keras model's latency: its median over the first 50 is enough
 
 
 def runtime_figures(classify, images: np.ndarray, labels: np.ndarray, reference: np.ndarray,

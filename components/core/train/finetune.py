@@ -214,9 +214,8 @@ def _fit(model: keras.Model, optimizer, step, train_epoch, val, strategy,
     for epoch in range(state["epoch"], config.finetune.epochs):
         if early_stopping and state["epochs_without_gain"] >= config.finetune.patience:
             break
-        totals = [step(images, labels) for images, labels in
-                  strategy.experimental_distribute_dataset(train_epoch(epoch))]
-        sums = np.sum([[float(value) for value in total] for total in totals], axis=0)
+        sums = np.sum([[float(value) for value in step(images, labels)] for images, labels in
+                       strategy.experimental_distribute_dataset(train_epoch(epoch))], axis=0)
         figures = {"loss": sums[0] / sums[2], "accuracy": sums[1] / sums[2],
                    **{f"val_{name}": value
                       for name, value in scoring.evaluate(predict, val).items()}}

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 
 from components.core.config import schema as configs
@@ -14,16 +15,20 @@ from pipelines.commands import OVERRIDES
 # Commands that import TensorFlow (which prints start-up notices to stderr whatever
 # TF_CPP_MIN_LOG_LEVEL says: held back, see _import_tensorflow_quietly).
 TENSORFLOW_COMMANDS = ("run", "demo", "predict")
+PIPELINE_COMMANDS = ("run", "demo")  # end cleanly on SIGTERM and SIGHUP too (see stop_on_signals)
 
 
 def main(argv: list[str] | None = None) -> int:
     """The `tlpipe` command. Exit codes: 0 done; 1 a step or an image failed (one line on
-    stderr each); 2 bad input, before any work (one line); 130 interrupted (Ctrl-C)."""
+    stderr each); 2 bad input, before any work (one line); 128 + the signal when interrupted
+    (130 Ctrl-C, 143 SIGTERM, 129 SIGHUP)."""
     from pipelines import local_run
 
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # steps inherit it: no C++ info spam
     parser = _parser()
     args = parser.parse_args(argv)
+    if args.command in PIPELINE_COMMANDS:
+        local_run.stop_on_signals()
     try:
         if args.command in TENSORFLOW_COMMANDS:
             _import_tensorflow_quietly()
@@ -42,9 +47,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt as interrupt:
         local_run.end_child_processes()
         where = getattr(interrupt, "run_dir", "")
-        print("tlpipe: interrupted" + (f"; partial run in {where}" if where else ""),
+        signum = getattr(interrupt, "signum", signal.SIGINT)
+        how = "" if signum == signal.SIGINT else f" by {signal.Signals(signum).name}"
+        print(f"tlpipe: interrupted{how}" + (f"; partial run in {where}" if where else ""),
               file=sys.stderr)
-        return 130
+        return 128 + signum
 
 
 def _one_line(error: BaseException) -> str:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 
 from components.core.config import checks as config_checks, schema as configs
@@ -89,6 +90,7 @@ def run_and_report(source: str, config: configs.PipelineConfig, output: str,
     checked = sources.check(source)
     models.preflight(config.model, config.finetune)
     if checked.kind == "folder":
+        _check_output_outside(output, source)
         classes, files = discovery.discover(source)
         _check_baseline_classes(config.evaluate.baseline_model, classes)
         config_checks.check_batch_fits(config.finetune, len(files), source)
@@ -97,6 +99,14 @@ def run_and_report(source: str, config: configs.PipelineConfig, output: str,
             train = ingestion.preview_counts(source, config.data)["train"]
             config_checks.check_batch_fits(config.finetune, train,
                                            f"the training split of {source}")
+    with local_run.output_lock(output):
+        return _run_locked(source, config, output, settings)
+
+
+def _run_locked(source: str, config: configs.PipelineConfig, output: str, settings) -> int:
+    """The run and its summary, report and model card, while holding the output's lock."""
+    from pipelines import local_run
+
     try:
         run_dir = local_run.run(source, config.to_dict(), output, settings)
     except local_run.StepFailed as failure:
@@ -104,7 +114,8 @@ def run_and_report(source: str, config: configs.PipelineConfig, output: str,
             "step": failure.step, "error": failure.error, "log": failure.log})
         raise
     except local_run.Interrupted as interrupt:
-        local_run.write_summary(output, interrupt.run_dir, "interrupted")
+        local_run.write_summary(output, interrupt.run_dir, "interrupted",
+                                stop_signal=signal.Signals(interrupt.signum).name)
         raise
     local_run.write_summary(output, run_dir, "succeeded")
     summary = local_run.summarize(run_dir)
@@ -130,6 +141,16 @@ def _check_output_folder(folder: str) -> None:
     if not os.access(existing, os.W_OK | os.X_OK):
         raise ConfigError(f"--output {folder}: {existing} is not writable; give a "
                           f"folder you can write to")
+
+
+def _check_output_outside(output: str, data: str) -> None:
+    """ConfigError when the output folder is the data folder or inside it: the run's files
+    would be read as a class of images by this run or the next."""
+    output, data = os.path.realpath(output), os.path.realpath(data)
+    if os.path.commonpath([output, data]) == data:
+        raise ConfigError(f"--output {output} is inside --data {data}: the run's files would "
+                          f"become a class of images; give an --output outside the data "
+                          f"folder (e.g. --output {os.path.join(os.path.dirname(data), 'runs')})")
 
 
 def _check_baseline_classes(baseline: str, classes: list[str]) -> None:

@@ -11,11 +11,28 @@ import json
 import os
 import re
 import shutil
+import signal
+import socket
+import time
 import warnings
 
 from pipelines.transfer_learning import STEP_ORDER, compile_pipeline
 
 LOGS = "logs"  # a run folder's subfolder of step logs and failure records
+LOCK = ".tlpipe-run.lock"  # OUTPUT's lock file: {"pid", "host", "started"} of the run holding it
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)  # each ends a local run cleanly
+
+
+class OutputInUse(ValueError):
+    """Another run holds the output folder's lock (bad input: pick another --output)."""
+
+
+class Stopped(KeyboardInterrupt):
+    """A stop signal (SIGTERM, SIGHUP) turned into what Ctrl-C raises. signum: the signal."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
 
 
 class StepFailed(RuntimeError):
@@ -29,12 +46,82 @@ class StepFailed(RuntimeError):
 
 
 class Interrupted(KeyboardInterrupt):
-    """Ctrl-C during a local run, after every process it started was ended. run_dir: the
-    partial run ("" when none had started)."""
+    """Ctrl-C (or another of STOP_SIGNALS) during a local run, after every process it started
+    was ended. run_dir: the partial run ("" when none had started); signum: the signal."""
 
-    def __init__(self, run_dir: str):
+    def __init__(self, run_dir: str, signum: int = signal.SIGINT):
         super().__init__(run_dir)
-        self.run_dir = run_dir
+        self.run_dir, self.signum = run_dir, signum
+
+
+def stop_on_signals() -> None:
+    """Makes SIGTERM and SIGHUP (what `timeout`, CI cancels, systemd, Kubernetes and a closed
+    terminal send) raise `Stopped` like Ctrl-C raises KeyboardInterrupt, once: the first stop
+    signal starts the clean-up and later ones are ignored until it is done."""
+
+    def stop(signum, _frame):
+        for each in STOP_SIGNALS:
+            signal.signal(each, signal.SIG_IGN)
+        if signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        raise Stopped(signum)
+
+    for each in STOP_SIGNALS:
+        signal.signal(each, stop)
+
+
+@contextlib.contextmanager
+def output_lock(output_dir: str):
+    """Holds OUTPUT/.tlpipe-run.lock for one run: a second run into the same folder is refused
+    (OutputInUse naming the holder's pid, host and start time) instead of sharing its runs/,
+    logs and summary.json. The lock is an flock, so a holder that died (killed, power cut) left
+    nothing held: its stale file is taken over. The file is removed when the run ends."""
+    os.makedirs(output_dir, exist_ok=True)
+    path = os.path.join(output_dir, LOCK)
+    handle = _locked(path)
+    try:
+        handle.seek(0)
+        handle.truncate()
+        json.dump({"pid": os.getpid(), "host": socket.gethostname(),
+                   "started": time.strftime("%Y-%m-%d %H:%M:%S%z")}, handle)
+        handle.flush()
+        yield path
+    finally:
+        os.unlink(path)  # while locked: the next run creates and locks a new file
+        handle.close()
+
+
+def _locked(path: str):
+    """The lock file at `path`, opened and flocked by this process; OutputInUse if another
+    process holds it. A file unlinked by its holder between our open and our lock is not the
+    lock any more: open the new one and try again."""
+    import fcntl
+
+    while True:
+        handle = open(os.open(path, os.O_RDWR | os.O_CREAT, 0o644), "r+", encoding="utf-8")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = _json_or_empty(handle.read())
+            handle.close()
+            raise OutputInUse(
+                f"--output {os.path.dirname(path)} is in use by another tlpipe run (pid "
+                f"{holder.get('pid', '?')} on {holder.get('host', '?')}, started "
+                f"{holder.get('started', '?')}); wait for it to end, or give another "
+                f"--output") from None
+        try:
+            if os.stat(path).st_ino == os.fstat(handle.fileno()).st_ino:
+                return handle
+        except FileNotFoundError:
+            pass
+        handle.close()
+
+
+def _json_or_empty(text: str) -> dict:
+    try:
+        return json.loads(text)
+    except ValueError:
+        return {}
 
 
 def run(source: str, config: dict, output_dir: str, settings=None) -> str:
@@ -44,8 +131,8 @@ def run(source: str, config: dict, output_dir: str, settings=None) -> str:
     artifacts under OUTPUT/runs/, and returns the run's directory, which also gets logs/ (each
     step's log). Steps get a temporary folder of their own (TMPDIR), removed afterwards.
     config: `PipelineConfig.to_dict()`, one pipeline parameter a section. Raises StepFailed
-    naming the failed step and its error, or Interrupted on Ctrl-C (every step process and
-    its children ended first)."""
+    naming the failed step and its error, or Interrupted on Ctrl-C or `Stopped` (every step
+    process and its children ended first). Hold `output_lock` around it."""
     import tempfile
 
     from kfp import components, local
@@ -71,9 +158,10 @@ def run(source: str, config: dict, output_dir: str, settings=None) -> str:
                 warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*non-Python base image.*")
             pipeline(source=_absolute(source), **config)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as interrupt:
         end_child_processes()
-        raise Interrupted(_keep_records(_new_run(root, before), records)) from None
+        raise Interrupted(_keep_records(_new_run(root, before), records),
+                          getattr(interrupt, "signum", signal.SIGINT)) from None
     except RuntimeError as error:
         run_dir = _keep_records(_new_run(root, before), records)
         raise _step_failure(str(error), run_dir) from None
@@ -149,12 +237,15 @@ def end_child_processes(grace_seconds: float = 2.0) -> int:
     return len(children)
 
 
-def write_summary(output_dir: str, run_dir: str, status: str, failure: dict | None = None) -> str:
+def write_summary(output_dir: str, run_dir: str, status: str, failure: dict | None = None,
+                  stop_signal: str = "") -> str:
     """Writes OUTPUT/summary.json (and a copy in run_dir): the run folder, its status
-    ("succeeded", "failed" or "interrupted"), what failed ({"step", "error", "log"}, or None)
-    and every step that finished with its outputs (see `summarize`). Returns the path."""
+    ("succeeded", "failed" or "interrupted"), what failed ({"step", "error", "log"}, or None),
+    the signal that interrupted it ("SIGINT", "SIGTERM", "SIGHUP"; only when interrupted) and
+    every step that finished with its outputs (see `summarize`). Returns the path."""
     summary = summarize(run_dir) if run_dir else {}
     record = {"run_dir": run_dir, "status": status, "failure": failure,
+              **({"signal": stop_signal} if stop_signal else {}),
               "finished_steps": list(summary), "steps": summary}
     path = os.path.join(output_dir, "summary.json")
     for target in (path, *([os.path.join(run_dir, "summary.json")] if run_dir else [])):
@@ -215,12 +306,14 @@ def report(summary: dict) -> str:
     if quantized:
         lines.append(f"TFLite (gate: at most {quantized['max_accuracy_drop_points']} points below "
                      f"float, agreement at least {quantized['min_agreement']:.0%}; "
-                     f"recommended: {quantized['recommended_file']}):")
+                     f"recommended: {quantized['recommended_file']}, "
+                     f"{quantized['recommended_reason']}):")
         lines.extend(_format_line(name, figures)
                      for name, figures in quantized["variants"].items())
     exported = summary.get("tensorrt", {}).get("outputs", {}).get("onnx", {}).get("metadata", {})
     if exported:
-        lines.append(f"ONNX (same gate; recommended: {exported['recommended_onnx']}):")
+        lines.append(f"ONNX (same gate; recommended: {exported['recommended_onnx']}, "
+                     f"{exported['recommended_onnx_reason']}):")
         lines.extend(_format_line(name, exported[name])
                      for name in ("onnx", "onnx_fp16", "onnx_int8") if name in exported)
         engine = exported["tensorrt"]

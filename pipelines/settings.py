@@ -23,7 +23,9 @@ Example (every key optional):
 
 from __future__ import annotations
 
+import math
 import re
+from collections import Counter
 from dataclasses import dataclass, field, replace
 from typing import Optional
 
@@ -46,6 +48,32 @@ ROOT_SCHEMES = ("gs://", "s3://", "minio://")
 ALWAYS_RUN = ("fingerprint",)
 MULTI_WORKER_STEP = "finetune"
 DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+# Prefixes of credentials as their issuers print them: GitHub, GitLab, Slack, OpenAI-style API
+# keys, AWS access key ids, Google API keys and OAuth tokens, PEM blocks, JWTs.
+TOKEN_PREFIX = re.compile(r"^(gh[pousr]_|github_pat_|glpat-|xox[abpr]-|sk-|sk_live_|AKIA|ASIA|"
+                          r"AIza|ya29\.|-----BEGIN|eyJ)")
+LONG_HEX = re.compile(r"[0-9a-fA-F]{32,}")  # a 128-bit or longer key in hex
+RANDOM_LENGTH, RANDOM_BITS = 20, 4.0  # a run of 20+ characters at >= 4 bits of entropy each
+
+
+def secret_shaped(text: str) -> bool:
+    """True when `text`, given where a name belongs (a Secret's name, a key, a variable name, a
+    path), looks like a credential itself: a known token prefix, 32+ hex digits, or a 20+
+    character run without separators mixing upper case, lower case and digits whose characters
+    carry >= 4 bits of entropy each (random base64 or alphanumerics; names made of words stay
+    below, and identifiers in one case never qualify)."""
+    text = str(text)
+    if TOKEN_PREFIX.match(text) or LONG_HEX.search(text):
+        return True
+    return any(_entropy_bits(run) >= RANDOM_BITS and re.search(r"[a-z]", run)
+               and re.search(r"[A-Z]", run) and re.search(r"[0-9]", run)
+               for run in re.findall(r"[A-Za-z0-9+/=_]{%d,}" % RANDOM_LENGTH, text))
+
+
+def _entropy_bits(text: str) -> float:
+    """Shannon entropy of the characters of `text`, bits per character."""
+    counts = Counter(text)
+    return -sum(n / len(text) * math.log2(n / len(text)) for n in counts.values())
 
 
 @dataclass
@@ -272,6 +300,17 @@ def _step_problems(name: str, step: StepSettings) -> list[str]:
               f"NoExecute or leave it out")
     for index, secret in enumerate(step.secrets):
         where = f"secrets[{index}]"
+        shaped = [field_name for field_name, value in
+                  [("name", secret.name), ("mount_path", secret.mount_path),
+                   *[(f"env key #{number + 1}", key) for number, key in enumerate(secret.env)],
+                   *[(f"env variable #{number + 1}", variable)
+                     for number, variable in enumerate(secret.env.values())]]
+                  if secret_shaped(value)]
+        if shaped:  # the value itself is never repeated: it may be the credential
+            found.append(f"{where}.{shaped[0]} looks like a credential (a token, key or "
+                            f"random string), not a name; give the Kubernetes Secret's name, "
+                            f"its keys and the variable names, and keep the values in the Secret")
+            continue
         check(bool(DNS_SUBDOMAIN.match(secret.name)),
               f"{where}.name is not a Kubernetes Secret name (lower-case letters, digits, '-' "
               f"and '.'); give the Secret's name, never its value (not shown here in case it "
@@ -280,7 +319,8 @@ def _step_problems(name: str, step: StepSettings) -> list[str]:
               f"{where}: give either env ({{secret key: VARIABLE}}) or mount_path, not both "
               f"or neither")
         check(not secret.mount_path or secret.mount_path.startswith("/"),
-              f"{where}.mount_path={secret.mount_path!r}; use an absolute path")
+              f"{where}.mount_path is not an absolute path; give the folder the Secret's "
+              f"files appear in, e.g. /secrets/gcs")
         wrong = sorted(key for key, variable in secret.env.items()
                        if not ENV_NAME.match(str(variable)))
         check(not wrong, f"{where}.env[{wrong[0]!r}] is not an environment variable name "

@@ -312,7 +312,11 @@ def _processes_naming(text: str) -> list:
     return found
 
 
-def test_ctrl_c_ends_every_process_and_says_where_the_partial_run_is(tmp_path):
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_a_stop_signal_ends_every_process_and_says_where_the_partial_run_is(tmp_path, stop):
+    """Ctrl-C (SIGINT) and SIGTERM (what `timeout`, CI cancels and Kubernetes send) alike: every
+    step and worker ended, one line, exit 128 + the signal, summary.json says which signal,
+    no scratch folder left, and the output folder takes the next run."""
     data = write_digits(tmp_path / "data")
     output = tmp_path / "interrupted"
     process = _tlpipe("run", "--data", data, "--output", output, *TINY, "--workers", "2")
@@ -323,14 +327,98 @@ def test_ctrl_c_ends_every_process_and_says_where_the_partial_run_is(tmp_path):
             assert process.poll() is None and time.monotonic() < deadline, \
                 process.communicate()[1][-2000:]
             time.sleep(0.5)
-        process.send_signal(signal.SIGINT)  # what Ctrl-C sends to the CLI
+        process.send_signal(stop)
         _, err = process.communicate(timeout=60)
     finally:
         process.kill()
-    assert process.returncode == 130
-    assert_one_line(err, "tlpipe: interrupted; partial run in ", str(output / "runs"))
+    assert process.returncode == 128 + stop
+    how = "" if stop == signal.SIGINT else " by SIGTERM"
+    assert_one_line(err, f"tlpipe: interrupted{how}; partial run in ", str(output / "runs"))
     time.sleep(1)
     assert not _processes_naming(str(output))  # steps and workers: no orphan left
     summary = json.load(open(output / "summary.json"))
-    assert summary["status"] == "interrupted"
+    assert summary["status"] == "interrupted" and summary["signal"] == stop.name
     assert {"ingest", "preprocess", "train-head"} <= set(summary["finished_steps"])
+    assert sorted(name for name in os.listdir(output) if name.startswith(".")) == []
+    if stop == signal.SIGTERM:  # the same folder takes the next run (no lock left behind)
+        code = _tlpipe("run", "--data", data, "--output", output, *TINY,
+                       "--finetune-epochs", "0").wait(timeout=400)
+        assert code == 0
+        assert json.load(open(output / "summary.json"))["status"] == "succeeded"
+
+
+def test_sighup_in_the_first_step_ends_the_run_cleanly(tmp_path):
+    data = write_digits(tmp_path / "data")
+    output = tmp_path / "hung-up"
+    process = _tlpipe("run", "--data", data, "--output", output, *TINY)
+    try:
+        deadline = time.monotonic() + 120
+        while not any("executor_main" in " ".join(p.info["cmdline"] or ())
+                      for p in psutil.Process(process.pid).children(recursive=True)):
+            assert process.poll() is None and time.monotonic() < deadline
+            time.sleep(0.2)
+        process.send_signal(signal.SIGHUP)  # the terminal closed
+        _, err = process.communicate(timeout=60)
+    finally:
+        process.kill()
+    assert process.returncode == 128 + signal.SIGHUP
+    assert_one_line(err, "tlpipe: interrupted by SIGHUP")
+    assert json.load(open(output / "summary.json"))["signal"] == "SIGHUP"
+    assert not _processes_naming(str(output))
+    assert sorted(name for name in os.listdir(output) if name.startswith(".")) == []
+
+
+def test_two_runs_into_one_output_folder_the_second_is_refused_and_the_first_is_intact(
+        tmp_path):
+    """Two real `tlpipe run` processes at once into one --output: the second is refused in one
+    line before it writes anything; the first finishes with its own summary and logs."""
+    data = write_digits(tmp_path / "data")
+    output = tmp_path / "shared"
+    first = _tlpipe("run", "--data", data, "--output", output, *TINY, "--finetune-epochs", "0")
+    try:
+        deadline = time.monotonic() + 120
+        while not (output / ".tlpipe-run.lock").exists():
+            assert first.poll() is None and time.monotonic() < deadline
+            time.sleep(0.2)
+        second = _tlpipe("run", "--data", data, "--output", output, *TINY)
+        _, err = second.communicate(timeout=120)
+        assert second.returncode == 2
+        assert_one_line(err, f"--output {output} is in use by another tlpipe run (pid "
+                        f"{first.pid}", "give another --output")
+        out, err = first.communicate(timeout=400)
+    finally:
+        first.kill()
+    assert first.returncode == 0, err[-2000:]
+    summary = json.load(open(output / "summary.json"))
+    assert summary["status"] == "succeeded" and "evaluate" in summary["finished_steps"]
+    assert f"run: {summary['run_dir']}" in out
+    assert len(os.listdir(output / "runs")) == 1
+    assert sorted(os.listdir(os.path.join(summary["run_dir"], "logs")))[:2] == [
+        "evaluate.log", "fingerprint.log"]
+    assert not (output / ".tlpipe-run.lock").exists()
+
+
+def test_a_lock_left_by_a_dead_run_is_taken_over(tmp_path):
+    from pipelines import local_run
+
+    output = tmp_path / "o"
+    output.mkdir()
+    (output / ".tlpipe-run.lock").write_text('{"pid": 999999, "host": "gone"}')  # no flock held
+    with local_run.output_lock(str(output)) as path:
+        assert json.load(open(path))["pid"] == os.getpid()
+        other = subprocess.run([sys.executable, "-c", "import sys; sys.path.insert(0, sys.argv[1])"
+                                "\nfrom pipelines import local_run"
+                                "\nlocal_run.output_lock(sys.argv[2]).__enter__()", ROOT,
+                                str(output)], capture_output=True, text=True)
+        assert other.returncode == 1 and "OutputInUse" in other.stderr
+        assert f"in use by another tlpipe run (pid {os.getpid()}" in other.stderr
+    assert not os.path.exists(path)
+
+
+def test_output_inside_the_data_folder_is_refused_before_anything_is_written(tmp_path, capfd):
+    data = write_digits(tmp_path / "photos")
+    code, _, err = cli(capfd, "run", "--data", data, "--output", os.path.join(data, "runs"),
+                       *TINY)
+    assert code == 2
+    assert_one_line(err, "is inside --data", "give an --output outside the data folder")
+    assert sorted(os.listdir(data)) == ["digit0", "digit1", "digit2"]

@@ -213,25 +213,54 @@ def test_unknown_onnx_variants_and_an_empty_calibration_set_are_errors(onnx_vari
     assert not os.listdir(tmp_path)
 
 
-def test_gate_rejects_variants_losing_more_than_the_threshold_and_recommends_the_smallest():
+def smallest(variants: dict) -> str:
+    return measure.recommend(variants, "smallest", "float32", 2.0)[0]
+
+
+def test_gate_rejects_variants_losing_more_than_the_threshold():
     variants = {"float32": {"test_accuracy": 0.90, "size_bytes": 800},
                 "fp16": {"test_accuracy": 0.90, "size_bytes": 400},
                 "dynamic_int8": {"test_accuracy": 0.885, "size_bytes": 250},
                 "int8": {"test_accuracy": 0.87, "size_bytes": 260}}
-    assert measure.gate(0.90, variants, max_drop_points=2.0) == "dynamic_int8"
+    measure.gate(0.90, variants, max_drop_points=2.0)
+    assert smallest(variants) == "dynamic_int8"
     assert variants["int8"]["status"] == "rejected"
     assert variants["int8"]["accuracy_drop_points"] == pytest.approx(3.0)
     assert variants["dynamic_int8"]["status"] == "accepted"
     # a threshold set below a variant's measured drop rejects it
-    assert measure.gate(0.90, variants, max_drop_points=1.0) == "fp16"
-    assert variants["dynamic_int8"]["status"] == "rejected"
-    assert measure.gate(0.90, variants, max_drop_points=5.0) == "dynamic_int8"
+    measure.gate(0.90, variants, max_drop_points=1.0)
+    assert smallest(variants) == "fp16" and variants["dynamic_int8"]["status"] == "rejected"
+    measure.gate(0.90, variants, max_drop_points=5.0)
+    assert smallest(variants) == "dynamic_int8"
     # equal sizes: the more accurate one
     tie = {"a": {"test_accuracy": 0.8, "size_bytes": 10}, "b": {"test_accuracy": 0.9,
                                                                 "size_bytes": 10}}
-    assert measure.gate(0.9, tie, max_drop_points=20) == "b"
+    measure.gate(0.9, tie, max_drop_points=20)
+    assert smallest(tie) == "b"
     with pytest.raises(ValueError, match="every variant lost more than"):
         measure.gate(0.99, {"int8": {"test_accuracy": 0.5, "size_bytes": 1}}, 1.0)
+
+
+def test_the_recommendation_weighs_size_against_latency_by_policy():
+    """The ants/bees case: int16x8 saves 0.12 MB over fp16 but runs 30x slower."""
+    variants = {name: {"test_accuracy": 0.85, "size_bytes": size, "latency_ms_median": ms}
+                for name, size, ms in [("float32", 880_000, 0.5), ("fp16", 470_000, 0.6),
+                                       ("int16x8", 350_000, 19.0), ("int8", 320_000, 0.4)]}
+    measure.gate(0.85, variants, max_drop_points=1.0)
+    name, why = measure.recommend(variants, "balanced", "float32", 2.0)
+    assert name == "int8" and "at most 2x as slow as float32 (1.00 ms/image" in why
+    variants["int8"].update(test_accuracy=0.80)  # int8 rejected: fp16, not the slow int16x8
+    measure.gate(0.85, variants, max_drop_points=1.0)
+    assert measure.recommend(variants, "balanced", "float32", 2.0)[0] == "fp16"
+    assert measure.recommend(variants, "balanced", "float32", 50.0)[0] == "int16x8"
+    assert measure.recommend(variants, "smallest", "float32", 2.0)[0] == "int16x8"
+    assert measure.recommend(variants, "fastest", "float32", 2.0)[0] == "float32"
+    # only when the float reference itself is out (never in practice): the fastest accepted
+    variants["float32"].update(status="rejected", latency_ms_median=0.1)
+    name, why = measure.recommend(variants, "balanced", "float32", 2.0)
+    assert name == "fp16" and "no accepted variant is within 2x" in why
+    with pytest.raises(ValueError, match="unknown export.recommend 'tiny'"):
+        measure.recommend(variants, "tiny", "float32", 2.0)
 
 
 def test_latency_summary_reports_median_and_p90():

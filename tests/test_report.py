@@ -73,6 +73,8 @@ def record():
                                   "latency_ms_median": 0.4, "latency_ms_p90": 0.5,
                                   "status": "accepted"},
                     "recommended_onnx": "onnx_int8",
+                    "recommended_onnx_reason": "the smallest accepted variant at most 2x as "
+                                               "slow as onnx",
                     "tensorrt": {"status": "skipped", "reason": "no GPU"}},
     }
 
@@ -95,7 +97,8 @@ def test_model_card_states_data_provenance_results_and_limits(record):
     assert f"{100 * low:.1f}-{100 * high:.1f}%" in text and "200 resamples" in text
     assert "ImageNet-pretrained" in text and "`zero/bad.jpg`: truncated JPEG" in text
     assert "| tflite int8 | 75.0% | 0.32 MB | 0.60 / 0.70 ms | rejected |" in text
-    assert "| onnx_int8 | 79.0% | 0.30 MB | 0.40 / 0.50 ms | accepted (recommended) |" in text
+    assert ("| onnx_int8 | 79.0% | 0.30 MB | 0.40 / 0.50 ms | accepted (recommended: the "
+            "smallest accepted variant at most 2x as slow as onnx) |") in text
     assert "## Intended use" in text and "## Known limits" in text
     random_card = card.render_model_card({**record, "model": {**record["model"],
                                                               "weights": "random"}})

@@ -124,7 +124,7 @@ def test_without_settings_images_follow_the_package_version(tmp_path):
      "give either env"),
     ("steps: {ingest: {secrets: [{name: 'My Secret!', mount_path: /s}]}}",
      "secrets[0].name is not a Kubernetes Secret name"),
-    ("steps: {ingest: {secrets: [{name: w, env: {api-key: 'sk-live-9f8e7d6c5b4a'}}]}}",
+    ("steps: {ingest: {secrets: [{name: w, env: {api-key: 'my-api-key'}}]}}",
      "secrets[0].env['api-key'] is not an environment variable name"),
     ("steps: {finetune: {tolerations: [{key: gpu, operator: Exists, value: x}]}}",
      "operator Exists and a value"),
@@ -147,6 +147,40 @@ def test_bad_settings_are_named_before_anything_is_written(capsys, tmp_path, tex
     assert len(err.strip().splitlines()) == 1
     assert "sk-live" not in err and "My Secret" not in err  # what may be a secret is not echoed
     assert not output.exists()
+
+
+GITHUB_TOKEN = "ghp_" + "R4nd0mT0k3nV4lu3xYz9876543210AbCdEf"
+HEX_KEY = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b"
+AWS_SECRET = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"
+
+
+@pytest.mark.parametrize("secret, where, value", [
+    (f"{{name: gcs, env: {{token: {GITHUB_TOKEN}}}}}", "env variable #1", GITHUB_TOKEN),
+    (f"{{name: '{HEX_KEY}', mount_path: /s}}", "name", HEX_KEY),
+    (f"{{name: aws, env: {{'{AWS_SECRET}': AWS_SECRET_ACCESS_KEY}}}}", "env key #1", AWS_SECRET),
+    (f"{{name: aws, mount_path: '/secrets/{AWS_SECRET}'}}", "mount_path", AWS_SECRET),
+    (f"{{name: aws, mount_path: 'secrets/{AWS_SECRET}'}}", "mount_path", AWS_SECRET),
+], ids=["token-as-variable-name", "hex-key-as-secret-name", "value-as-secret-key",
+        "value-in-mount-path", "value-in-relative-mount-path"])
+def test_a_credential_where_a_name_belongs_is_refused_without_echoing_it(capsys, tmp_path,
+                                                                         secret, where, value):
+    settings = tmp_path / "settings.yaml"
+    settings.write_text(f"steps: {{ingest: {{secrets: [{secret}]}}}}")
+    output = tmp_path / "pipeline.yaml"
+    assert main(["compile", "--settings", str(settings), "-o", str(output)]) == 2
+    err = capsys.readouterr().err
+    assert f"steps.ingest.secrets[0].{where} looks like a credential" in err, err
+    assert len(err.strip().splitlines()) == 1 and value not in err and value[4:20] not in err
+    assert not output.exists()
+
+
+def test_names_made_of_words_are_not_taken_for_credentials():
+    from pipelines.settings import secret_shaped
+
+    for name in ("gcs-reader", "GOOGLE_APPLICATION_CREDENTIALS", "/secrets/gcs",
+                 "AZURE_STORAGE_CONNECTION_STRING", "tlpipe-gcs-service-account-key",
+                 "api-key", "HUGGINGFACE_HUB_TOKEN", "wandb.api.key"):
+        assert not secret_shaped(name), name
 
 
 def test_missing_settings_file_is_named(capsys, tmp_path):

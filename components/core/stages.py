@@ -359,7 +359,7 @@ def _write_report(record: dict, report_path: str, card_path: str) -> None:
 def quantize(model_dir: str, images_dir: str, tflite_dir: str, *, config) -> dict:
     """SavedModel, a float32 TFLite reference and the configured quantized TFLite variants, each
     evaluated on the test split and gated against the float model; names the recommended
-    variant (the smallest within export.max_accuracy_drop points)."""
+    variant (`measure.recommend` by export.recommend) and why."""
     from components.core.export import measure, tflite
     from components.core.train import model as models, scoring
 
@@ -377,8 +377,10 @@ def quantize(model_dir: str, images_dir: str, tflite_dir: str, *, config) -> dic
         tflite.export_saved_model(model, saved_model)
         variants = tflite.write_variants(model, saved_model, partial, shipping, calibration,
                                          (test_images, test_labels, reference))
-        recommended = measure.gate(float_accuracy, variants, shipping.max_accuracy_drop,
-                                   shipping.min_agreement)
+        measure.gate(float_accuracy, variants, shipping.max_accuracy_drop,
+                     shipping.min_agreement)
+        recommended, why = measure.recommend(variants, shipping.recommend, "float32",
+                                             shipping.max_slowdown)
         for variant, figures in variants.items():
             log.info("tflite %s: %s", variant, figures)
         facts = {"float_test_accuracy": float_accuracy,
@@ -387,11 +389,9 @@ def quantize(model_dir: str, images_dir: str, tflite_dir: str, *, config) -> dic
                  "calibration_images": len(calibration), "int8_input": shipping.int8_input,
                  "max_accuracy_drop_points": shipping.max_accuracy_drop,
                  "min_agreement": shipping.min_agreement, "recommended": recommended,
-                 "recommended_file": variants[recommended]["file"],
+                 "recommended_reason": why, "recommended_file": variants[recommended]["file"],
                  "variants": variants}
-        log.info("recommended TFLite variant: %s (smallest within %s points of float32 %.4f "
-                 "agreeing on %s of its predictions)", recommended, shipping.max_accuracy_drop,
-                 float_accuracy, shipping.min_agreement)
+        log.info("recommended TFLite variant: %s, %s", recommended, why)
         storage.write_json(os.path.join(partial, "quantization.json"), facts)
         predict.write_labels(partial, _classes(images_dir))
     return facts
@@ -425,8 +425,10 @@ def tensorrt(model_dir: str, images_dir: str, onnx_dir: str, *, config) -> dict:
         for name in files.keys() - {"onnx"}:  # how many times smaller than the float ONNX
             formats[name]["size_ratio"] = float_size / formats[name]["size_bytes"]
         float_accuracy = measure.accuracy(reference, labels)
-        recommended = measure.gate(float_accuracy, formats, shipping.max_accuracy_drop,
-                                   shipping.min_agreement)
+        measure.gate(float_accuracy, formats, shipping.max_accuracy_drop,
+                     shipping.min_agreement)
+        recommended, why = measure.recommend(formats, shipping.recommend, "onnx",
+                                             shipping.max_slowdown)
         if calibration is not None:
             formats["onnx_int8"]["calibration_images"] = len(calibration)
         for name, figures in formats.items():
@@ -434,6 +436,7 @@ def tensorrt(model_dir: str, images_dir: str, onnx_dir: str, *, config) -> dict:
         facts = {**formats, "float_test_accuracy": float_accuracy,
                  "max_accuracy_drop_points": shipping.max_accuracy_drop,
                  "min_agreement": shipping.min_agreement, "recommended_onnx": recommended,
+                 "recommended_onnx_reason": why,
                  "opset": shipping.onnx_opset,
                  "tensorrt": tensorrt_engine.engine_figures(
                      files, formats, shipping.tensorrt_precision, meta["image_size"],

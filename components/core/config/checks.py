@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from components.core.config.errors import ConfigError
-from components.core.export import onnx_precision, tflite
+from components.core.export import measure, onnx_precision, tflite
 from components.core.train import acceleration, backbones
 
 SELECTIONS = ("last", "best_val_loss")  # finetune.selection
@@ -119,6 +119,12 @@ def problems(config: PipelineConfig) -> list[str]:
           f"export.max_accuracy_drop={shipping.max_accuracy_drop}; use points >= 0")
     check(0 <= shipping.min_agreement <= 1,
           f"export.min_agreement={shipping.min_agreement}; use a share in [0, 1]")
+    check(shipping.recommend in measure.RECOMMEND_POLICIES,
+          f"export.recommend={shipping.recommend!r}; use one of "
+          f"{', '.join(measure.RECOMMEND_POLICIES)}")
+    check(shipping.max_slowdown >= 1,
+          f"export.max_slowdown={shipping.max_slowdown}; use a factor >= 1 (1: no slower "
+          f"than the float model)")
     check(13 <= shipping.onnx_opset <= 18,
           f"export.onnx_opset={shipping.onnx_opset}; use 13 to 18 (what tf2onnx supports)")
     unknown = sorted(set(shipping.onnx_variants) - set(onnx_precision.VARIANTS))

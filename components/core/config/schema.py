@@ -236,6 +236,10 @@ class ExportConfig:
         model before it is rejected, >= 0 (default 1.0).
     min_agreement: share of test images, in [0, 1], on which a variant must predict the same
         class as the float Keras model, or it is rejected (default 0.95).
+    recommend: which accepted variant of each family (TFLite, ONNX) is recommended:
+        "balanced" (default) the smallest whose median batch-1 CPU latency is at most
+        max_slowdown times the float model's; "smallest"; or "fastest".
+    max_slowdown: that factor for "balanced", >= 1 (default 2.0).
     onnx_opset: ONNX opset of the exported model, 13-18 (default 17).
     onnx_variants: reduced-precision ONNX models to build beside the float one, each evaluated
         and gated like the TFLite variants: any of "fp16", "int8" (explicit Q/DQ, calibrated on
@@ -249,6 +253,8 @@ class ExportConfig:
     calibration_samples: int = 200
     max_accuracy_drop: float = 1.0
     min_agreement: float = 0.95
+    recommend: str = "balanced"
+    max_slowdown: float = 2.0
     onnx_opset: int = 17
     onnx_variants: list[str] = field(default_factory=lambda: ["fp16", "int8"])
     tensorrt_precision: str = "fp16"

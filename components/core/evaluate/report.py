@@ -30,6 +30,7 @@ def read_evaluation(evaluation_dir: str, tflite_dir: str | None = None,
         record["exports"] = {"saved_model_size_bytes": quantized["saved_model_size_bytes"],
                              "keras_latency": quantized["keras_latency"],
                              "recommended": quantized["recommended"],
+                             "recommended_reason": quantized["recommended_reason"],
                              "tflite": quantized["variants"], **converted}
     return record
 
@@ -43,16 +44,23 @@ def formats_rows(evaluation: dict) -> list[dict]:
              "status": "reference"}]
     tflite = exports.get("tflite") or {}
     for name, figures in sorted(tflite.items(), key=lambda item: TFLITE_VARIANTS.index(item[0])):
-        recommended = " (recommended)" if name == exports.get("recommended") else ""
-        rows.append({"format": f"tflite {name}", **figures,
-                     "status": figures.get("status", "") + recommended})
+        rows.append({"format": f"tflite {name}", **figures, "status": figures.get("status", "")
+                     + _recommended(name, exports.get("recommended"),
+                                    exports.get("recommended_reason"))})
     for name in ("onnx", "onnx_fp16", "onnx_int8", "tensorrt"):
         figures = exports.get(name)
         if figures:
-            recommended = " (recommended)" if name == exports.get("recommended_onnx") else ""
-            rows.append({"format": name, **figures,
-                         "status": figures.get("status", "built") + recommended})
+            rows.append({"format": name, **figures, "status": figures.get("status", "built")
+                         + _recommended(name, exports.get("recommended_onnx"),
+                                        exports.get("recommended_onnx_reason"))})
     return rows
+
+
+def _recommended(name: str, recommended: str | None, reason: str | None) -> str:
+    """" (recommended: why)" on the recommended format's status, "" on the others."""
+    if name != recommended:
+        return ""
+    return f" (recommended: {reason})" if reason else " (recommended)"
 
 
 def _curves(training: dict) -> str:

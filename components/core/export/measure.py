@@ -10,15 +10,14 @@ import numpy as np
 
 
 def gate(reference_accuracy: float, variants: dict, max_drop_points: float,
-         min_agreement: float = 0.0) -> str:
+         min_agreement: float = 0.0) -> None:
     """Marks each of `variants` ({name: {"test_accuracy", "size_bytes", "top1_agreement",
     ...}}) "accepted" or "rejected" in place, with its accuracy drop in percentage points below
     `reference_accuracy` (the float model's test accuracy in [0, 1]) and, when rejected, the
     "reason". A variant is rejected when it drops more than `max_drop_points`, or when its top-1
     agreement with the float Keras model (share of test images given the same class, in [0, 1])
     is below `min_agreement`: accuracy alone can hide a model that swaps many predictions both
-    ways. Returns the recommended variant: the smallest accepted one (ties: the more
-    accurate)."""
+    ways. ValueError when none is accepted."""
     for figures in variants.values():
         drop = round((reference_accuracy - figures["test_accuracy"]) * 100, 4)
         figures["accuracy_drop_points"] = drop
@@ -32,14 +31,51 @@ def gate(reference_accuracy: float, variants: dict, max_drop_points: float,
         figures["status"] = "rejected" if reasons else "accepted"
         if reasons:
             figures["reason"] = "; ".join(reasons)
-    accepted = [name for name, figures in variants.items() if figures["status"] == "accepted"]
-    if not accepted:
+    if not any(figures["status"] == "accepted" for figures in variants.values()):
         raise ValueError(f"every variant lost more than {max_drop_points} points or agrees "
                          f"with the float model less than export.min_agreement; raise "
                          f"export.max_accuracy_drop, lower export.min_agreement or include the "
                          f"float32 reference")
-    return min(accepted, key=lambda name: (variants[name]["size_bytes"],
-                                           -variants[name]["test_accuracy"]))
+
+
+RECOMMEND_POLICIES = ("balanced", "smallest", "fastest")
+
+
+def recommend(variants: dict, policy: str, reference: str, max_slowdown: float
+              ) -> tuple[str, str]:
+    """The accepted variant (see `gate`) to ship, by `policy`, and why, in one sentence:
+    - "balanced": the smallest whose median latency is at most `max_slowdown` (>= 1) times
+      the float `reference` variant's (a quantized model 30x slower than the float one is not
+      worth the bytes it saves); the fastest accepted one if none is that fast;
+    - "smallest": the smallest (ties: the more accurate);
+    - "fastest": the lowest median latency (ties: the smaller).
+    Latencies are batch-1 on the CPU of the machine that ran the step."""
+    if policy not in RECOMMEND_POLICIES:
+        raise ValueError(f"unknown export.recommend {policy!r}; use one of "
+                         f"{RECOMMEND_POLICIES}")
+    accepted = {name: figures for name, figures in variants.items()
+                if figures["status"] == "accepted"}
+
+    def size(name):
+        return accepted[name]["size_bytes"], -accepted[name]["test_accuracy"]
+
+    def speed(name):
+        return accepted[name]["latency_ms_median"], accepted[name]["size_bytes"]
+
+    if policy == "smallest":
+        return (min(accepted, key=size),
+                "the smallest accepted variant (export.recommend: smallest)")
+    fastest = min(accepted, key=speed)
+    if policy == "fastest":
+        return fastest, "the fastest accepted variant (export.recommend: fastest)"
+    limit = max_slowdown * variants[reference]["latency_ms_median"]
+    quick = [name for name in accepted if accepted[name]["latency_ms_median"] <= limit]
+    if not quick:
+        return fastest, (f"no accepted variant is within {max_slowdown:g}x the {reference} "
+                         f"model's latency: the fastest one (export.recommend: balanced)")
+    return min(quick, key=size), (
+        f"the smallest accepted variant at most {max_slowdown:g}x as slow as {reference} "
+        f"({limit:.2f} ms/image here; export.recommend: balanced, export.max_slowdown)")
 
 
 def latency_summary(latencies_ms: np.ndarray) -> dict:

@@ -128,3 +128,14 @@ def test_preprocess_with_random_weights_is_the_same_for_the_same_seed(dataset, t
     keras.utils.set_random_seed(123)  # whatever ran before: the step seeds itself
     np.testing.assert_array_equal(run("again", 7), first)
     assert not np.allclose(run("other", 8), first)
+
+
+@pytest.mark.parametrize("images, batch, replicas, expected", [
+    (13, 4, 1, (4, False)),  # one process: the last batch of 1 is trained on
+    (13, 4, 2, (3, True)),  # two replicas: a batch of 1 would leave one empty, dropped
+    (14, 4, 2, (4, False)),  # a batch of 2: one image each
+    (12, 4, 2, (3, False)),  # no remainder
+    (17, 8, 4, (2, True)),
+])
+def test_a_last_batch_smaller_than_the_replicas_is_dropped(images, batch, replicas, expected):
+    assert cache.batches_per_epoch(images, batch, replicas) == expected

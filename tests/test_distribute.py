@@ -98,9 +98,10 @@ def test_a_failed_worker_stops_the_group_with_its_last_lines(tmp_path):
             f"open({pid_file!r} + '.partial', 'w').write(str(os.getpid()))\n"
             f"os.replace({pid_file!r} + '.partial', {pid_file!r})\n"
             "time.sleep(600)")
-    with pytest.raises(distribute.WorkerFailure, match=r"(?s)worker 0 exited with status 3.*"
-                       r"bad input file"):
+    with pytest.raises(distribute.WorkerFailure,
+                       match=r"^worker 0 exited with status 3: bad input file$") as failure:
         local_workers.launch_local(script(body), 2, output=Lines())
+    assert not failure.value.retryable  # an error, not a lost worker: no restart
     with pytest.raises(ProcessLookupError):
         os.kill(int((tmp_path / "pid").read_text()), 0)  # worker 1 killed and reaped
 
@@ -129,10 +130,26 @@ def test_a_killed_worker_is_reported_by_signal_and_the_group_restarts(tmp_path):
     restarts = local_workers.launch_with_restarts(
         lambda: local_workers.launch_local(script(body), 2, output=Lines()), 2, messages.append)
     assert restarts == 1 and "killed by SIGKILL" in messages[0]
-    with pytest.raises(distribute.WorkerFailure):
-        local_workers.launch_with_restarts(
-            lambda: local_workers.launch_local(script("sys.exit(1)"), 1, output=Lines()), 1,
-            messages.append)
+    starts = []
+
+    def failing():  # a deterministic error: started once, never again
+        starts.append(1)
+        local_workers.launch_local(script("raise ValueError('Incompatible shapes: [0,32,32,3] "
+                                          "vs. [8]')"), 1, output=Lines())
+    with pytest.raises(distribute.WorkerFailure, match=r"^worker 0 exited with status 1: "
+                       r"ValueError: Incompatible shapes: \[0,32,32,3\] vs. \[8\]$"):
+        local_workers.launch_with_restarts(failing, 3, messages.append)
+    assert len(starts) == 1 and len(messages) == 1
+
+
+def test_the_error_line_is_the_end_of_the_traceback():
+    lines = ["Traceback (most recent call last):", '  File "x.py", line 1, in <module>',
+             "tensorflow.python.framework.errors_impl.InvalidArgumentError: Incompatible "
+             "shapes", "", "2026 INFO shutting down"]
+    assert local_workers.error_line(lines).startswith("tensorflow.python.framework."
+                                                      "errors_impl.InvalidArgumentError: ")
+    assert local_workers.error_line(["starting", "bad input file", " "]) == "bad input file"
+    assert local_workers.error_line([]) == "(no output)"
 
 
 # ---------------------------------------------------------------- backups

@@ -78,6 +78,13 @@ def _unreadable_class(tmp_path):
     return folder
 
 
+def _a_class_with_one_image(tmp_path):
+    data = write_digits(tmp_path / "data", classes=(0, 1), per_class=30)
+    write_digits(tmp_path / "one", classes=(9,), per_class=1)
+    os.rename(tmp_path / "one" / "digit9", os.path.join(data, "digit9"))
+    return data
+
+
 def _an_image_file(tmp_path):
     folder = write_digits(tmp_path / "data", per_class=4)
     return os.path.join(folder, "digit0", "000.png")
@@ -100,6 +107,9 @@ def _big_batch_config(tmp_path):
     ("class of unreadable files", _unreadable_class, [],
      ["class 'notes' has no usable image", "not an image file", "(and 2 more like it)"]),
     ("an image as --data", _an_image_file, [], ["000.png is a file, not a folder"]),
+    ("a class with one image", _a_class_with_one_image, [],
+     ["class 'digit9' of", "has no image in val or test (train 1, val 0, test 0)",
+      "add images to it (3 or more"]),
     ("batch larger than the training split",
      lambda p: write_digits(p / "data", classes=(0, 1), per_class=12),
      ["--config", "CONFIG"], ["finetune.batch_size=20 is larger than the",
@@ -422,3 +432,25 @@ def test_output_inside_the_data_folder_is_refused_before_anything_is_written(tmp
     assert code == 2
     assert_one_line(err, "is inside --data", "give an --output outside the data folder")
     assert sorted(os.listdir(data)) == ["digit0", "digit1", "digit2"]
+
+
+def test_two_workers_on_a_split_that_leaves_one_an_empty_last_batch(tmp_path, capfd):
+    """13 training images, batch 4, 2 workers: the last global batch of 1 image would give one
+    worker none (it failed with "Incompatible shapes: [0,32,32,3] vs. [8]" three times over);
+    now it is dropped for that epoch and the run succeeds."""
+    data = tmp_path / "data"
+    for split, counts in {"train": (7, 6), "val": (2, 2), "test": (2, 2)}.items():
+        for label, count in zip((3, 5), counts):
+            write_digits(tmp_path / f"{split}-{label}", classes=(label,), per_class=count)
+            os.makedirs(data / split, exist_ok=True)
+            os.rename(tmp_path / f"{split}-{label}" / f"digit{label}",
+                      data / split / f"digit{label}")
+    config = tmp_path / "batch.yaml"
+    config.write_text("finetune: {batch_size: 4}\n")
+    code, out, err = cli(capfd, "run", "--data", data, "--output", tmp_path / "out", *TINY,
+                         "--workers", "2", "--config", config)
+    assert code == 0, err[-3000:]
+    summary = json.load(open(tmp_path / "out" / "summary.json"))
+    assert summary["steps"]["ingest"]["outputs"]["dataset"]["metadata"]["counts"]["train"] == 13
+    tuned = summary["steps"]["finetune"]["returned"]
+    assert tuned["workers"] == 2 and tuned["restarts"] == 0

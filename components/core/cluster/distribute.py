@@ -18,7 +18,13 @@ READY = "tlpipe-worker-ready:"  # logged by a worker once every peer has joined 
 
 
 class WorkerFailure(RuntimeError):
-    """A worker group that did not finish: names the worker, why, and its last log lines."""
+    """A worker group that did not finish: names the worker and why, in one line. retryable:
+    whether starting the group again can help (a worker lost to a signal, a peer that did not
+    start) or not (a worker that raised an error: the same input fails the same way)."""
+
+    def __init__(self, message: str, retryable: bool = True):
+        super().__init__(message)
+        self.retryable = retryable
 
 
 def make_strategy(timeout_seconds: int = COLLECTIVE_TIMEOUT_SECONDS,

@@ -3,13 +3,14 @@
 `launch_local` runs N copies of a worker command on 127.0.0.1 (free ports, one TF_CONFIG each),
 streams their output with a `[worker i]` prefix, bounds start-up and run time, and kills every
 process it started when one fails (SIGKILL: TensorFlow catches SIGTERM). `launch_with_restarts`
-starts the whole group again after a failure, which resumes from the workers' backups.
+starts the whole group again after a worker was lost, which resumes from the workers' backups.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -59,8 +60,8 @@ def launch_local(command: list[str], workers: int, *, timeout_seconds: float = 0
     starts otherwise blocks the others in the strategy constructor for 10+ minutes), and the
     group must finish within `timeout_seconds` (0: no limit). on_start(processes) is called
     with the started `subprocess.Popen` list (tests use it to kill one).
-    Raises WorkerFailure naming the first worker that failed, with its last lines; every
-    process still running is killed with SIGKILL first.
+    Raises WorkerFailure naming the first worker that failed and the error it ended with (its
+    whole output is in `output`); every process still running is killed with SIGKILL first.
     """
     output = output or sys.stdout
     base = {**os.environ, **(env or {}), "PYTHONUNBUFFERED": "1"}
@@ -110,11 +111,13 @@ def _wait(processes, ready, tails, timeout_seconds: float, start_timeout_seconds
         codes = [process.poll() for process in processes]
         failed = [index for index, code in enumerate(codes) if code not in (None, 0)]
         if failed:
-            index = failed[0]
+            index, code = failed[0], codes[failed[0]]
             time.sleep(POLL_SECONDS)  # let the reader take the worker's last lines
-            raise WorkerFailure(f"worker {index} exited with status {codes[index]}"
-                                f"{_signal_name(codes[index])}; its last lines:\n"
-                                + "\n".join(tails[index]))
+            if code < 0:  # lost to a signal (out of memory, preempted): another start may work
+                raise WorkerFailure(f"worker {index} exited with status {code}"
+                                    f"{_signal_name(code)}")
+            raise WorkerFailure(f"worker {index} exited with status {code}: "
+                                f"{error_line(tails[index])}", retryable=False)
         if all(code == 0 for code in codes):
             return
         elapsed = time.monotonic() - started
@@ -128,6 +131,17 @@ def _wait(processes, ready, tails, timeout_seconds: float, start_timeout_seconds
         time.sleep(POLL_SECONDS)
 
 
+ERROR_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Exit|Failure)\b.*")
+
+
+def error_line(lines) -> str:
+    """The error a worker ended with, from its last output lines: the last line shaped like
+    Python's "SomeError: message" (the end of a traceback), else the last non-empty line."""
+    lines = [line.strip() for line in lines if line.strip()]
+    errors = [line for line in lines if ERROR_LINE.match(line)]
+    return (errors or lines or ["(no output)"])[-1]
+
+
 def _signal_name(code: int) -> str:
     if code >= 0:
         return ""
@@ -138,8 +152,9 @@ def _signal_name(code: int) -> str:
 
 
 def launch_with_restarts(launch, restarts: int, log=print) -> int:
-    """Calls `launch()` (a group start such as `launch_local`) and, after a WorkerFailure,
-    starts it again up to `restarts` times (>= 0); the workers resume from their backups.
+    """Calls `launch()` (a group start such as `launch_local`) and, after a retryable
+    WorkerFailure, starts it again up to `restarts` times (>= 0); the workers resume from their
+    backups. A worker that raised an error is not retried: it would fail the same way.
     Returns the restarts used; re-raises the last failure."""
     attempt = 0
     while True:
@@ -147,7 +162,7 @@ def launch_with_restarts(launch, restarts: int, log=print) -> int:
             launch()
             return attempt
         except WorkerFailure as failure:
-            if attempt >= restarts:
+            if attempt >= restarts or not failure.retryable:
                 raise
             attempt += 1
             log(f"worker group failed ({failure}); restart {attempt} of {restarts}")

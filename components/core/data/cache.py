@@ -249,17 +249,31 @@ def load_features(features_dir: str) -> dict[str, np.ndarray]:
         return {name: arrays[name] for name in arrays.files}
 
 
-def training_epoch(images_dir: str, config, epoch: int):
+def batches_per_epoch(train_images: int, batch_size: int,
+                      replicas: int = 1) -> tuple[int, bool]:
+    """(batches per training epoch, whether the last partial batch is dropped). The last batch
+    is dropped when it has fewer images than `replicas` (the devices a strategy splits each
+    global batch over, >= 1): one replica would get an empty batch. The images it leaves out
+    differ every epoch (the order is reshuffled)."""
+    remainder = train_images % batch_size
+    drop = 0 < remainder < replicas
+    return train_images // batch_size + (0 if drop or not remainder else 1), drop
+
+
+def training_epoch(images_dir: str, config, epoch: int, replicas: int = 1):
     """Epoch `epoch`'s training batches (global batch size): shuffled and augmented from seeds
     of (data.seed, epoch) only, so every worker, and a run resumed at this epoch, sees the same
-    batches."""
+    batches. replicas: see `batches_per_epoch`."""
     import tensorflow as tf
 
     from components.core.data.preprocessing import augment
 
     seed, augmentation = config.data.seed, config.augment
+    train_images = sum(storage.read_json(os.path.join(images_dir, META))["train_class_counts"])
+    _, drop = batches_per_epoch(train_images, config.finetune.batch_size, replicas)
     batches = read_resized(images_dir, "train").shuffle(
-        4096, seed=seed * AUGMENT_SEED_STRIDE + epoch).batch(config.finetune.batch_size)
+        4096, seed=seed * AUGMENT_SEED_STRIDE + epoch).batch(config.finetune.batch_size,
+                                                              drop_remainder=drop)
     return batches.enumerate().map(lambda number, batch: (augment(
         batch[0], tf.stack([tf.constant(seed + 1, tf.int64),
                             epoch * AUGMENT_SEED_STRIDE + number]),

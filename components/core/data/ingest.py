@@ -89,7 +89,23 @@ def plan_splits(root: str, classes: list[str], images: list[CheckedImage],
         if not splits[split]:
             raise DataError(f"the {split} split of {root} is empty; add images (at least 3 per "
                             f"class) or give a {split}/ folder")
+    _check_every_class_in_every_split(root, classes, splits)
     return splits, conflicts, excluded
+
+
+def _check_every_class_in_every_split(root: str, classes: list[str], splits: dict) -> None:
+    """DataError naming the first class missing from a split: with no val image its training
+    is not watched, with no test image its recall and precision would be reported as measured
+    (0% at support 0) and the model blessed without it ever being tested."""
+    for label in classes:
+        counts = {split: sum(m.source.label == label for m in splits[split]) for split in SPLITS}
+        if min(counts.values()) == 0:
+            missing = [split for split in SPLITS if not counts[split]]
+            raise DataError(
+                f"class {label!r} of {root} has no image in {' or '.join(missing)} "
+                f"({', '.join(f'{split} {count}' for split, count in counts.items())}): every "
+                f"class needs at least one image in each split; add images to it (3 or more, "
+                f"or one in each given split folder) or remove the folder")
 
 
 def preview_counts(root: str, config: DataConfig) -> dict[str, int]:

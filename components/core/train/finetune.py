@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 import keras
 import numpy as np
 
+from components.core.data.cache import batches_per_epoch
 from components.core.train import acceleration, backbones, backup, model as models, scoring
 from components.core.train.tensorboard import scalar_writer, write_scalars
 
@@ -37,8 +38,8 @@ def fine_tune(backbone_path: str, head_path: str, train_epoch, val, config: Pipe
     """Fine-tunes the backbone with the head under `strategy` (one process or several workers).
 
     train_epoch: epoch number (0-based) -> batched tf.data dataset of (uint8 images, labels) for
-    that epoch with the global batch size; the same on every worker (the strategy gives each
-    worker its share of every batch). val: batched dataset every worker reads whole.
+    that epoch with the global batch size, `cache.batches_per_epoch` batches; the same on every
+    worker (the strategy gives each worker its share of every batch). val: batched dataset every worker reads whole.
     config: resolved (`recipe.applied`: no "auto" setting left).
     class_counts: training images per class (for the step count and class weights).
     AdamW (finetune.weight_decay, biases not decayed); the learning rate warms up linearly for
@@ -96,7 +97,8 @@ def fine_tune(backbone_path: str, head_path: str, train_epoch, val, config: Pipe
                                   batchnorm_inference=False,
                                   mirror_average=config.model.mirror_average)
             learning_rate = config.finetune.scratch_learning_rate
-        steps = -(-sum(class_counts) // config.finetune.batch_size) * config.finetune.epochs
+        steps = batches_per_epoch(sum(class_counts), config.finetune.batch_size,
+                                  strategy.num_replicas_in_sync)[0] * config.finetune.epochs
         optimizer = keras.optimizers.AdamW(warmup_cosine(
             learning_rate, steps, config.finetune.warmup_epochs / config.finetune.epochs),
             weight_decay=config.finetune.weight_decay)

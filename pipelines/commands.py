@@ -92,6 +92,11 @@ def run_and_report(source: str, config: configs.PipelineConfig, output: str,
     if checked.kind == "folder":
         _check_output_outside(output, source)
         classes, files = discovery.discover(source)
+        hidden = discovery.hidden_folders(source)
+        if hidden:
+            print(f"tlpipe: note: hidden folder(s) {hidden} in {source} are not read (names "
+                  f"starting with '.' are never classes); rename them to train on them",
+                  file=sys.stderr)
         _check_baseline_classes(config.evaluate.baseline_model, classes)
         config_checks.check_batch_fits(config.finetune, len(files), source)
         if len(files) <= PREVIEW_MAX_FILES or 2 * config.finetune.batch_size > len(files):

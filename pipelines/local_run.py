@@ -23,8 +23,9 @@ LOCK = ".tlpipe-run.lock"  # OUTPUT's lock file: {"pid", "host", "started"} of t
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)  # each ends a local run cleanly
 
 
-class OutputInUse(ValueError):
-    """Another run holds the output folder's lock (bad input: pick another --output)."""
+class OutputRefused(ValueError):
+    """The output folder cannot take this run: another run holds its lock, or it cannot be
+    written to (bad input: pick another --output)."""
 
 
 class Stopped(KeyboardInterrupt):
@@ -73,12 +74,16 @@ def stop_on_signals() -> None:
 @contextlib.contextmanager
 def output_lock(output_dir: str):
     """Holds OUTPUT/.tlpipe-run.lock for one run: a second run into the same folder is refused
-    (OutputInUse naming the holder's pid, host and start time) instead of sharing its runs/,
+    (OutputRefused naming the holder's pid, host and start time) instead of sharing its runs/,
     logs and summary.json. The lock is an flock, so a holder that died (killed, power cut) left
     nothing held: its stale file is taken over. The file is removed when the run ends."""
-    os.makedirs(output_dir, exist_ok=True)
     path = os.path.join(output_dir, LOCK)
-    handle = _locked(path)
+    try:
+        os.makedirs(output_dir, exist_ok=True)
+        handle = _locked(path)
+    except OSError as error:
+        raise OutputRefused(f"--output {output_dir} cannot be written to ({error.strerror}); "
+                          f"give a folder you can write to") from None
     try:
         handle.seek(0)
         handle.truncate()
@@ -92,7 +97,7 @@ def output_lock(output_dir: str):
 
 
 def _locked(path: str):
-    """The lock file at `path`, opened and flocked by this process; OutputInUse if another
+    """The lock file at `path`, opened and flocked by this process; OutputRefused if another
     process holds it. A file unlinked by its holder between our open and our lock is not the
     lock any more: open the new one and try again."""
     import fcntl
@@ -104,7 +109,7 @@ def _locked(path: str):
         except BlockingIOError:
             holder = _json_or_empty(handle.read())
             handle.close()
-            raise OutputInUse(
+            raise OutputRefused(
                 f"--output {os.path.dirname(path)} is in use by another tlpipe run (pid "
                 f"{holder.get('pid', '?')} on {holder.get('host', '?')}, started "
                 f"{holder.get('started', '?')}); wait for it to end, or give another "

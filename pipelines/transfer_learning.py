@@ -5,6 +5,7 @@ only, quantize and tensorrt, and the report with every exported format. Deployme
 built. No environment is read at import time."""
 
 import functools
+import os
 
 from kfp import compiler, dsl
 
@@ -98,6 +99,25 @@ transfer_learning = build_pipeline()
 def compile_pipeline(path: str, settings: deployment.Settings | None = None,
                      launcher: str | None = None, trials: list[dict] = ()) -> str:
     """Writes the pipeline (with `settings` applied; `launcher` and `trials` as in
-    build_pipeline) as KFP v2 YAML to `path`; returns `path`."""
-    compiler.Compiler().compile(build_pipeline(settings, launcher, trials), package_path=path)
+    build_pipeline) as KFP v2 YAML to `path`, whole or not at all (written beside it, then
+    renamed); returns `path`. ConfigError when its folder cannot be written to."""
+    import tempfile
+
+    folder = os.path.dirname(os.path.abspath(path))
+    try:
+        handle, partial = tempfile.mkstemp(prefix=".pipeline-", suffix=".yaml", dir=folder)
+    except OSError as error:
+        raise ConfigError(f"cannot write {path}: {error.strerror} in {folder}; write the "
+                          f"pipeline to a folder you can write to") from None
+    os.close(handle)
+    try:
+        compiler.Compiler().compile(build_pipeline(settings, launcher, trials),
+                                    package_path=partial)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(partial, 0o666 & ~umask)  # as a plain open() would have made it
+        os.replace(partial, path)
+    finally:
+        if os.path.exists(partial):
+            os.unlink(partial)
     return path

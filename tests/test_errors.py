@@ -85,6 +85,20 @@ def _a_class_with_one_image(tmp_path):
     return data
 
 
+def _with_link(tmp_path, target):
+    data = write_digits(tmp_path / "data", classes=(0, 1), per_class=30)
+    os.symlink(target, os.path.join(data, "digit0", "gone.png"))
+    return data
+
+
+def _latin1_name(tmp_path):
+    data = write_digits(tmp_path / "data", classes=(0, 1), per_class=30)
+    folder = os.fsencode(os.path.join(data, "digit1"))
+    first = sorted(os.listdir(folder))[0]
+    os.rename(os.path.join(folder, first), os.path.join(folder, b"caf\xe9.png"))
+    return data
+
+
 def _an_image_file(tmp_path):
     folder = write_digits(tmp_path / "data", per_class=4)
     return os.path.join(folder, "digit0", "000.png")
@@ -107,6 +121,13 @@ def _big_batch_config(tmp_path):
     ("class of unreadable files", _unreadable_class, [],
      ["class 'notes' has no usable image", "not an image file", "(and 2 more like it)"]),
     ("an image as --data", _an_image_file, [], ["000.png is a file, not a folder"]),
+    ("a dangling symlink", lambda p: _with_link(p, "/no/such/photo.png"), [],
+     ["digit0/gone.png is a symbolic link to /no/such/photo.png, which does not exist",
+      "remove the link or restore its target"]),
+    ("a symlink loop", lambda p: _with_link(p, "gone.png"), [],
+     ["digit0/gone.png is a symbolic link to gone.png", "links back to itself"]),
+    ("a file name that is not UTF-8", _latin1_name, [],
+     ["digit1/caf\\xe9.png has a name that is not valid UTF-8", "rename it"]),
     ("a class with one image", _a_class_with_one_image, [],
      ["class 'digit9' of", "has no image in val or test (train 1, val 0, test 0)",
       "add images to it (3 or more"]),
@@ -123,6 +144,31 @@ def test_bad_run_input_is_one_line_before_anything_runs(capfd, tmp_path, case, m
     assert code == 2, err
     assert_one_line(err, "tlpipe: error:", *words)
     assert not os.path.exists(tmp_path / "out")
+
+
+def test_output_and_compile_into_folders_that_cannot_be_written(capfd, tmp_path, digits_folder):
+    code, _, err = cli(capfd, "run", "--data", digits_folder, "--output", "/proc/tlpipe-out",
+                       *TINY)
+    assert code == 2
+    assert_one_line(err, "--output /proc/tlpipe-out cannot be written to (",
+                    "give a folder you can write to")
+    code, _, err = cli(capfd, "compile", "-o", "/proc/pipeline.yaml")
+    assert code == 2
+    assert_one_line(err, "cannot write /proc/pipeline.yaml: ", "in /proc; write the pipeline "
+                    "to a folder you can write to")
+
+
+def test_a_hidden_class_folder_is_named_not_dropped_silently(capfd, tmp_path):
+    data = write_digits(tmp_path / "data", classes=(0, 1), per_class=12)
+    os.rename(os.path.join(data, "digit1"), os.path.join(data, ".digit1"))
+    write_digits(tmp_path / "data", classes=(2,), per_class=12)
+    code, _, err = cli(capfd, "run", "--data", data, "--output", tmp_path / "out", *TINY,
+                       "--config", _big_batch_config(tmp_path))  # fails after the note
+    assert code == 2
+    note, error = err.strip().splitlines()
+    assert note.startswith("tlpipe: note: hidden folder(s) ['.digit1'] in ") and \
+        "are not read" in note
+    assert error.startswith("tlpipe: error: finetune.batch_size=20")
 
 
 def test_output_that_is_a_file_and_compile_into_a_missing_folder(capfd, tmp_path, digits_folder):
@@ -420,7 +466,7 @@ def test_a_lock_left_by_a_dead_run_is_taken_over(tmp_path):
                                 "\nfrom pipelines import local_run"
                                 "\nlocal_run.output_lock(sys.argv[2]).__enter__()", ROOT,
                                 str(output)], capture_output=True, text=True)
-        assert other.returncode == 1 and "OutputInUse" in other.stderr
+        assert other.returncode == 1 and "OutputRefused" in other.stderr
         assert f"in use by another tlpipe run (pid {os.getpid()}" in other.stderr
     assert not os.path.exists(path)
 

@@ -94,5 +94,26 @@ def _class_files(folder: str, root: str, split: Optional[str]) -> list[SourceFil
                 if name.startswith("."):
                     continue
                 path = os.path.join(dirpath, name)
+                _check_readable_name(path)
                 files.append(SourceFile(path, os.path.relpath(path, root), label, split))
     return files
+
+
+def _check_readable_name(path: str) -> None:
+    """DataError for a file name that is not valid UTF-8 (it cannot be recorded in the
+    manifest or shown) and for a symbolic link whose target is missing or loops."""
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:
+        shown = os.fsencode(path).decode("utf-8", "backslashreplace")
+        raise DataError(f"file {shown} has a name that is not valid UTF-8 (bytes shown as \\x..); "
+                        f"rename it, e.g. with `convmv -f latin1 -t utf-8 --notest`") from None
+    if os.path.islink(path) and not os.path.exists(path):
+        raise DataError(f"{path} is a symbolic link to {os.readlink(path)}, which does not exist "
+                        f"or links back to itself; remove the link or restore its target")
+
+
+def hidden_folders(root: str) -> list[str]:
+    """Folders directly under `root` whose names start with "." (never read as classes)."""
+    return sorted(name for name in os.listdir(root)
+                  if name.startswith(".") and os.path.isdir(os.path.join(root, name)))

@@ -158,6 +158,34 @@ def test_output_and_compile_into_folders_that_cannot_be_written(capfd, tmp_path,
                     "to a folder you can write to")
 
 
+def test_offline_imagenet_weights_fail_in_the_preflight_before_ingest(tmp_path, digits_folder):
+    """An empty Keras cache and no network (a proxy on a closed port makes sure of it): the
+    download is tried before any data is read, and fails in one line."""
+    output = tmp_path / "out"
+    process = subprocess.run(
+        [sys.executable, "-m", "pipelines.cli", "run", "--data", str(digits_folder), "--output",
+         str(output), "--backbone", "mobilenet", "--alpha", "0.25", "--image-size", "32"],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+        env={**os.environ, "PYTHONPATH": ROOT, "KERAS_HOME": str(tmp_path / "keras"),
+             "https_proxy": "http://127.0.0.1:9", "HTTPS_PROXY": "http://127.0.0.1:9"})
+    assert process.returncode == 2, process.stderr[-2000:]
+    assert_one_line(process.stderr, "ImageNet weights for mobilenet could not be downloaded",
+                    "--weights FILE, or --weights none")
+    assert not output.exists()  # nothing ingested
+
+
+def test_gs_weights_without_credentials_fail_in_the_preflight(capfd, tmp_path, digits_folder,
+                                                              monkeypatch):
+    monkeypatch.delenv("STORAGE_EMULATOR_HOST", raising=False)
+    monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(tmp_path / "no-key.json"))
+    code, _, err = cli(capfd, "run", "--data", digits_folder, "--output", tmp_path / "out",
+                       *TINY[:6], "--weights", "gs://bucket/mobilenet.h5")
+    assert code == 2
+    assert_one_line(err, "model.weights: no Google Cloud credentials", "gcloud auth "
+                    "application-default login")
+    assert not (tmp_path / "out").exists()
+
+
 def test_a_hidden_class_folder_is_named_not_dropped_silently(capfd, tmp_path):
     data = write_digits(tmp_path / "data", classes=(0, 1), per_class=12)
     os.rename(os.path.join(data, "digit1"), os.path.join(data, ".digit1"))

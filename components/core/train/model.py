@@ -11,6 +11,7 @@ import hashlib
 import logging
 import os
 import tempfile
+import warnings
 from typing import TYPE_CHECKING
 
 import keras
@@ -208,8 +209,10 @@ def unfreeze_count(backbone: keras.Model, from_layer: str, layers: int, fraction
 
 
 def preflight(config: ModelConfig, finetune: FinetuneConfig) -> None:
-    """Cheap checks that need Keras, run before any data is touched: the backbone builds at the
-    configured size, the layers to unfreeze exist, and a local weights file matches it."""
+    """Checks that need Keras, run before any data is touched: the backbone builds at the
+    configured size, the layers to unfreeze exist, a local weights file matches it, a gs://
+    one can be read, and ImageNet weights are in the Keras cache (downloaded now if not, so
+    that being offline fails here, not after ingest)."""
     spec = backbones.get(config.backbone)
     size = backbones.resolved_size(spec, config.image_size)
     try:
@@ -222,7 +225,19 @@ def preflight(config: ModelConfig, finetune: FinetuneConfig) -> None:
                          f"has only {len(backbone.layers)} layers; use at most "
                          f"{len(backbone.layers)}")
     unfreeze_count(backbone, finetune.unfreeze_from, 0, 0.0, spec.unfreeze_fraction)
-    if config.weights not in ("imagenet", "none") and not storage.is_gcs(config.weights):
+    if config.weights == "imagenet" and not config.allow_random_fallback:
+        with warnings.catch_warnings():  # "weights for 224 px loaded": preprocess says it
+            warnings.simplefilter("ignore", UserWarning)
+            _imagenet_backbone(spec, size, config)  # into the Keras cache now, or fails
+    elif storage.is_gcs(config.weights):
+        from components.core.data.gcs import gcs_blob
+        from components.core.data.discovery import DataError
+
+        try:
+            gcs_blob(config.weights)  # credentials, network and the object, not its bytes
+        except DataError as error:
+            raise WeightsError(f"model.weights: {error}") from None
+    elif config.weights not in ("imagenet", "none"):
         load_backbone(config)
     keras.backend.clear_session()
 

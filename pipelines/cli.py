@@ -85,12 +85,14 @@ def _parser() -> argparse.ArgumentParser:
                      help="fine-tune with this many worker processes on this machine "
                           "(MultiWorkerMirroredStrategy over 127.0.0.1; default: the settings' "
                           "steps.finetune.workers, else 1)")
+    _add_verbose_option(run)
     run.set_defaults(handler=commands.run)
 
     demo = subcommands.add_parser("demo", help="run the pipeline on scikit-learn's handwritten "
                                "digits (offline, a few minutes on 2 cores)")
     demo.add_argument("--output", default="demo-output",
                       help="output folder (default: %(default)s)")
+    _add_verbose_option(demo)
     demo.set_defaults(handler=commands.demo)
 
     compile_ = subcommands.add_parser("compile", help="write the pipeline as KFP v2 YAML")
@@ -162,6 +164,14 @@ def _parser() -> argparse.ArgumentParser:
     listing = subcommands.add_parser("backbones", help="list the backbones and their defaults")
     listing.set_defaults(handler=commands.list_backbones)
     return parser
+
+
+def _add_verbose_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--verbose", action="store_true",
+                        help="stream everything kfp.local and the steps print (executor JSON, "
+                             "TensorFlow, worker lines) and list every artifact at the end; "
+                             "without it: one line per step, a progress bar on a terminal, the "
+                             "full output in the run's logs/console.log")
 
 
 def _add_run_options(parser: argparse.ArgumentParser, default_output: str) -> None:

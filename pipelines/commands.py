@@ -77,11 +77,12 @@ def run(args: argparse.Namespace) -> int:
     deployment = _settings(args)
     if args.workers is not None:
         deployment = settings.with_workers(deployment, args.workers)
-    return run_and_report(args.data, build_config(args), args.output, deployment)
+    return run_and_report(args.data, build_config(args), args.output, deployment,
+                          args.verbose)
 
 
 def run_and_report(source: str, config: configs.PipelineConfig, output: str,
-                   settings=None) -> int:
+                   settings=None, verbose: bool = False) -> int:
     """Checks the data and model cheaply, runs the pipeline, prints and saves the summary."""
     from components.core.train import model as models
     from pipelines import local_run
@@ -105,15 +106,16 @@ def run_and_report(source: str, config: configs.PipelineConfig, output: str,
             config_checks.check_batch_fits(config.finetune, train,
                                            f"the training split of {source}")
     with local_run.output_lock(output):
-        return _run_locked(source, config, output, settings)
+        return _run_locked(source, config, output, settings, verbose)
 
 
-def _run_locked(source: str, config: configs.PipelineConfig, output: str, settings) -> int:
+def _run_locked(source: str, config: configs.PipelineConfig, output: str, settings,
+                verbose: bool) -> int:
     """The run and its summary, report and model card, while holding the output's lock."""
     from pipelines import local_run
 
     try:
-        run_dir = local_run.run(source, config.to_dict(), output, settings)
+        run_dir = local_run.run(source, config.to_dict(), output, settings, verbose)
     except local_run.StepFailed as failure:
         local_run.write_summary(output, failure.run_dir, "failed", {
             "step": failure.step, "error": failure.error, "log": failure.log})
@@ -126,7 +128,7 @@ def _run_locked(source: str, config: configs.PipelineConfig, output: str, settin
     summary = local_run.summarize(run_dir)
     print("\n" + "=" * 78)
     print(f"run: {run_dir}")
-    print(local_run.report(summary))
+    print(local_run.report(summary, artifacts=verbose))
     if "evaluate" in summary:
         html, card = publish_report(run_dir, output)
         print(f"report: {os.path.abspath(html)}\nmodel card: {os.path.abspath(card)}")
@@ -175,7 +177,8 @@ def demo(args: argparse.Namespace) -> int:
 
     folder = demo.write_digits(os.path.join(args.output, "digits"))
     print(f"demo data: scikit-learn handwritten digits written to {folder}")
-    return run_and_report(folder, configs.preset("demo").validate(), args.output)
+    return run_and_report(folder, configs.preset("demo").validate(), args.output,
+                          verbose=args.verbose)
 
 
 def compile_yaml(args: argparse.Namespace) -> int:

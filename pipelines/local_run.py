@@ -13,12 +13,15 @@ import re
 import shutil
 import signal
 import socket
+import sys
 import time
 import warnings
 
+from pipelines.console import StepConsole
 from pipelines.transfer_learning import STEP_ORDER, compile_pipeline
 
 LOGS = "logs"  # a run folder's subfolder of step logs and failure records
+CONSOLE_LOG = "console.log"  # in LOGS: everything kfp.local and the steps printed
 LOCK = ".tlpipe-run.lock"  # OUTPUT's lock file: {"pid", "host", "started"} of the run holding it
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)  # each ends a local run cleanly
 
@@ -129,13 +132,16 @@ def _json_or_empty(text: str) -> dict:
         return {}
 
 
-def run(source: str, config: dict, output_dir: str, settings=None) -> str:
+def run(source: str, config: dict, output_dir: str, settings=None, verbose: bool = False
+        ) -> str:
     """Compiles to OUTPUT/pipeline.yaml (with deployment `settings`, if given: kfp.local runs
     every step here and ignores images, resources, placement and secrets, which are for a
     cluster; a multi-worker fine-tune step starts its workers as local processes), runs it with
     artifacts under OUTPUT/runs/, and returns the run's directory, which also gets logs/ (each
     step's log). Steps get a temporary folder of their own (TMPDIR), removed afterwards.
-    config: `PipelineConfig.to_dict()`, one pipeline parameter a section. Raises StepFailed
+    config: `PipelineConfig.to_dict()`, one pipeline parameter a section. The console shows
+    one line per step (`console.StepConsole`); everything kfp.local and the steps print goes
+    to the run's logs/console.log, and with `verbose` to stdout as well. Raises StepFailed
     naming the failed step and its error, or Interrupted on Ctrl-C or `Stopped` (every step
     process and its children ended first). Hold `output_lock` around it."""
     import tempfile
@@ -158,11 +164,18 @@ def run(source: str, config: dict, output_dir: str, settings=None) -> str:
     before = set(os.listdir(root))
     records = tempfile.mkdtemp(prefix=".step-records-", dir=output_dir)
     scratch = tempfile.mkdtemp(prefix=".tmp-", dir=output_dir)
+    stream = StepConsole(sys.stdout, open(os.path.join(records, CONSOLE_LOG), "w",
+                                          encoding="utf-8", errors="replace"),
+                         verbose, sys.stdout.isatty(),
+                         lambda step: step_figures(_new_run(root, before), step))
     try:
         with _environment({STEP_RECORDS_ENV: records, "TMPDIR": scratch}), \
-                warnings.catch_warnings():
+                warnings.catch_warnings(), contextlib.redirect_stdout(stream):
             warnings.filterwarnings("ignore", message=".*non-Python base image.*")
-            pipeline(source=_absolute(source), **config)
+            try:
+                pipeline(source=_absolute(source), **config)
+            finally:
+                stream.close()  # before its file moves into the run folder
     except KeyboardInterrupt as interrupt:
         end_child_processes()
         raise Interrupted(_keep_records(_new_run(root, before), records),
@@ -262,19 +275,51 @@ def write_summary(output_dir: str, run_dir: str, status: str, failure: dict | No
 def summarize(run_dir: str) -> dict:
     """{step: {"outputs": {artifact: {"path", "metadata"}}, "returned": value}} for every step
     that ran, in pipeline order, read from each step's executor_output.json."""
-    summary = {}
-    for step in STEP_ORDER:
-        path = os.path.join(run_dir, step, "executor_output.json")
-        if not os.path.exists(path):
-            continue
-        with open(path, encoding="utf-8") as handle:
-            output = json.load(handle)
-        artifacts = {name: {"path": _local_path(entry["artifacts"][0]["uri"]),
-                            "metadata": entry["artifacts"][0].get("metadata", {})}
-                     for name, entry in output.get("artifacts", {}).items()}
-        summary[step] = {"outputs": artifacts,
-                         "returned": output.get("parameterValues", {}).get("Output")}
-    return summary
+    records = {step: _step_record(run_dir, step) for step in STEP_ORDER}
+    return {step: record for step, record in records.items() if record}
+
+
+def _step_record(run_dir: str, step: str) -> dict:
+    """One step's entry of `summarize` ({} when it has not finished)."""
+    path = os.path.join(run_dir, step, "executor_output.json")
+    if not run_dir or not os.path.exists(path):
+        return {}
+    with open(path, encoding="utf-8") as handle:
+        output = json.load(handle)
+    artifacts = {name: {"path": _local_path(entry["artifacts"][0]["uri"]),
+                        "metadata": entry["artifacts"][0].get("metadata", {})}
+                 for name, entry in output.get("artifacts", {}).items()}
+    return {"outputs": artifacts, "returned": output.get("parameterValues", {}).get("Output")}
+
+
+def step_figures(run_dir: str, step: str) -> str:
+    """A finished step's key figures for its console line ("" for a step without any)."""
+    record = _step_record(run_dir, step)
+    meta = {name: artifact["metadata"] for name, artifact in record.get("outputs", {}).items()}
+    if "dataset" in meta:
+        counts = meta["dataset"]["counts"]
+        return (f"{counts['train']} train / {counts['val']} val / {counts['test']} test images, "
+                f"{len(meta['dataset']['classes'])} classes")
+    if "head" in meta:
+        return f"val accuracy {meta['head']['val_accuracy']:.4f}"
+    if "model" in meta and "chosen" in meta["model"]:
+        tuned = meta["model"]
+        after = (f" -> {tuned['finetuned_val_accuracy']:.4f}"
+                 if tuned["finetuned_val_accuracy"] >= 0 else "")
+        return (f"val accuracy {tuned['head_only_val_accuracy']:.4f}{after}, shipped "
+                f"{tuned['chosen']}")
+    if "evaluation" in meta:
+        return (f"test accuracy {meta['metrics']['accuracy']:.4f}, blessed "
+                f"{meta['evaluation']['blessed']}")
+    exported = (meta.get("tflite") or {}).get("variants") or {
+        name: figures for name, figures in (meta.get("onnx") or {}).items()
+        if name.startswith("onnx") and isinstance(figures, dict)}
+    if exported:
+        accepted = [name for name, figures in exported.items()
+                    if figures.get("status") == "accepted"]
+        recommended = meta.get("tflite", {}).get("recommended") or meta["onnx"]["recommended_onnx"]
+        return f"accepted {', '.join(accepted)}; recommended {recommended}"
+    return ""
 
 
 def shipped_model_step(summary: dict) -> str:
@@ -287,8 +332,9 @@ def _local_path(uri: str) -> str:
     return uri[len("file://"):] if uri.startswith("file://") else uri
 
 
-def report(summary: dict) -> str:
-    """The human summary printed at the end of `tlpipe run`: verdict, figures, artifact paths."""
+def report(summary: dict, artifacts: bool = True) -> str:
+    """The human summary printed at the end of `tlpipe run`: verdict, figures and (with
+    `artifacts`) every artifact's path."""
     lines = []
     prepared = summary.get("preprocess", {}).get("outputs", {}).get("backbone", {})
     if prepared:
@@ -324,6 +370,8 @@ def report(summary: dict) -> str:
         engine = exported["tensorrt"]
         lines.append(_format_line("tensorrt", engine) if engine["status"] == "built" else
                      f"  {'tensorrt':>13}: skipped: {engine['reason']}")
+    if not artifacts:
+        return "\n".join(lines)
     lines.append("artifacts:")
     for step, entry in summary.items():
         for name, artifact in entry["outputs"].items():

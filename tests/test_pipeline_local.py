@@ -63,7 +63,11 @@ def test_tiny_local_run_writes_every_artifact(capsys, tmp_path, digits_folder):
         assert any(name.startswith("events.out.tfevents") for name in os.listdir(logs))
     tuned = artifact(summary, "finetune", "model")["metadata"]
     assert tuned["workers"] == 2 and tuned["restarts"] == 0
-    assert "[worker 1] " in out and "tlpipe-worker-ready: worker-1 of 2 workers" in out
+    console = open(os.path.join(summary["run_dir"], "logs", "console.log")).read()
+    assert "[worker 1] " in console and "tlpipe-worker-ready: worker-1 of 2 workers" in console
+    assert "[worker 1] " not in out  # the console shows one line per step, not the workers'
+    assert [line.split()[:2] for line in out.splitlines() if line.startswith("    ok  ")] == [
+        ["ok", step] for step in summary["steps"]]
     assert not os.path.exists(model_dir + ".backups")  # finished: the backups are gone
     finetune_report = json.load(open(os.path.join(model_dir, "finetune.json")))
     assert finetune_report["mode"] == "from_scratch" and len(
@@ -283,6 +287,8 @@ def test_hymenoptera_with_imagenet_weights_keeps_up_with_the_frozen_feature_base
     # at least 3 images ahead of the centroid.
     assert artifact(summary, "finetune", "model")["metadata"]["chosen"] == "finetuned"
     assert accuracy >= centroid + 0.02 and accuracy > 0.83, out[-2000:]
+    # a console a person reads: one line per step and the summary, the rest in console.log
+    assert len(out.splitlines()) <= 40, out
     # The Q/DQ INT8 ONNX of the real pretrained model (measured: 0.65 points below float, 2.91x
     # smaller; before BatchNorm folding and with quantized Conv outputs it was 16 points below)
     onnx_facts = json.load(open(os.path.join(artifact(summary, "tensorrt", "onnx")["path"],

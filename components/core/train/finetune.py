@@ -224,7 +224,7 @@ def _fit(model: keras.Model, optimizer, step, train_epoch, val, strategy,
         for name, value in figures.items():
             state["history"][name].append(value)
         _write_epoch(writers, epoch, figures)
-        log.info("finetune epoch %d: %s", epoch + 1,
+        log.info("finetune epoch %d/%d: %s", epoch + 1, config.finetune.epochs,
                  " ".join(f"{name}={value:.4f}" for name, value in figures.items()))
         if (state["best_val_loss"] is None or figures["val_loss"] < state["best_val_loss"]
                 or not early_stopping):

@@ -1,0 +1,117 @@
+"""The console of `tlpipe run`: one line per step, a progress bar with an ETA on a terminal,
+everything else in the run's console.log (or streamed with --verbose)."""
+
+import io
+import os
+import pty
+import re
+import select
+import subprocess
+import sys
+import time
+
+from pipelines.console import StepConsole, duration, progress_bar
+from tests.conftest import write_digits
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = ["--backbone", "mobilenet", "--alpha", "0.25", "--image-size", "32", "--weights", "none",
+        "--head-steps", "20", "--finetune-epochs", "3", "--min-accuracy", "0"]
+
+KFP_LINES = """\x1b[96m'ingest'\x1b[0m
+07:17:07.619 - INFO - Executing task \x1b[96m'ingest'\x1b[0m
+07:17:07.619 - INFO - Streamed logs:
+
+    {"inputs": {"parameterValues": {"source": "/data"}}}
+    2026-12-04 07:17:08,000 tlpipe.ingest INFO: checked files: 120/400 (60.0/s)
+07:17:12.204 - INFO - Task \x1b[96m'ingest'\x1b[0m finished with status \x1b[92mSUCCESS\x1b[0m
+07:17:27.114 - INFO - Executing task \x1b[96m'finetune'\x1b[0m
+    2026-12-04 07:17:40,000 tlpipe.training INFO: finetune epoch 1/4: loss=1.0 accuracy=0.5
+    [worker 0] 2026-12-04 07:17:50,000 tlpipe.training INFO: finetune epoch 2/4: loss=0.9
+07:19:35.291 - INFO - Task \x1b[96m'finetune'\x1b[0m finished with status \x1b[91mFAILURE\x1b[0m
+"""
+
+
+class Clock:
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self):
+        self.now += 5.0
+        return self.now
+
+
+def test_a_person_sees_one_line_per_step_and_the_log_gets_everything():
+    terminal, log = io.StringIO(), io.StringIO()
+    console = StepConsole(terminal, log, verbose=False, interactive=False,
+                          figures=lambda step: "400 images" if step == "ingest" else "",
+                          clock=Clock())
+    for chunk in (KFP_LINES[:50], KFP_LINES[50:333], KFP_LINES[333:]):  # lines split anywhere
+        console.write(chunk)
+    assert log.getvalue() == KFP_LINES
+    ingest, finetune = terminal.getvalue().splitlines()
+    assert re.fullmatch(r"    ok  ingest +\d+\.0 s  400 images", ingest)
+    assert re.fullmatch(r"failure  finetune +\d+\.0 s", finetune)
+
+
+def test_on_a_terminal_the_running_step_shows_a_progress_bar_rewritten_in_place():
+    terminal = io.StringIO()
+    console = StepConsole(terminal, io.StringIO(), verbose=False, interactive=True,
+                          clock=Clock())
+    console.write(KFP_LINES)
+    screen = terminal.getvalue()
+    assert "   ...  ingest" in screen
+    assert re.search(r"\[#######-{17}\] 120/400 checked files, ETA \d+s", screen)
+    assert re.search(r"\[######-{18}\] 1/4 finetune epoch, ETA \d+s", screen)
+    assert re.search(r"\[#{12}-{12}\] 2/4 finetune epoch, ETA \d+s", screen)
+    assert "\r\x1b[2K    ok  ingest" in screen  # the status line is replaced by the result
+
+
+def test_verbose_streams_everything_as_it_comes():
+    terminal = io.StringIO()
+    StepConsole(terminal, io.StringIO(), verbose=True, interactive=True).write(KFP_LINES)
+    assert terminal.getvalue() == KFP_LINES
+
+
+def test_progress_bar_and_durations():
+    assert progress_bar("epochs", 0, 10, 0.0) == "[------------------------] 0/10 epochs"
+    assert progress_bar("epochs", 10, 10, 50.0) == "[########################] 10/10 epochs"
+    assert duration(42.4) == "42s" and duration(185) == "3m05s" and duration(3725) == "1h02m"
+
+
+def test_a_run_in_a_terminal_shows_step_lines_and_a_live_progress_bar(tmp_path):
+    """The terminal view of a real `tlpipe run`, captured through a pseudo-terminal."""
+    data = write_digits(tmp_path / "data")
+    controller, terminal = pty.openpty()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "pipelines.cli", "run", "--data", str(data), "--output",
+         str(tmp_path / "out"), *TINY], cwd=ROOT, stdin=terminal, stdout=terminal,
+        stderr=terminal, env={**os.environ, "PYTHONPATH": ROOT, "COLUMNS": "100"})
+    os.close(terminal)
+    screen = b""
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([controller], [], [], 1.0)
+        if ready:
+            try:
+                chunk = os.read(controller, 65536)
+            except OSError:  # the terminal closed: the process ended
+                break
+            if not chunk:
+                break
+            screen += chunk
+        elif process.poll() is not None:
+            break
+    os.close(controller)
+    assert process.wait(timeout=60) == 0, screen.decode(errors="replace")[-3000:]
+    text = screen.decode(errors="replace")
+    lines = [re.sub(r".*\r(\x1b\[2K)?", "", line)  # what stays on screen of each line
+             for line in text.replace("\r\n", "\n").split("\n")]
+    steps = [line.split()[1] for line in lines if line.startswith("    ok  ")]
+    assert steps == ["fingerprint", "ingest", "preprocess", "train-head", "finetune",
+                     "evaluate", "quantize", "tensorrt", "report"], text[-3000:]
+    assert re.search(r"\[#+-*\] [12]/3 finetune epoch, ETA \d+", text), text[-3000:]
+    assert "   ...  finetune" in text and "\r\x1b[2K" in text
+    assert "Executing task" not in text and "executor_output" not in text
+    assert "TEST ACCURACY" in text
+    console_log = next((tmp_path / "out" / "runs").iterdir()) / "logs" / "console.log"
+    assert "Executing task" in console_log.read_text()

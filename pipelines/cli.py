@@ -9,12 +9,13 @@ import signal
 import sys
 
 from components.core.config import schema as configs
+from components.core.io.console import import_tensorflow_quietly
 from pipelines import commands
 from pipelines.commands import OVERRIDES
 
 # Commands that import TensorFlow (which prints start-up notices to stderr whatever
-# TF_CPP_MIN_LOG_LEVEL says: held back, see _import_tensorflow_quietly).
-TENSORFLOW_COMMANDS = ("run", "demo", "predict")
+# TF_CPP_MIN_LOG_LEVEL says: held back, see console.import_tensorflow_quietly).
+TENSORFLOW_COMMANDS = ("predict",)  # run and demo import it after checking their arguments
 PIPELINE_COMMANDS = ("run", "demo")  # end cleanly on SIGTERM and SIGHUP too (see stop_on_signals)
 
 
@@ -31,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
         local_run.stop_on_signals()
     try:
         if args.command in TENSORFLOW_COMMANDS:
-            _import_tensorflow_quietly()
+            import_tensorflow_quietly()
         code = args.handler(args)
         sys.stdout.flush()  # a closed pipe fails here, inside the try, not at exit
         return code
@@ -56,14 +57,6 @@ def main(argv: list[str] | None = None) -> int:
 
 def _one_line(error: BaseException) -> str:
     return " ".join(str(error).split())
-
-
-def _import_tensorflow_quietly() -> None:
-    """Imports TensorFlow with its start-up notices held back (see console.held_stderr)."""
-    from components.core.io.console import held_stderr
-
-    with held_stderr():
-        import tensorflow  # noqa: F401
 
 
 def _parser() -> argparse.ArgumentParser:

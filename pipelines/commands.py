@@ -15,6 +15,7 @@ import sys
 from components.core.config import checks as config_checks, schema as configs
 from components.core.config.errors import ConfigError
 from components.core.data import discovery, ingest as ingestion, sources
+from components.core.io.console import import_tensorflow_quietly
 from components.core.train import backbones
 
 # Flags that override one config field: flag -> (section, field, type, help).
@@ -83,13 +84,12 @@ def run(args: argparse.Namespace) -> int:
 
 def run_and_report(source: str, config: configs.PipelineConfig, output: str,
                    settings=None, verbose: bool = False) -> int:
-    """Checks the data and model cheaply, runs the pipeline, prints and saves the summary."""
-    from components.core.train import model as models
+    """Checks the arguments and the data (before TensorFlow is imported), then the model and
+    its weights (the preflight), runs the pipeline, prints and saves the summary."""
     from pipelines import local_run
 
     _check_output_folder(output)
     checked = sources.check(source)
-    models.preflight(config.model, config.finetune)
     if checked.kind == "folder":
         _check_output_outside(output, source)
         classes, files = discovery.discover(source)
@@ -105,6 +105,10 @@ def run_and_report(source: str, config: configs.PipelineConfig, output: str,
             train = ingestion.preview_counts(source, config.data)["train"]
             config_checks.check_batch_fits(config.finetune, train,
                                            f"the training split of {source}")
+    import_tensorflow_quietly()
+    from components.core.train import model as models
+
+    models.preflight(config.model, config.finetune)
     with local_run.output_lock(output):
         return _run_locked(source, config, output, settings, verbose)
 
@@ -175,7 +179,12 @@ def demo(args: argparse.Namespace) -> int:
     """`tlpipe demo`: the offline digits demo."""
     from pipelines import demo
 
-    folder = demo.write_digits(os.path.join(args.output, "digits"))
+    _check_output_folder(args.output)
+    try:
+        folder = demo.write_digits(os.path.join(args.output, "digits"))
+    except OSError as error:
+        raise ConfigError(f"--output {args.output} cannot be written to ({error.strerror}); "
+                          f"give a folder you can write to") from None
     print(f"demo data: scikit-learn handwritten digits written to {folder}")
     return run_and_report(folder, configs.preset("demo").validate(), args.output,
                           verbose=args.verbose)

@@ -528,3 +528,19 @@ def test_two_workers_on_a_split_that_leaves_one_an_empty_last_batch(tmp_path, ca
     assert summary["steps"]["ingest"]["outputs"]["dataset"]["metadata"]["counts"]["train"] == 13
     tuned = summary["steps"]["finetune"]["returned"]
     assert tuned["workers"] == 2 and tuned["restarts"] == 0
+
+
+@pytest.mark.parametrize("args", [
+    ["run", "--data", "/no/such/photos"],
+    ["run", "--data", "DIGITS", "--output", "DIGITS/runs"],
+    ["demo", "--output", "/proc/demo"],
+], ids=["missing-data", "output-in-data", "unwritable-output"])
+def test_arguments_are_checked_before_tensorflow_is_imported(tmp_path, digits_folder, args):
+    """A mistyped path is refused in about a second, not after the 5-12 s TensorFlow import."""
+    args = [arg.replace("DIGITS", str(digits_folder)) for arg in args]
+    probe = ("import sys\nfrom pipelines.cli import main\ncode = main(sys.argv[1:])\n"
+             "print('tensorflow' in sys.modules, code)")
+    done = subprocess.run([sys.executable, "-c", probe, *args], cwd=ROOT, capture_output=True,
+                          text=True, timeout=120, env={**os.environ, "PYTHONPATH": ROOT})
+    assert done.stdout.split()[-2:] == ["False", "2"], done.stdout + done.stderr
+    assert_one_line(done.stderr, "tlpipe: error: ")

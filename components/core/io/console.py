@@ -34,3 +34,9 @@ def describe(error: BaseException, limit: int = 300) -> str:
     """The exception's type and message on one line (tarfile's and Keras's span several), the
     message cut to `limit` characters."""
     return f"{type(error).__name__}: {' '.join(str(error).split())[:limit]}"
+
+
+def import_tensorflow_quietly() -> None:
+    """Imports TensorFlow (5-12 s) with its start-up notices held back (see held_stderr)."""
+    with held_stderr():
+        import tensorflow  # noqa: F401

@@ -4,6 +4,7 @@ and schedule runs there, classify images with a shipped model, list backbones.""
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import signal
 import sys
@@ -26,6 +27,7 @@ def main(argv: list[str] | None = None) -> int:
     from pipelines import local_run
 
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # steps inherit it: no C++ info spam
+    _show_warnings()
     parser = _parser()
     args = parser.parse_args(argv)
     if args.command in PIPELINE_COMMANDS:
@@ -53,6 +55,29 @@ def main(argv: list[str] | None = None) -> int:
         print(f"tlpipe: interrupted{how}" + (f"; partial run in {where}" if where else ""),
               file=sys.stderr)
         return 128 + signum
+
+
+class _StderrNow(logging.StreamHandler):
+    """A handler writing to whatever sys.stderr is when a record comes."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value):
+        pass
+
+
+def _show_warnings() -> None:
+    """tlpipe's warnings in this process (e.g. Cloud Storage retrying) as one "tlpipe: warning:"
+    line each on stderr; the steps log theirs to their own log files."""
+    logger = logging.getLogger("tlpipe")
+    if not any(isinstance(handler, _StderrNow) for handler in logger.handlers):
+        handler = _StderrNow()
+        handler.setLevel(logging.WARNING)
+        handler.setFormatter(logging.Formatter("tlpipe: warning: %(message)s"))
+        logger.addHandler(handler)
 
 
 def _one_line(error: BaseException) -> str:

@@ -544,3 +544,20 @@ def test_arguments_are_checked_before_tensorflow_is_imported(tmp_path, digits_fo
                           text=True, timeout=120, env={**os.environ, "PYTHONPATH": ROOT})
     assert done.stdout.split()[-2:] == ["False", "2"], done.stdout + done.stderr
     assert_one_line(done.stderr, "tlpipe: error: ")
+
+
+def test_an_unreachable_cloud_storage_says_it_is_retrying_then_fails_in_one_line(
+        capfd, tmp_path, monkeypatch):
+    from components.core.data import gcs
+
+    monkeypatch.setattr(gcs, "RETRY_DEADLINE_SECONDS", 2.0)  # a minute by default
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", "http://127.0.0.1:9")  # nothing listens there
+    code, _, err = cli(capfd, "run", "--data", "gs://bucket/photos/", "--output",
+                       tmp_path / "out")
+    assert code == 2
+    note, error = err.strip().splitlines()
+    assert note == ("tlpipe: warning: Cloud Storage is not answering for gs://bucket/photos/ "
+                    "(ConnectionError); retrying for up to 2 s")
+    assert error.startswith("tlpipe: error: cannot reach Cloud Storage for gs://bucket/photos/ "
+                            "(retried 2 s") and "check the network" in error
+    assert not (tmp_path / "out").exists()

@@ -53,27 +53,40 @@ def gcs_call(uri: str, action):
                         f"(or STORAGE_EMULATOR_HOST)")
 
 
+def announced_retry(uri: str):
+    """The client's retry policy for transient errors (up to RETRY_DEADLINE_SECONDS), saying
+    so once, at the first error, instead of waiting a minute in silence (a warning: on the
+    console of the CLI, in the log of a step)."""
+    from google.api_core.retry import Retry
+
+    said = []
+
+    def announce(error):
+        if not said:
+            said.append(error)
+            log.warning("Cloud Storage is not answering for %s (%s); retrying for up to %.0f s",
+                        uri, type(error).__name__, RETRY_DEADLINE_SECONDS)
+
+    return Retry(deadline=RETRY_DEADLINE_SECONDS, on_error=announce)
+
+
 def gcs_listing(prefix_uri: str) -> list:
     """Every object under a gs:// prefix (the client pages through the listing), with the
     client's default retry policy for transient errors; "directory" placeholders left out."""
-    from google.api_core.retry import Retry
-
     bucket, prefix = storage.split_gcs(prefix_uri)
     client = gcs_client()
     blobs = gcs_call(prefix_uri, lambda: list(client.list_blobs(
-        bucket, prefix=prefix, retry=Retry(deadline=RETRY_DEADLINE_SECONDS))))
+        bucket, prefix=prefix, retry=announced_retry(prefix_uri))))
     return [blob for blob in blobs if not blob.name.endswith("/")]
 
 
 def gcs_blob(uri: str):
     """The Cloud Storage object at gs:// `uri`, fetched with retries; DataError when it does not
     exist or cannot be read."""
-    from google.api_core.retry import Retry
-
     bucket, name = storage.split_gcs(uri)
     client = gcs_client()
     blob = gcs_call(uri, lambda: client.bucket(bucket).get_blob(
-        name, retry=Retry(deadline=RETRY_DEADLINE_SECONDS)))
+        name, retry=announced_retry(uri)))
     if blob is None:
         raise DataError(f"{uri} does not exist; check the bucket and object name")
     return blob

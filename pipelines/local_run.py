@@ -60,12 +60,16 @@ class Interrupted(KeyboardInterrupt):
 
 def stop_on_signals() -> None:
     """Makes SIGTERM and SIGHUP (what `timeout`, CI cancels, systemd, Kubernetes and a closed
-    terminal send) raise `Stopped` like Ctrl-C raises KeyboardInterrupt, once: the first stop
-    signal starts the clean-up and later ones are ignored until it is done."""
+    terminal send) raise `Stopped` like Ctrl-C raises KeyboardInterrupt, once, after ending
+    every child process: the first stop signal starts the clean-up and later ones are ignored
+    until it is done."""
 
     def stop(signum, _frame):
         for each in STOP_SIGNALS:
             signal.signal(each, signal.SIG_IGN)
+        # kfp.local waits for the running step when the exception leaves its Popen block: end
+        # the steps first (a terminal's Ctrl-C reaches them anyway; a `kill PID` does not)
+        end_child_processes()
         if signum == signal.SIGINT:
             raise KeyboardInterrupt
         raise Stopped(signum)

@@ -83,20 +83,21 @@ def plan_splits(root: str, classes: list[str], images: list[CheckedImage],
         raise DataError(f"class {empty[0]!r} has no usable image in {root}: all its files were "
                         f"skipped{first}{more}; add decodable images or remove the folder")
     splits = assign_splits(images, classes, config)
+    _check_every_class_in_every_split(root, classes, splits)
     conflicts = label_conflicts(images)
     splits["test"], excluded = clean_test(splits, {c["sha256"] for c in conflicts})
     for split in SPLITS:
         if not splits[split]:
             raise DataError(f"the {split} split of {root} is empty; add images (at least 3 per "
                             f"class) or give a {split}/ folder")
-    _check_every_class_in_every_split(root, classes, splits)
     return splits, conflicts, excluded
 
 
 def _check_every_class_in_every_split(root: str, classes: list[str], splits: dict) -> None:
-    """DataError naming the first class missing from a split: with no val image its training
-    is not watched, with no test image its recall and precision would be reported as measured
-    (0% at support 0) and the model blessed without it ever being tested."""
+    """DataError naming the first class missing from a split (as assigned, before test images
+    with conflicting labels are set aside): with no val image its training is not watched,
+    with no test image its recall and precision would be reported as measured (0% at support
+    0) and the model blessed without it ever being tested."""
     for label in classes:
         counts = {split: sum(m.source.label == label for m in splits[split]) for split in SPLITS}
         if min(counts.values()) == 0:

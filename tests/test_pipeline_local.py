@@ -66,8 +66,8 @@ def test_tiny_local_run_writes_every_artifact(capsys, tmp_path, digits_folder):
     console = open(os.path.join(summary["run_dir"], "logs", "console.log")).read()
     assert "[worker 1] " in console and "tlpipe-worker-ready: worker-1 of 2 workers" in console
     assert "[worker 1] " not in out  # the console shows one line per step, not the workers'
-    assert [line.split()[:2] for line in out.splitlines() if line.startswith("    ok  ")] == [
-        ["ok", step] for step in summary["steps"]]
+    assert sorted(line.split()[1] for line in out.splitlines()  # quantize, tensorrt: any order
+                  if line.startswith("    ok  ")) == sorted(summary["steps"])
     assert not os.path.exists(model_dir + ".backups")  # finished: the backups are gone
     finetune_report = json.load(open(os.path.join(model_dir, "finetune.json")))
     assert finetune_report["mode"] == "from_scratch" and len(
@@ -141,7 +141,7 @@ def test_tiny_local_run_writes_every_artifact(capsys, tmp_path, digits_folder):
     page = (tmp_path / "out" / "report.html").read_text()
     assert page == open(artifact(summary, "report", "html")["path"]).read()
     assert all(f"tflite {variant}" in page for variant in tflite.TFLITE_VARIANTS)
-    assert "(recommended)" in page and "TensorRT or cuda-python is not installed" in page
+    assert "(recommended: " in page and "TensorRT or cuda-python is not installed" in page
     card = (tmp_path / "out" / "model_card.md").read_text()
     assert "RANDOM initialisation" in card and "| tflite int8 |" in card
     assert main(["report", str(tmp_path / "out")]) == 0

@@ -90,7 +90,7 @@ def output_lock(output_dir: str):
         handle = _locked(path)
     except OSError as error:
         raise OutputRefused(f"--output {output_dir} cannot be written to ({error.strerror}); "
-                          f"give a folder you can write to") from None
+                            f"give a folder you can write to") from None
     try:
         handle.seek(0)
         handle.truncate()

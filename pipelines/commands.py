@@ -177,14 +177,13 @@ def _check_baseline_classes(baseline: str, classes: list[str]) -> None:
 
 def demo(args: argparse.Namespace) -> int:
     """`tlpipe demo`: the offline digits demo."""
-    from pipelines import demo
+    from pipelines import demo, local_run
 
     _check_output_folder(args.output)
     try:
         folder = demo.write_digits(os.path.join(args.output, "digits"))
     except OSError as error:
-        raise ConfigError(f"--output {args.output} cannot be written to ({error.strerror}); "
-                          f"give a folder you can write to") from None
+        raise local_run.unwritable(args.output, error) from None
     print(f"demo data: scikit-learn handwritten digits written to {folder}")
     return run_and_report(folder, configs.preset("demo").validate(), args.output,
                           verbose=args.verbose)

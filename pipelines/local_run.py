@@ -89,8 +89,7 @@ def output_lock(output_dir: str):
         os.makedirs(output_dir, exist_ok=True)
         handle = _locked(path)
     except OSError as error:
-        raise OutputRefused(f"--output {output_dir} cannot be written to ({error.strerror}); "
-                            f"give a folder you can write to") from None
+        raise unwritable(output_dir, error) from None
     try:
         handle.seek(0)
         handle.truncate()
@@ -101,6 +100,12 @@ def output_lock(output_dir: str):
     finally:
         os.unlink(path)  # while locked: the next run creates and locks a new file
         handle.close()
+
+
+def unwritable(output_dir: str, error: OSError) -> OutputRefused:
+    """The error for an output folder that could not be created or written to."""
+    return OutputRefused(f"--output {output_dir} cannot be written to ({error.strerror}); give "
+                         f"a folder you can write to")
 
 
 def _locked(path: str):

@@ -107,8 +107,11 @@ def test_a_run_in_a_terminal_shows_step_lines_and_a_live_progress_bar(tmp_path):
     lines = [re.sub(r".*\r(\x1b\[2K)?", "", line)  # what stays on screen of each line
              for line in text.replace("\r\n", "\n").split("\n")]
     steps = [line.split()[1] for line in lines if line.startswith("    ok  ")]
-    assert steps == ["fingerprint", "ingest", "preprocess", "train-head", "finetune",
-                     "evaluate", "quantize", "tensorrt", "report"], text[-3000:]
+    # kfp.local runs quantize and tensorrt (both after evaluate) in either order
+    assert steps[:6] == ["fingerprint", "ingest", "preprocess", "train-head", "finetune",
+                         "evaluate"], text[-3000:]
+    assert sorted(steps[6:8]) == ["quantize", "tensorrt"] and steps[8:] == ["report"], \
+        text[-3000:]
     assert re.search(r"\[#+-*\] [12]/3 finetune epoch, ETA \d+", text), text[-3000:]
     assert "   ...  finetune" in text and "\r\x1b[2K" in text
     assert "Executing task" not in text and "executor_output" not in text

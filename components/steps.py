@@ -104,15 +104,16 @@ def pick_trial(trials: Input[List[Model]], model: Output[Model], metrics: Output
 @dsl.component(base_image=TRAINING_IMAGE, install_kfp_package=False)
 def evaluate(model: Input[Model], images: Input[Dataset], dataset: Input[Dataset],
              backbone: Input[Model], head: Input[Model], data: dict, model_config: dict,
-             evaluate_config: dict, metrics: Output[Metrics],
+             evaluate_config: dict, registry: dict, metrics: Output[Metrics],
              confusion: Output[ClassificationMetrics], evaluation: Output[Dataset],
              report: Output[HTML], model_card: Output[Markdown]) -> bool:
     """Test-split metrics, confusion matrix (and ROC for two classes), blessing against the
-    thresholds and the baseline model; HTML report and model card. Returns blessed."""
+    thresholds and the baseline (evaluate.baseline_model, else the registry's production
+    model); HTML report and model card. Returns whether the model is exported."""
     from components.core import stages
 
     facts = stages.evaluate(model.path, images.path, dataset.path, backbone.path, head.path,
-                            evaluation.path, report.path, model_card.path,
+                            evaluation.path, report.path, model_card.path, registry=registry,
                             config={"data": data, "model": model_config,
                                     "evaluate": evaluate_config})
     scores = facts["metrics"]
@@ -128,13 +129,18 @@ def evaluate(model: Input[Model], images: Input[Dataset], dataset: Input[Dataset
             if per_class[score] is not None:
                 metrics.log_metric(f"{score}_{name}", per_class[score])
     metrics.metadata["blessing_reason"] = facts["blessing_reason"]
+    if facts["baseline"]:
+        metrics.log_metric("baseline_accuracy", facts["baseline"]["metrics"]["accuracy"])
+    if facts.get("champion"):
+        metrics.metadata["champion"] = facts["champion"]["text"]
     confusion.log_confusion_matrix(facts["classes"], scores["confusion_matrix"])
     if facts["roc"]:  # two classes: the ROC curve of the second against the first
         confusion.log_roc_curve(facts["roc"]["fpr"], facts["roc"]["tpr"],
                                 facts["roc"]["thresholds"])
     evaluation.metadata.update({"blessed": facts["blessed"],
-                                "blessing_reason": facts["blessing_reason"]})
-    return facts["blessed"]
+                                "blessing_reason": facts["blessing_reason"],
+                                "champion": facts.get("champion")})
+    return facts["exportable"]
 
 
 @dsl.component(base_image=TRAINING_IMAGE, install_kfp_package=False)
@@ -179,3 +185,27 @@ def report(evaluation: Input[Dataset], tflite: Input[Model], onnx: Input[Model],
 
     html.metadata.update(stages.report(evaluation.path, tflite.path, onnx.path, html.path,
                                        model_card.path))
+
+
+@dsl.component(base_image=TRAINING_IMAGE, install_kfp_package=False)
+def promote(model: Input[Model], evaluation: Input[Dataset], tflite: Input[Model],
+            onnx: Input[Model], images: Input[Dataset], model_card: Input[Markdown], data: dict,
+            model_config: dict, augment: dict, loss: dict, head_config: dict,
+            finetune_config: dict, evaluate_config: dict, export: dict, registry: dict,
+            run_name: str, run_id: str, verdict: Output[Markdown]) -> str:
+    """Registers the exported model as a new version in the model registry and moves
+    `production` to it when it beats the production model (and registry["promote"] is
+    "auto"); the verdict as Markdown. The config sections are kept with the version.
+    Returns the verdict's one line."""
+    from components.core import stages
+
+    facts = stages.promote(model.path, evaluation.path, tflite.path, onnx.path, images.path,
+                           model_card.path, verdict.path, registry=registry,
+                           run={"name": run_name, "id": run_id},
+                           config={"data": data, "model": model_config, "augment": augment,
+                                   "loss": loss, "head": head_config,
+                                   "finetune": finetune_config, "evaluate": evaluate_config,
+                                   "export": export})
+    verdict.metadata.update(facts)
+    return (f"version {facts['version']}: " if facts["version"] else "") + (
+        "promoted" if facts["promoted"] else "not promoted") + f" ({facts['reason']})"

@@ -103,6 +103,7 @@ def _parser() -> argparse.ArgumentParser:
                      help="fine-tune with this many worker processes on this machine "
                           "(MultiWorkerMirroredStrategy over 127.0.0.1; default: the settings' "
                           "steps.finetune.workers, else 1)")
+    _add_registry_options(run, local=True)
     _add_verbose_option(run)
     run.set_defaults(handler=commands.run)
 
@@ -126,6 +127,7 @@ def _parser() -> argparse.ArgumentParser:
     _add_cluster_options(submit, experiment=True)
     submit.add_argument("--run-name", help="run name (default: KFP's)")
     _add_cluster_run_options(submit)
+    _add_registry_options(submit)
     submit.set_defaults(handler=commands.submit)
 
     runs = subcommands.add_parser("runs", help="list runs on a KFP cluster, newest first")
@@ -147,6 +149,7 @@ def _parser() -> argparse.ArgumentParser:
                           help="after a pause, also start the runs that were missed (default: "
                                "no catch-up)")
     _add_cluster_run_options(schedule)
+    _add_registry_options(schedule)
     schedule.set_defaults(handler=commands.schedule)
 
     schedules = subcommands.add_parser("schedules", help="list recurring runs on a KFP cluster")
@@ -179,9 +182,42 @@ def _parser() -> argparse.ArgumentParser:
                          help="also open the HTML report in the default browser")
     summary.set_defaults(handler=commands.report)
 
+    registry = subcommands.add_parser(
+        "models", help="the model registry: versions, production, promote, rollback",
+        description="Every run that exports a model registers it as a new version; production "
+                    "moves to it when it beats the production model on the run's test split "
+                    "(model_registry.promote: auto). List the versions and why each was or was "
+                    "not promoted, show one, promote one by hand, or roll production back.")
+    actions = registry.add_subparsers(required=True, metavar="ACTION", dest="action")
+    for action, text in (("list", "versions, newest first: production, test accuracy, data "
+                                  "fingerprint, when, why promoted or not"),
+                         ("show", "one version's record and history (JSON)"),
+                         ("promote", "move production to a version"),
+                         ("rollback", "move production back to the previous production "
+                                      "version")):
+        command = actions.add_parser(action, help=text, description=text)
+        if action in ("show", "promote"):
+            command.add_argument("version", type=int, help="version number (`tlpipe models "
+                                                           "list`)")
+        command.add_argument("--registry", default=os.path.join("runs", "registry"),
+                             help="registry root: a folder or gs://BUCKET/PATH (default: "
+                                  "%(default)s, where `tlpipe run` keeps it)")
+        command.add_argument("--model", help="model name (default: the registry's only one)")
+        command.set_defaults(handler=commands.models)
+
     listing = subcommands.add_parser("backbones", help="list the backbones and their defaults")
     listing.set_defaults(handler=commands.list_backbones)
     return parser
+
+
+def _add_registry_options(parser: argparse.ArgumentParser, local: bool = False) -> None:
+    parser.add_argument("--registry", help="model registry root: a folder or gs://BUCKET/PATH "
+                        "(default: the settings' model_registry.root, else " + (
+                            "OUTPUT/registry" if local else "<pipeline_root>/registry on "
+                            "gs://") + "); the run is compared with its production model and "
+                        "registered in it")
+    parser.add_argument("--model-name", help="the model's name in the registry (default: the "
+                        "settings' model_registry.model, else the data's name)")
 
 
 def _add_verbose_option(parser: argparse.ArgumentParser) -> None:

@@ -147,18 +147,20 @@ def compiled_package(settings, directory: str, config=None) -> str:
                             trials=trials)
 
 
-def arguments(source: str, config) -> dict:
-    """Pipeline parameters for a run: the source and every config section."""
-    return {"source": source, **config.to_dict()}
+def arguments(source: str, config, registry: dict) -> dict:
+    """Pipeline parameters for a run: the source, every config section and the model registry
+    (`settings.registry`)."""
+    return {"source": source, **config.to_dict(), "registry": registry}
 
 
-def submit(host, namespace, experiment, run_name, source, config, settings) -> dict:
+def submit(host, namespace, experiment, run_name, source, config, settings, registry: dict
+           ) -> dict:
     """Creates a run of the compiled pipeline; returns {"run_id", "url"}."""
     kfp_client = client(host, namespace)
     with tempfile.TemporaryDirectory() as scratch:
         result = _call(host, kfp_client.create_run_from_pipeline_package,
                        compiled_package(settings, scratch, config),
-                       arguments=arguments(source, config),
+                       arguments=arguments(source, config, registry),
                        run_name=run_name, experiment_name=experiment, namespace=namespace)
     return {"run_id": result.run_id, "url": f"{_ui(kfp_client)}/#/runs/details/{result.run_id}"}
 
@@ -174,8 +176,9 @@ def runs(host, namespace, experiment: Optional[str], limit: int) -> list[dict]:
 
 
 def schedule(host, namespace, experiment, name, cron, max_concurrency, catchup, source, config,
-             settings) -> dict:
-    """Creates an enabled recurring run; returns {"recurring_run_id", "url"}."""
+             settings, registry: dict) -> dict:
+    """Creates an enabled recurring run; returns {"recurring_run_id", "url"}. Each run of it
+    compares itself with the production model of `registry` at the time it runs."""
     cron = validate_cron(cron)
     if max_concurrency < 1:
         raise ConfigError(f"--max-concurrency {max_concurrency}; use 1 or more")
@@ -185,7 +188,7 @@ def schedule(host, namespace, experiment, name, cron, max_concurrency, catchup, 
     with tempfile.TemporaryDirectory() as scratch:
         created = _call(host, kfp_client.create_recurring_run, experiment_id, name,
                         cron_expression=cron, max_concurrency=max_concurrency,
-                        no_catchup=not catchup, params=arguments(source, config),
+                        no_catchup=not catchup, params=arguments(source, config, registry),
                         pipeline_package_path=compiled_package(settings, scratch, config),
                         enabled=True)
     return {"recurring_run_id": created.recurring_run_id,

@@ -79,16 +79,32 @@ def run(args: argparse.Namespace) -> int:
     if args.workers is not None:
         deployment = settings.with_workers(deployment, args.workers)
     return run_and_report(args.data, build_config(args), args.output, deployment,
-                          args.verbose)
+                          args.verbose, _local_registry(args, deployment, args.output))
+
+
+def _local_registry(args: argparse.Namespace, deployment, output: str) -> dict:
+    """The registry of a local run: --registry, else the settings' model_registry.root, else
+    OUTPUT/registry; the model named by --model-name, the settings or the data."""
+    from pipelines import settings
+
+    root = args.registry or deployment.model_registry.root or os.path.join(output, "registry")
+    return settings.registry(deployment, args.data, _absolute_root(root), args.model_name)
+
+
+def _absolute_root(root: str) -> str:
+    return root if root.startswith("gs://") else os.path.abspath(root)
 
 
 def run_and_report(source: str, config: configs.PipelineConfig, output: str,
-                   settings=None, verbose: bool = False) -> int:
-    """Checks the arguments and the data (before TensorFlow is imported), then the model and
-    its weights (the preflight), runs the pipeline, prints and saves the summary."""
+                   settings=None, verbose: bool = False, registry: dict | None = None) -> int:
+    """Checks the arguments, the data and the model registry (before TensorFlow is imported),
+    then the model and its weights (the preflight), runs the pipeline, prints and saves the
+    summary."""
     from pipelines import local_run
 
     _check_output_folder(output)
+    if registry:
+        _check_registry(registry)
     checked = sources.check(source)
     if checked.kind == "folder":
         _check_output_outside(output, source)
@@ -110,16 +126,29 @@ def run_and_report(source: str, config: configs.PipelineConfig, output: str,
 
     models.preflight(config.model, config.finetune)
     with local_run.output_lock(output):
-        return _run_locked(source, config, output, settings, verbose)
+        return _run_locked(source, config, output, settings, verbose, registry or {})
+
+
+def _check_registry(registry: dict) -> None:
+    """RegistryError (one line) when the registry cannot be read; its production version, if
+    any, is read as the evaluate step will."""
+    from components.core.registry import champion
+    from components.core.registry.store import open_store
+
+    if registry["root"].startswith("gs://"):
+        open_store(registry["root"]).keys(f"{registry['model']}/aliases/")
+    else:
+        _check_writable_folder(registry["root"], "--registry")
+    champion.production(registry)
 
 
 def _run_locked(source: str, config: configs.PipelineConfig, output: str, settings,
-                verbose: bool) -> int:
+                verbose: bool, registry: dict) -> int:
     """The run and its summary, report and model card, while holding the output's lock."""
     from pipelines import local_run
 
     try:
-        run_dir = local_run.run(source, config.to_dict(), output, settings, verbose)
+        run_dir = local_run.run(source, config.to_dict(), output, settings, verbose, registry)
     except local_run.StepFailed as failure:
         local_run.write_summary(output, failure.run_dir, "failed", {
             "step": failure.step, "error": failure.error, "log": failure.log})
@@ -141,16 +170,21 @@ def _run_locked(source: str, config: configs.PipelineConfig, output: str, settin
 
 
 def _check_output_folder(folder: str) -> None:
-    """ConfigError unless `folder` is a writable folder or can be made one (its nearest
-    existing ancestor is a writable folder). Creates nothing."""
+    """ConfigError unless --output `folder` is a writable folder or can be made one."""
+    _check_writable_folder(folder, "--output")
+
+
+def _check_writable_folder(folder: str, flag: str) -> None:
+    """ConfigError naming `flag` unless `folder` is a writable folder or can be made one (its
+    nearest existing ancestor is a writable folder). Creates nothing."""
     existing = os.path.abspath(folder)
     while not os.path.exists(existing):
         existing = os.path.dirname(existing)
     if not os.path.isdir(existing):
-        raise ConfigError(f"--output {folder}: {existing} is a file; give a folder (it "
+        raise ConfigError(f"{flag} {folder}: {existing} is a file; give a folder (it "
                           f"is created if it does not exist)")
     if not os.access(existing, os.W_OK | os.X_OK):
-        raise ConfigError(f"--output {folder}: {existing} is not writable; give a "
+        raise ConfigError(f"{flag} {folder}: {existing} is not writable; give a "
                           f"folder you can write to")
 
 
@@ -186,7 +220,9 @@ def demo(args: argparse.Namespace) -> int:
         raise local_run.unwritable(args.output, error) from None
     print(f"demo data: scikit-learn handwritten digits written to {folder}")
     return run_and_report(folder, configs.preset("demo").validate(), args.output,
-                          verbose=args.verbose)
+                          verbose=args.verbose, registry={
+                              "root": os.path.abspath(os.path.join(args.output, "registry")),
+                              "model": "digits", "promote": "auto"})
 
 
 def compile_yaml(args: argparse.Namespace) -> int:
@@ -217,7 +253,7 @@ def submit(args: argparse.Namespace) -> int:
 
     config, deployment = build_config(args), _settings(args)
     created = cluster.submit(args.host, args.namespace, args.experiment, args.run_name,
-                             args.data, config, deployment)
+                             args.data, config, deployment, _cluster_registry(args, deployment))
     print(f"run {created['run_id']}: {created['url']}")
     return 0
 
@@ -238,9 +274,21 @@ def schedule(args: argparse.Namespace) -> int:
     cluster.validate_cron(args.cron)
     config, deployment = build_config(args), _settings(args)
     created = cluster.schedule(args.host, args.namespace, args.experiment, args.name, args.cron,
-                               args.max_concurrency, args.catchup, args.data, config, deployment)
+                               args.max_concurrency, args.catchup, args.data, config, deployment,
+                               _cluster_registry(args, deployment))
     print(f"recurring run {created['recurring_run_id']} ({args.cron}): {created['url']}")
     return 0
+
+
+def _cluster_registry(args: argparse.Namespace, deployment) -> dict:
+    """The registry of a cluster run (see `settings.registry`); a local --registry must be an
+    absolute folder the step pods mount."""
+    from pipelines import settings
+
+    if args.registry and not args.registry.startswith(("gs://", "/")):
+        raise ConfigError(f"--registry {args.registry}: the step pods need a gs://BUCKET/PATH "
+                          f"prefix or an absolute folder they mount")
+    return settings.registry(deployment, args.data, args.registry or "", args.model_name)
 
 
 def schedules(args: argparse.Namespace) -> int:
@@ -345,3 +393,71 @@ def list_backbones(args: argparse.Namespace) -> int:
         print(f"{name:<22}{spec.constructor:<22}{spec.default_size:>5}{spec.min_size:>5}  "
               f"{spec.preprocess_mode:<13}  {alphas}")
     return 0
+
+
+def models(args: argparse.Namespace) -> int:
+    """`tlpipe models list|show|promote|rollback`: the model registry."""
+    from components.core.registry import models as registry_models
+    from components.core.registry.store import open_store
+
+    store = open_store(_absolute_root(args.registry))
+    name = _registry_model(store, args)
+    if args.action == "list":
+        print(_versions_table(store, name))
+    elif args.action == "show":
+        record = registry_models.version(store, name, args.version)
+        history = [event for event in registry_models.events(store, name)
+                   if event["version"] == args.version]
+        print(json.dumps({**record, "events": history}, indent=2, sort_keys=True))
+    elif args.action == "promote":
+        moved = registry_models.promote_by_hand(store, name, args.version,
+                                                registry_models.who())
+        print(f"{name}: production is version {moved['version']} ({moved['reason']})")
+    else:
+        moved = registry_models.rollback(store, name, registry_models.who())
+        print(f"{name}: production is version {moved['version']} ({moved['reason']})")
+    return 0
+
+
+def _registry_model(store, args: argparse.Namespace) -> str:
+    """--model, else the registry's only model; RegistryError listing them otherwise."""
+    from components.core.registry import models as registry_models
+    from components.core.registry.store import RegistryError
+
+    names = registry_models.models(store)
+    if args.model:
+        if args.model not in names:
+            raise RegistryError(f"{store.root} has no model {args.model!r}; its models are "
+                                f"{', '.join(names) or 'none yet'}")
+        return args.model
+    if len(names) != 1:
+        raise RegistryError(f"{store.root} holds " + (
+            f"models {', '.join(names)}; name one with --model" if names else
+            "no model yet: a run that exports a model registers it (or pass another "
+            "--registry)"))
+    return names[0]
+
+
+def _versions_table(store, name: str) -> str:
+    """`tlpipe models list`: one line per version, newest first: number, production marker,
+    test accuracy, data fingerprint, when, and what happened last and why."""
+    from components.core.registry import models as registry_models
+
+    current, _ = registry_models.alias(store, name)
+    production = current["version"] if current else None
+    latest = {event["version"]: event for event in registry_models.events(store, name)
+              if event["action"] != "registered"}
+    lines = [f"{name} in {store.root}: production is " + (
+        f"version {production}" if production else "not set yet"),
+        f"{'version':>7}  {'alias':<10} {'test acc':>8}  {'data':<12} {'registered':<19}  "
+        f"status"]
+    for record in reversed(registry_models.versions(store, name)):
+        event = latest.get(record["version"], {})
+        status = (f"{event['action']}: {event['reason']}" if event else
+                  "registered (no decision recorded)")
+        lines.append(f"{record['version']:>7}  "
+                     f"{'production' if record['version'] == production else '':<10} "
+                     f"{record['test_accuracy']:>8.4f}  "
+                     f"{(record['data'].get('fingerprint') or '-')[:12]:<12} "
+                     f"{record['registered_at'][:19].replace('T', ' ')}  {status}")
+    return "\n".join(lines)

@@ -141,8 +141,8 @@ def _json_or_empty(text: str) -> dict:
         return {}
 
 
-def run(source: str, config: dict, output_dir: str, settings=None, verbose: bool = False
-        ) -> str:
+def run(source: str, config: dict, output_dir: str, settings=None, verbose: bool = False,
+        registry: dict | None = None) -> str:
     """Compiles to OUTPUT/pipeline.yaml (with deployment `settings`, if given: kfp.local runs
     every step here and ignores images, resources, placement and secrets, which are for a
     cluster; a multi-worker fine-tune step starts its workers as local processes), runs it with
@@ -152,7 +152,8 @@ def run(source: str, config: dict, output_dir: str, settings=None, verbose: bool
     one line per step (`console.StepConsole`); everything kfp.local and the steps print goes
     to the run's logs/console.log, and with `verbose` to stdout as well. Raises StepFailed
     naming the failed step and its error, or Interrupted on Ctrl-C or `Stopped` (every step
-    process and its children ended first). Hold `output_lock` around it."""
+    process and its children ended first). registry: the pipeline's registry parameter
+    (`settings.registry`; None: none). Hold `output_lock` around it."""
     import tempfile
 
     from kfp import components, local
@@ -182,7 +183,7 @@ def run(source: str, config: dict, output_dir: str, settings=None, verbose: bool
                 warnings.catch_warnings(), contextlib.redirect_stdout(stream):
             warnings.filterwarnings("ignore", message=".*non-Python base image.*")
             try:
-                pipeline(source=_absolute(source), **config)
+                pipeline(source=_absolute(source), registry=registry or {}, **config)
             finally:
                 stream.close()  # before its file moves into the run folder
     except KeyboardInterrupt as interrupt:
@@ -320,6 +321,8 @@ def step_figures(run_dir: str, step: str) -> str:
     if "evaluation" in meta:
         return (f"test accuracy {meta['metrics']['accuracy']:.4f}, blessed "
                 f"{meta['evaluation']['blessed']}")
+    if "verdict" in meta:
+        return record["returned"]
     exported = (meta.get("tflite") or {}).get("variants") or {
         name: figures for name, figures in (meta.get("onnx") or {}).items()
         if name.startswith("onnx") and isinstance(figures, dict)}
@@ -360,7 +363,10 @@ def report(summary: dict, artifacts: bool = True) -> str:
         metrics = evaluated["outputs"]["metrics"]["metadata"]
         lines.append(f"TEST ACCURACY: {metrics['accuracy']:.4f} on {int(metrics['test_examples'])}"
                      f" test images (macro F1 {metrics['macro_f1']:.4f})")
-        lines.append(f"blessed: {evaluated['returned']} ({metrics.get('blessing_reason')})")
+        blessed = evaluated["outputs"]["evaluation"]["metadata"]["blessed"]
+        lines.append(f"blessed: {blessed} ({metrics.get('blessing_reason')})")
+        if metrics.get("champion"):
+            lines.append(f"champion/challenger: {metrics['champion']}")
     quantized = summary.get("quantize", {}).get("outputs", {}).get("tflite", {}).get(
         "metadata", {})
     if quantized:
@@ -379,6 +385,9 @@ def report(summary: dict, artifacts: bool = True) -> str:
         engine = exported["tensorrt"]
         lines.append(_format_line("tensorrt", engine) if engine["status"] == "built" else
                      f"  {'tensorrt':>13}: skipped: {engine['reason']}")
+    promoted = summary.get("promote", {}).get("returned")
+    if promoted:
+        lines.append(f"model registry: {promoted}")
     if not artifacts:
         return "\n".join(lines)
     lines.append("artifacts:")

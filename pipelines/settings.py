@@ -9,6 +9,10 @@ Example (every key optional):
     registry: registry.example.com/ml       # step images: <registry>/tlpipe-train:<tag>, ...
     tag: 0.1.0                              # default: the package version
     pipeline_root: gs://my-bucket/tlpipe    # where KFP stores artifacts
+    model_registry:                         # versions and the production model
+      root: gs://my-bucket/models           # default: <pipeline_root>/registry
+      model: flowers                        # default: the data source's name
+      promote: auto                         # or manual: a person runs `tlpipe models promote`
     defaults: {cpu_request: "2", memory_request: 8Gi}      # every step, unless it overrides
     steps:
       ingest:
@@ -33,6 +37,8 @@ from components import __version__
 from components.core.cluster import launch
 from components.core.config.coerce import from_mapping, read_yaml
 from components.core.config.errors import ConfigError
+from components.core.registry.champion import PROMOTE_POLICIES
+from components.core.registry.models import MODEL_NAME, default_model_name
 from components.steps import IMAGE_REGISTRY
 
 # Kubernetes resource quantity (e.g. "500m", "2", "1.5", "16Gi").
@@ -44,8 +50,9 @@ LABEL_VALUE = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?)?$")
 ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 IMAGE_TAG = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
 ROOT_SCHEMES = ("gs://", "s3://", "minio://")
-# Steps whose inputs are not the data itself: re-running them must not be skipped by the cache.
-ALWAYS_RUN = ("fingerprint",)
+# Steps whose outcome depends on more than their inputs (what the source holds now; the
+# registry's production model now): re-running them must not be skipped by the cache.
+ALWAYS_RUN = ("fingerprint", "evaluate", "promote")
 MULTI_WORKER_STEP = "finetune"
 DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 # Prefixes of credentials as their issuers print them: GitHub, GitLab, Slack, OpenAI-style API
@@ -151,6 +158,20 @@ class StepSettings:
 
 
 @dataclass
+class ModelRegistrySettings:
+    """The model registry every run registers its exported model in (`tlpipe models`).
+    root: a gs://BUCKET/PATH prefix or an absolute folder the step pods mount; "" (default):
+    <pipeline_root>/registry when the pipeline root is on gs://, else no registry (`tlpipe
+    run` uses OUTPUT/registry). model: the model's name in it ("" (default): from the data
+    source's name). promote: "auto" (default; production moves to a new version that beats it)
+    or "manual" (new versions stay candidates until `tlpipe models promote`)."""
+
+    root: str = ""
+    model: str = ""
+    promote: str = "auto"
+
+
+@dataclass
 class Settings:
     """A deployment: step images <registry>/tlpipe-train:<tag> and <registry>/tlpipe-tensorrt:
     <tag>, the pipeline root (gs://, s3:// or minio://; "" for the cluster's default) and each
@@ -160,7 +181,8 @@ class Settings:
     cluster when steps.finetune.workers > 1, because a restarted pod must find what its
     predecessor saved. backup_volume: the PersistentVolumeClaim such a folder is on (mounted in
     the worker pods and the fine-tune step's pod). tfjob_namespace: where the TrainJob or TFJob
-    is created ("" for the namespace the pipeline's pods run in)."""
+    is created ("" for the namespace the pipeline's pods run in). model_registry: see
+    ModelRegistrySettings (not `registry`, which is where the step images are)."""
 
     registry: str = IMAGE_REGISTRY
     tag: str = __version__
@@ -168,6 +190,7 @@ class Settings:
     backup_root: str = ""
     backup_volume: BackupVolume = field(default_factory=BackupVolume)
     tfjob_namespace: str = ""
+    model_registry: ModelRegistrySettings = field(default_factory=ModelRegistrySettings)
     steps: dict[str, StepSettings] = field(default_factory=dict)
 
     def step(self, name: str) -> StepSettings:
@@ -242,9 +265,32 @@ def problems(settings: Settings) -> list[str]:
           f"backup_volume.mount_path={volume.mount_path!r}; use an absolute path")
     check(not settings.tfjob_namespace or bool(DNS_LABEL.match(settings.tfjob_namespace)),
           f"tfjob_namespace={settings.tfjob_namespace!r} is not a Kubernetes namespace name")
+    models = settings.model_registry
+    check(not models.root or models.root.startswith(("gs://", "/")),
+          f"model_registry.root={models.root!r}; use a gs://BUCKET/PATH prefix or an absolute "
+          f"folder the step pods mount")
+    check(not models.model or bool(MODEL_NAME.match(models.model)),
+          f"model_registry.model={models.model!r}; use letters, digits, '.', '_' and '-'")
+    check(models.promote in PROMOTE_POLICIES,
+          f"model_registry.promote={models.promote!r}; use {' or '.join(PROMOTE_POLICIES)}")
     for name, step in settings.steps.items():
         found.extend(f"steps.{name}.{message}" for message in _step_problems(name, step))
     return found
+
+
+def registry(settings: Settings, source: str, root: str = "", model: str = "") -> dict:
+    """The pipeline's registry parameter (see `components.core.registry.champion`) for a run
+    on `source`: root and model from the arguments, else the settings, else the defaults
+    (<pipeline_root>/registry on gs://; the source's name); {} when there is no root."""
+    chosen = root or settings.model_registry.root or (
+        settings.pipeline_root.rstrip("/") + "/registry"
+        if settings.pipeline_root.startswith("gs://") else "")
+    if not chosen:
+        return {}
+    name = model or settings.model_registry.model or default_model_name(source)
+    if not MODEL_NAME.match(name):
+        raise ConfigError(f"--model-name {name!r}; use letters, digits, '.', '_' and '-'")
+    return {"root": chosen, "model": name, "promote": settings.model_registry.promote}
 
 
 def with_workers(settings: Settings, workers: int) -> Settings:

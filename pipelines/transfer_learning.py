@@ -1,6 +1,8 @@
 """The transfer-learning pipeline: fingerprint -> ingest -> preprocess -> train_head -> finetune
-(with a search: one finetune per trial -> pick-trial) -> evaluate, then, for a blessed model
-only, quantize and tensorrt, and the report with every exported format. Deployment settings
+(with a search: one finetune per trial -> pick-trial) -> evaluate (against the registry's
+production model), then, for an exportable model only, quantize and tensorrt, the report with
+every exported format, and promote (a new registry version; production moves to it when it
+beats the production model). Deployment settings
 (images, resources, placement, secrets, retries, caching, time-outs) are applied when it is
 built. No environment is read at import time."""
 
@@ -15,7 +17,7 @@ from pipelines import deploy, settings as deployment
 
 PIPELINE_NAME = "tlpipe-transfer-learning"
 STEP_ORDER = ("fingerprint", "ingest", "preprocess", "train-head", "finetune", "pick-trial",
-              "evaluate", "quantize", "tensorrt", "report")
+              "evaluate", "quantize", "tensorrt", "report", "promote")
 IMAGE_NAMES = {"tensorrt": "tlpipe-tensorrt"}  # every other step: tlpipe-train
 
 
@@ -49,10 +51,12 @@ def build_pipeline(settings: deployment.Settings | None = None, launcher: str | 
                               "TFLite/ONNX/TensorRT.")
     def transfer_learning(source: str, data: dict = {}, model: dict = {}, augment: dict = {},
                           loss: dict = {}, head: dict = {}, finetune: dict = {},
-                          evaluate: dict = {}, export: dict = {}):
+                          evaluate: dict = {}, export: dict = {}, registry: dict = {}):
         """source: a folder of class subfolders (or train/val/test subfolders of class folders).
-        The other parameters are the sections of `components.core.config.schema.PipelineConfig`
-        (overrides of its defaults); each step receives only the sections it uses."""
+        registry: the model registry {"root", "model", "promote"} (`deployment.registry`; {}
+        for none). The other parameters are the sections of
+        `components.core.config.schema.PipelineConfig` (overrides of its defaults); each step
+        receives only the sections it uses."""
         listed = configure(steps.fingerprint(source=source), "fingerprint")
         ingested = configure(steps.ingest(source=source, source_fingerprint=listed.output,
                                           data=data), "ingest")
@@ -78,7 +82,7 @@ def build_pipeline(settings: deployment.Settings | None = None, launcher: str | 
             model=tuned.outputs["model"], images=prepared.outputs["images"],
             dataset=ingested.outputs["dataset"], backbone=prepared.outputs["backbone"],
             head=trained.outputs["head"], data=data, model_config=model,
-            evaluate_config=evaluate), "evaluate")
+            evaluate_config=evaluate, registry=registry), "evaluate")
         with dsl.If(evaluated.outputs["Output"] == True, name="blessed"):  # noqa: E712
             quantized = configure(steps.quantize(model=tuned.outputs["model"],
                                                  images=prepared.outputs["images"], data=data,
@@ -86,9 +90,17 @@ def build_pipeline(settings: deployment.Settings | None = None, launcher: str | 
             converted = configure(steps.tensorrt(model=tuned.outputs["model"],
                                                  images=prepared.outputs["images"], data=data,
                                                  export=export), "tensorrt")
-            configure(steps.report(evaluation=evaluated.outputs["evaluation"],
-                                   tflite=quantized.outputs["tflite"],
-                                   onnx=converted.outputs["onnx"]), "report")
+            reported = configure(steps.report(evaluation=evaluated.outputs["evaluation"],
+                                              tflite=quantized.outputs["tflite"],
+                                              onnx=converted.outputs["onnx"]), "report")
+            configure(steps.promote(
+                model=tuned.outputs["model"], evaluation=evaluated.outputs["evaluation"],
+                tflite=quantized.outputs["tflite"], onnx=converted.outputs["onnx"],
+                images=prepared.outputs["images"], model_card=reported.outputs["model_card"],
+                data=data, model_config=model, augment=augment, loss=loss, head_config=head,
+                finetune_config=finetune, evaluate_config=evaluate, export=export,
+                registry=registry, run_name=dsl.PIPELINE_JOB_NAME_PLACEHOLDER,
+                run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER), "promote")
 
     return transfer_learning
 

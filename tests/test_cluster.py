@@ -87,10 +87,31 @@ def test_schedule_creates_a_cron_recurring_run_without_catchup(capsys, kfp_api):
     assert kfp_api.experiments["exp-1"]["display_name"] == "retraining"
     assert body["runtime_config"]["parameters"]["evaluate"]["min_accuracy"] == 0.9
     assert body["pipeline_spec"]["pipelineInfo"]["name"] == "tlpipe-transfer-learning"
+    # no registry in the settings and no gs:// pipeline root: no registry, said plainly
+    assert body["runtime_config"]["parameters"]["registry"] == {}
 
     assert cli(capsys, "schedule", "--host", kfp_api.url, "--data", "/d", "--cron",
                "@weekly", "--catchup")[0] == 0
     assert kfp_api.received("POST", "/recurringruns")[1]["body"]["no_catchup"] is False
+
+
+def test_a_schedule_carries_the_model_registry_so_each_run_meets_production_then(
+        capsys, kfp_api, tmp_path):
+    settings = tmp_path / "settings.yaml"
+    settings.write_text("pipeline_root: gs://team/tlpipe\nmodel_registry: {promote: manual}\n")
+    assert cli(capsys, "schedule", "--host", kfp_api.url, "--data", "gs://team/data/flowers",
+               "--cron", "@weekly", "--settings", str(settings))[0] == 0
+    assert cli(capsys, "schedule", "--host", kfp_api.url, "--data", "gs://team/data/flowers",
+               "--cron", "@weekly", "--registry", "gs://models/reg", "--model-name",
+               "flowers-v2")[0] == 0
+    first, second = (call["body"]["runtime_config"]["parameters"]["registry"]
+                     for call in kfp_api.received("POST", "/recurringruns"))
+    assert first == {"root": "gs://team/tlpipe/registry", "model": "flowers",
+                     "promote": "manual"}
+    assert second == {"root": "gs://models/reg", "model": "flowers-v2", "promote": "auto"}
+    code, _, err = cli(capsys, "schedule", "--host", kfp_api.url, "--data", "/d", "--cron",
+                       "@weekly", "--registry", "relative/models")
+    assert code == 2 and "gs://BUCKET/PATH prefix or an absolute folder" in err
 
 
 def test_submit_and_schedule_compile_the_configs_search_into_the_pipeline(capsys, kfp_api,

@@ -38,8 +38,11 @@ def test_the_steps_in_order_with_their_images(tmp_path):
     assert "pipelinechannel--evaluate-Output" in \
         blessed["triggerPolicy"]["condition"]
     inner = spec["components"][blessed["componentRef"]["name"]]["dag"]["tasks"]
-    assert sorted(inner) == ["quantize", "report", "tensorrt"]
+    assert sorted(inner) == ["promote", "quantize", "report", "tensorrt"]
     assert sorted(inner["report"]["dependentTasks"]) == ["quantize", "tensorrt"]
+    assert "report" in inner["promote"]["dependentTasks"]  # it registers the final card
+    # what the registry holds now decides: never answered from KFP's cache
+    assert tasks["evaluate"]["cachingOptions"] == inner["promote"]["cachingOptions"] == {}
     # the fingerprint step always runs; ingest is cached on its output, the others on theirs
     assert tasks["fingerprint"]["cachingOptions"] == {}
     assert all(tasks[name]["cachingOptions"] == {"enableCache": True}
@@ -49,6 +52,7 @@ def test_the_steps_in_order_with_their_images(tmp_path):
 def test_pipeline_parameters_are_the_source_and_one_struct_per_config_section(tmp_path):
     parameters = compiled(tmp_path)["root"]["inputDefinitions"]["parameters"]
     assert parameters.pop("source")["parameterType"] == "STRING"
+    assert parameters.pop("registry")["parameterType"] == "STRUCT"  # {root, model, promote}
     assert sorted(parameters) == sorted(PipelineConfig().to_dict())
     assert {p["parameterType"] for p in parameters.values()} == {"STRUCT"}
 
@@ -66,5 +70,8 @@ def test_each_step_gets_only_the_config_sections_it_uses(tmp_path):
         # distribution: the deployment's worker count and launcher, fixed when compiled
         "finetune": ["augment", "data", "distribution", "finetune_config", "loss",
                      "model_config"],  # and "trial", one search trial's overrides, in a search
-        "evaluate": ["data", "evaluate_config", "model_config"], "quantize": ["data", "export"],
-        "tensorrt": ["data", "export"], "report": []}
+        "evaluate": ["data", "evaluate_config", "model_config", "registry"],
+        "quantize": ["data", "export"], "tensorrt": ["data", "export"], "report": [],
+        # the version keeps the whole config; the run's name and id come from KFP
+        "promote": ["augment", "data", "evaluate_config", "export", "finetune_config",
+                    "head_config", "loss", "model_config", "registry", "run_id", "run_name"]}

@@ -110,7 +110,8 @@ def test_a_run_in_a_terminal_shows_step_lines_and_a_live_progress_bar(tmp_path):
     # kfp.local runs quantize and tensorrt (both after evaluate) in either order
     assert steps[:6] == ["fingerprint", "ingest", "preprocess", "train-head", "finetune",
                          "evaluate"], text[-3000:]
-    assert sorted(steps[6:8]) == ["quantize", "tensorrt"] and steps[8:] == ["report"], \
+    assert sorted(steps[6:8]) == ["quantize", "tensorrt"] and steps[8:] == ["report",
+                                                                        "promote"], \
         text[-3000:]
     assert re.search(r"\[#+-*\] [12]/3 finetune epoch, ETA \d+", text), text[-3000:]
     assert "   ...  finetune" in text and "\r\x1b[2K" in text

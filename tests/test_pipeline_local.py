@@ -38,7 +38,8 @@ def test_tiny_local_run_writes_every_artifact(capsys, tmp_path, digits_folder):
                                 "--workers", "2")
     assert "TEST ACCURACY" in out and "tensorrt: skipped" in out
     assert list(summary["steps"]) == ["fingerprint", "ingest", "preprocess", "train-head",
-                                      "finetune", "evaluate", "quantize", "tensorrt", "report"]
+                                      "finetune", "evaluate", "quantize", "tensorrt", "report",
+                                      "promote"]
     compiled = (tmp_path / "out" / "pipeline.yaml").read_text()
     assert "registry.example.com/ml/tlpipe-train:1.2.3" in compiled
     assert "nvidia-tesla-t4" in compiled

@@ -101,7 +101,7 @@ def test_each_setting_lands_on_the_right_step(tmp_path, monkeypatch):
     caching = {name: task.get("cachingOptions", {}).get("enableCache", False)
                for name, task in tasks.items() if name in COMPILED}
     assert caching == {**dict.fromkeys(COMPILED, True), "fingerprint": False,
-                       "evaluate": False}
+                       "evaluate": False, "promote": False}
 
 
 def test_without_settings_images_follow_the_package_version(tmp_path):

@@ -35,6 +35,8 @@ from components.core.evaluate import predict
 from components.core.evaluate.baseline import load_baseline
 from components.core.export.calibration import calibration_images
 from components.core.io import storage
+from components.core.registry import champion, models as registry_models
+from components.core.registry.store import open_store
 from components.core.train import backbones, backup, recipe, search
 
 log = logging.getLogger("tlpipe.stages")
@@ -300,26 +302,33 @@ def pick_trial(trial_dirs: list[str], model_dir: str, table_path: str) -> dict:
 @_stage("evaluate")
 def evaluate(model_dir: str, images_dir: str, dataset_dir: str, backbone_dir: str,
              head_dir: str, evaluation_dir: str, report_path: str, card_path: str, *,
-             config) -> dict:
-    """Test-split metrics with bootstrap intervals, the blessing decision (absolute rules and the
-    baseline model, if any, on the same images), and the evaluation record, HTML report and
-    model card. Returns the evaluation record without thumbnails."""
-    from components.core.evaluate import blessing, metrics as evaluation, report
-    from components.core.train import model as models
+             config, registry: dict | None = None) -> dict:
+    """Test-split metrics with bootstrap intervals, the blessing decision (absolute rules and a
+    baseline on the same images: evaluate.baseline_model if given, else the model registry's
+    production version, see `champion`), and the evaluation record, HTML report and model
+    card. Returns the evaluation record without thumbnails, plus "exportable": whether the
+    model is exported (blessed; against a registry's production model, the absolute rules
+    alone: a model that does not beat production is still exported, as a candidate)."""
+    from components.core.evaluate import blessing, report
 
-    judge = config.evaluate
+    judge, registry = config.evaluate, registry or {}
     meta = storage.read_json(os.path.join(images_dir, cache.META))
     classes = meta["classes"]
     images, labels = cache.read_arrays(images_dir, "test")
-    baseline_model = load_baseline(judge.baseline_model, classes) if judge.baseline_model else None
-    probabilities = models.load(os.path.join(model_dir, "model.keras")).predict(
-        images, batch_size=64, verbose=0)
-    baseline = None
-    if baseline_model is not None:
-        baseline = {"uri": judge.baseline_model, "metrics": evaluation.classification_metrics(
-            labels, baseline_model.predict(images, batch_size=64, verbose=0), classes)}
-    judged = blessing.judge(labels, probabilities, images, classes, judge, config.data.seed,
-                            baseline)
+    challenging = bool(registry.get("root")) and not judge.baseline_model
+    defending = champion.production(registry) if challenging else None
+    if judge.baseline_model:
+        baseline = _baseline_figures(judge.baseline_model, classes, images, labels)
+    elif defending and champion.comparable(defending, classes):
+        baseline = {**_baseline_figures(defending["uri"], classes, images, labels),
+                    "version": defending["version"]}
+    else:
+        baseline = None
+    judged = blessing.judge(labels, _probabilities(model_dir, images), images, classes, judge,
+                            config.data.seed, baseline)
+    if challenging:
+        judged["champion"] = champion.verdict(registry, defending, classes, judged)
+        log.info("champion/challenger: %s", judged["champion"]["text"])
     log.info("test accuracy %.4f on %d images; %s", judged["metrics"]["accuracy"], len(labels),
              judged["blessing_reason"])
     provenance = storage.read_json(os.path.join(backbone_dir, "provenance.json"))
@@ -334,7 +343,123 @@ def evaluate(model_dir: str, images_dir: str, dataset_dir: str, backbone_dir: st
     with storage.atomic_dir(evaluation_dir) as partial:
         storage.write_json(os.path.join(partial, report.EVALUATION), record)
     _write_report(record, report_path, card_path)
-    return {key: value for key, value in record.items() if key != "wrong"}
+    return {**{key: value for key, value in record.items() if key != "wrong"},
+            "exportable": judged["shippable"] if challenging else judged["blessed"]}
+
+
+def _probabilities(model_dir: str, images):
+    """The shipped model's class probabilities (N, C) for uint8 `images` (N, H, W, 3)."""
+    from components.core.train import model as models
+
+    return models.load(os.path.join(model_dir, "model.keras")).predict(
+        images, batch_size=64, verbose=0)
+
+
+def _baseline_figures(uri: str, classes: list[str], images, labels) -> dict:
+    """{"uri", "metrics"} of the baseline model at `uri` on the same test images."""
+    from components.core.evaluate import metrics as evaluation
+
+    model = load_baseline(uri, classes)
+    return {"uri": uri, "metrics": evaluation.classification_metrics(
+        labels, model.predict(images, batch_size=64, verbose=0), classes)}
+
+
+@_stage("promote")
+def promote(model_dir: str, evaluation_dir: str, tflite_dir: str, onnx_dir: str,
+            images_dir: str, card_path: str, verdict_path: str, *, config, registry: dict,
+            run: dict) -> dict:
+    """Registers the exported model as the next version of registry["model"] (the Keras model,
+    the SavedModel, the accepted TFLite/ONNX/TensorRT files with their gate results, the
+    evaluation, the model card, the data fingerprint and source, the config, `run`: the KFP
+    run's names) and moves production to it when `champion.decide` says so (a production that
+    moved meanwhile is scored again on this run's test split). Writes the verdict as Markdown
+    to `verdict_path`; returns {"version", "promoted", "reason", "production"}, or
+    {"version": 0, "promoted": False, "reason"} without a registry."""
+    from components import __version__
+    from components.core.evaluate import blessing, metrics as evaluation
+
+    if not registry.get("root"):
+        reason = ("no model registry: set model_registry.root in the settings (or pass "
+                  "--registry) to keep versions and a production model")
+        storage.write_text(verdict_path, f"# Promotion\n\nSkipped: {reason}.\n")
+        return {"version": 0, "promoted": False, "reason": reason, "production": None}
+    store = open_store(registry["root"])
+    name = registry_models.check_model_name(registry["model"])
+    record = storage.read_json(os.path.join(evaluation_dir, "evaluation.json"))
+    with tempfile.TemporaryDirectory(prefix="tlpipe-version-") as folder:
+        files = _version_files(model_dir, tflite_dir, onnx_dir, card_path, folder)
+        storage.write_json(os.path.join(folder, "config.json"), config.to_dict())
+        shutil.copyfile(os.path.join(evaluation_dir, "evaluation.json"),
+                        os.path.join(folder, "evaluation.json"))
+        number = registry_models.register(store, name, folder, {
+            "classes": record["classes"], "test_accuracy": record["metrics"]["accuracy"],
+            "macro_f1": record["metrics"]["macro_f1"],
+            "test_examples": record["metrics"]["examples"], "blessed": record["blessed"],
+            "blessing_reason": record["blessing_reason"], "champion": record.get("champion"),
+            "data": {key: record["data"].get(key) for key in ("fingerprint", "source",
+                                                             "counts")},
+            "backbone": record["model"]["backbone"], "run": run, "tlpipe": __version__,
+            "files": sorted(files + ["config.json", "evaluation.json"])})
+    by = run.get("name") or "a pipeline run"
+    registry_models.log_event(store, name, number, "registered", record["blessing_reason"], by)
+
+    def rescore(current: int) -> tuple[bool, str]:
+        defending = champion.production(registry, current)
+        if not champion.comparable(defending, record["classes"]):
+            return False, f"production version {current} classifies other classes"
+        images, labels = cache.read_arrays(images_dir, "test")
+        baseline = evaluation.classification_metrics(
+            labels, load_baseline(defending["uri"], record["classes"]).predict(
+                images, batch_size=64, verbose=0), record["classes"])
+        blessed, checks = blessing.bless(record["metrics"], config.evaluate, baseline)
+        return blessed, champion.against(blessed, checks)
+
+    outcome = registry_models.promote_candidate(
+        store, name, number, lambda current: champion.decide(record, registry, current,
+                                                             rescore), by)
+    verdict = (f"version {number} of {name} " + ("is now in production" if outcome["promoted"]
+               else f"is a candidate; production stays version {outcome['production']}"))
+    log.info("%s: %s", verdict, outcome["reason"])
+    storage.write_text(verdict_path, f"# Promotion\n\n**{verdict[0].upper()}{verdict[1:]}**"
+                       f"\n\nWhy: {outcome['reason']}\n\nRegistry: `{registry['root']}`\n")
+    return {"version": number, **outcome}
+
+
+def _version_files(model_dir: str, tflite_dir: str, onnx_dir: str, card_path: str,
+                   folder: str) -> list[str]:
+    """Copies what a registry version ships into `folder`: model.keras, labels.txt,
+    finetune.json, the SavedModel, every TFLite and ONNX file the gate accepted with the gate
+    results (quantization.json, tensorrt.json), a built TensorRT engine, the model card.
+    Returns the names copied (the SavedModel as "saved_model/")."""
+    copied = []
+
+    def copy(source_dir: str, name: str, as_name: str = "") -> None:
+        source = os.path.join(source_dir, name)
+        if os.path.isdir(source):
+            shutil.copytree(source, os.path.join(folder, name))
+            copied.append(name + "/")
+        elif os.path.isfile(source):
+            shutil.copyfile(source, os.path.join(folder, as_name or name))
+            copied.append(as_name or name)
+
+    for name in ("model.keras", "labels.txt", "finetune.json"):
+        copy(model_dir, name)
+    quantized = storage.read_json(os.path.join(tflite_dir, "quantization.json"))
+    copy(tflite_dir, "saved_model")
+    copy(tflite_dir, "quantization.json")
+    for figures in quantized["variants"].values():
+        if figures.get("status") != "rejected":
+            copy(tflite_dir, figures["file"])
+    converted = storage.read_json(os.path.join(onnx_dir, "tensorrt.json"))
+    copy(onnx_dir, "tensorrt.json")
+    for figures in converted.values():
+        if isinstance(figures, dict) and figures.get("file") and figures.get(
+                "status") == "accepted":
+            copy(onnx_dir, figures["file"])
+    if converted["tensorrt"]["status"] == "built":
+        copy(onnx_dir, "model.engine")
+    copy(os.path.dirname(card_path), os.path.basename(card_path), "model_card.md")
+    return copied
 
 
 @_stage("report")

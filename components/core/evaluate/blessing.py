@@ -11,6 +11,8 @@ from components.core.evaluate.charts import thumbnail
 from components.core.evaluate.metrics import (bootstrap_intervals, classification_metrics,
                                               most_confidently_wrong, roc_curve)
 
+ABSOLUTE_RULES = ("min_accuracy", "min_class_recall")  # the rest compare with a baseline
+
 
 def bless(candidate: dict, evaluate_config, baseline: dict | None = None) -> tuple[bool, list]:
     """TFX-Evaluator-style blessing of `candidate` metrics (from classification_metrics).
@@ -60,7 +62,8 @@ def blessing_reason(blessed: bool, checks: list) -> str:
 def judge(labels: np.ndarray, probabilities: np.ndarray, images: np.ndarray, classes: list[str],
           evaluate_config, seed: int, baseline: dict | None = None) -> dict:
     """The judged part of an evaluation record: "metrics" (classification_metrics), bootstrap
-    "intervals" (evaluate.bootstrap_samples resamples from `seed`), "blessed", "checks",
+    "intervals" (evaluate.bootstrap_samples resamples from `seed`), "blessed", "shippable"
+    (the absolute rules alone passed: exportable whatever a baseline says), "checks",
     "blessing_reason", "baseline" (as given: {"uri", "metrics"} or None), "roc" (two classes
     only) and the evaluate.wrong_examples most confidently "wrong" images with thumbnails.
     labels (N,) int; probabilities (N, C); images uint8 (N, H, W, 3)."""
@@ -72,7 +75,9 @@ def judge(labels: np.ndarray, probabilities: np.ndarray, images: np.ndarray, cla
     return {
         "metrics": metrics,
         "intervals": {**intervals, "samples": evaluate_config.bootstrap_samples},
-        "blessed": blessed, "checks": checks, "blessing_reason": blessing_reason(blessed, checks),
+        "blessed": blessed, "checks": checks,
+        "shippable": all(c["passed"] for c in checks if c["rule"] in ABSOLUTE_RULES),
+        "blessing_reason": blessing_reason(blessed, checks),
         "baseline": baseline,
         "roc": roc_curve(probabilities[:, 1], labels == 1) if len(classes) == 2 else None,
         "wrong": [{"index": i, "true": classes[labels[i]],

@@ -15,7 +15,7 @@ def render_model_card(evaluation: dict) -> str:
                "random": "RANDOM initialisation: nothing was transferred; the whole network "
                          "was trained on this data only"}
     return templates().get_template("card.md.j2").render(
-        **{"baseline": None, "intervals": {}, **evaluation},
+        **{"baseline": None, "champion": None, "intervals": {}, **evaluation},
         weights=weights.get(evaluation["model"]["weights"], evaluation["model"]["weights"]),
         splits=[(split, data["counts"][split]) for split in SPLITS if split in data["counts"]],
         skipped=data.get("skipped", []), converted=data.get("converted", []),
@@ -28,6 +28,8 @@ def summary_text(evaluation: dict) -> str:
     metrics, intervals = evaluation["metrics"], evaluation.get("intervals", {})
     lines = [f"{'BLESSED' if evaluation['blessed'] else 'NOT BLESSED'}: "
              f"{evaluation['blessing_reason']}",
+             *([f"champion/challenger: {evaluation['champion']['text']}"]
+               if evaluation.get("champion") else []),
              f"test accuracy {percent(metrics['accuracy'])} (95% CI "
              f"{interval(intervals.get('accuracy'))}) on {metrics['examples']} images; macro "
              f"F1 {metrics['macro_f1']:.3f}; log loss {metrics['log_loss']:.3f}; ECE "

@@ -97,7 +97,8 @@ def render_html(evaluation: dict) -> str:
     confusion = [(name, [(count, count / max(sum(counts), 1)) for count in counts])
                  for name, counts in zip(evaluation["classes"], metrics["confusion_matrix"])]
     return templates().get_template("report.html.j2").render(
-        **{"wrong": [], "baseline": None, **evaluation}, tiles=tiles, confusion=confusion,
+        **{"wrong": [], "baseline": None, "champion": None, **evaluation}, tiles=tiles,
+        confusion=confusion,
         curves=Markup(_curves(evaluation.get("training", {}))),
         reliability=Markup(reliability_chart(metrics["reliability"])),
         formats=formats_rows(evaluation) if evaluation.get("exports") else [])

@@ -67,7 +67,7 @@ def main(argv=None) -> int:
 
     from components.core.data import cache
     from components.core.export import tflite
-    from components.core.export.calibration import calibration_sample
+    from components.core.export.calibration import calibration_indices
     from components.core.train import model as models
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -94,14 +94,14 @@ def main(argv=None) -> int:
         saved_model = os.path.join(scratch, "saved_model")
         tflite.export_saved_model(model, saved_model)
         path = os.path.join(scratch, "model.tflite")
-        default = calibration_sample(train_images, train_labels, 200, args.seed)
+        default = train_images[calibration_indices(train_labels, 200, args.seed)]
         for variant in ("fp16", "dynamic_int8", "int8", "int16x8"):
             with open(path, "wb") as handle:
                 handle.write(tflite.tflite_bytes(saved_model, variant, default))
             lines.append(f"| {variant} (200 calibration images) | "
                          f"{figures(path, images, labels, reference)} |")
         for count in args.calibration:
-            sample = calibration_sample(train_images, train_labels, count, args.seed)
+            sample = train_images[calibration_indices(train_labels, count, args.seed)]
             with open(path, "wb") as handle:
                 handle.write(tflite.tflite_bytes(saved_model, "int8", sample))
             lines.append(f"| int8, {len(sample)} calibration images | "

@@ -139,3 +139,24 @@ def test_preprocess_with_random_weights_is_the_same_for_the_same_seed(dataset, t
 ])
 def test_a_last_batch_smaller_than_the_replicas_is_dropped(images, batch, replicas, expected):
     assert cache.batches_per_epoch(images, batch, replicas) == expected
+
+
+def test_a_split_read_from_disk_behaves_like_the_array_it_stays_out_of_memory_as(tmp_path):
+    from tests.conftest import write_image_cache
+
+    rng = np.random.default_rng(1)
+    images = rng.integers(0, 255, (300, 4, 4, 3), dtype=np.uint8)
+    labels = np.arange(300) % 3
+    folder = write_image_cache(tmp_path / "images", {"train": (images[:5], labels[:5]),
+                                                     "test": (images, labels)})
+    split = cache.SplitImages(folder, "test", batch_size=64)
+    assert len(split) == 300 and split.shape == (300, 4, 4, 3)
+    assert (split.labels == labels).all()
+    assert np.array_equal(np.concatenate(list(split.batches())), images)
+    assert np.array_equal(np.stack(list(split)), images)
+    assert np.array_equal(split[7], images[7]) and np.array_equal(split[:3], images[:3])
+    wanted = [299, 5, 5, 130]  # any order, repeats, across batches
+    assert np.array_equal(split[wanted], images[wanted])
+    assert split[[]].shape == (0, 4, 4, 3)
+    with pytest.raises(IndexError, match="out of range for 300 test images"):
+        split[[300]]

@@ -1,6 +1,8 @@
 """Every exported format takes the same raw uint8 images and agrees with the Keras model."""
 
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -10,6 +12,9 @@ from components.core.config.schema import PipelineConfig
 from components.core.export import calibration as calibrating, measure, onnx as onnx_export, tflite
 from components.core.train import (backbones, finetune as finetuning, head as head_training,
                                    model as models)
+from tests.conftest import write_image_cache
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +57,7 @@ def test_tflite_variants_agree_with_keras_on_raw_images(trained, variant):
     classifier, folder, test_images, test_labels, train_images, train_labels = trained
     reference = classifier.predict(test_images, verbose=0)
     assert np.mean(reference.argmax(1) == test_labels) > 0.7  # far above chance (1/3)
-    calibration = calibrating.calibration_sample(train_images, train_labels, 200, seed=0)
+    calibration = train_images[calibrating.calibration_indices(train_labels, 200, seed=0)]
     path = str(folder / f"{variant}.tflite")
     with open(path, "wb") as handle:
         handle.write(tflite.tflite_bytes(str(folder / "saved_model"), variant, calibration))
@@ -72,7 +77,7 @@ def test_full_integer_model_takes_raw_uint8_and_is_smallest(trained):
     _, folder, _, _, train_images, train_labels = trained
     from ai_edge_litert.interpreter import Interpreter
 
-    sample = calibrating.calibration_sample(train_images, train_labels, 30, seed=0)
+    sample = train_images[calibrating.calibration_indices(train_labels, 30, seed=0)]
     path = str(folder / "int8_check.tflite")
     with open(path, "wb") as handle:
         handle.write(tflite.tflite_bytes(str(folder / "saved_model"), "int8", sample))
@@ -89,7 +94,7 @@ def test_int8_input_model_takes_shifted_pixels_and_agrees_with_keras(trained):
 
     float_input = str(folder / "float_input")
     tflite.export_float_input_saved_model(classifier, float_input)
-    sample = calibrating.calibration_sample(train_images, train_labels, 200, seed=0)
+    sample = train_images[calibrating.calibration_indices(train_labels, 200, seed=0)]
     path = str(folder / "int8_input.tflite")
     with open(path, "wb") as handle:
         handle.write(tflite.tflite_bytes(float_input, "int8", sample, int8_input=True))
@@ -129,7 +134,7 @@ def onnx_variants(trained, tmp_path_factory):
     paths = {name: str(folder / f"{name}.onnx") for name in ("float", "folded", "fp16", "int8")}
     onnx_export.export_onnx(classifier, paths["float"])
     onnx_precision.fold_constants(paths["float"], paths["folded"])
-    calibration = calibrating.calibration_sample(train_images, train_labels, 200, seed=0)
+    calibration = train_images[calibrating.calibration_indices(train_labels, 200, seed=0)]
     for variant in onnx_precision.VARIANTS:
         onnx_precision.convert(variant, paths["folded"], paths[variant], calibration)
     return paths
@@ -280,7 +285,7 @@ def test_tensorrt_engines_classify_like_keras(trained, tmp_path):
     float_path, folded = str(tmp_path / "model.onnx"), str(tmp_path / "folded.onnx")
     onnx_export.export_onnx(classifier, float_path)
     onnx_precision.fold_constants(float_path, folded)
-    calibration = calibrating.calibration_sample(train_images, train_labels, 64, seed=0)
+    calibration = train_images[calibrating.calibration_indices(train_labels, 64, seed=0)]
     sources = {"fp32": float_path}
     for variant in onnx_precision.VARIANTS:
         sources[variant] = str(tmp_path / f"model_{variant}.onnx")
@@ -299,10 +304,10 @@ def test_tensorrt_engines_classify_like_keras(trained, tmp_path):
 def test_calibration_sample_is_class_stratified():
     labels = np.array([0] * 90 + [1] * 10)
     images = np.arange(100)[:, None]
-    sample = calibrating.calibration_sample(images, labels, 20, seed=0)[:, 0]
+    sample = images[calibrating.calibration_indices(labels, 20, seed=0)][:, 0]
     assert len(set(sample)) == 20
     assert (labels[sample] == 1).sum() == 10  # the rare class is fully represented
-    assert calibrating.calibration_sample(images, labels, 500, seed=0).shape[0] == 100
+    assert images[calibrating.calibration_indices(labels, 500, seed=0)].shape[0] == 100
 
 
 def test_unknown_variant_is_an_error(trained):
@@ -310,17 +315,59 @@ def test_unknown_variant_is_an_error(trained):
         tflite.tflite_bytes(str(trained[1] / "saved_model"), "int4", np.zeros((1, 32, 32, 3)))
 
 
-def test_calibration_images_come_from_the_training_split_only(monkeypatch):
-    from components.core.data import cache
-
+def test_calibration_images_come_from_the_training_split_only(tmp_path):
     splits = {name: (np.full((12, 2, 2, 3), value, np.uint8), np.arange(12) % 3)
               for value, name in enumerate(("train", "val", "test"))}
-    read = []
-    monkeypatch.setattr(cache, "read_arrays",
-                        lambda directory, split: read.append(split) or splits[split])
+    folder = write_image_cache(tmp_path / "images", splits)
     config = PipelineConfig.from_dict({"export": {"calibration_samples": 6}})
-    images = calibrating.calibration_images("images", config)
-    assert read == ["train"] and images.shape == (6, 2, 2, 3) and (images == 0).all()
+    images = calibrating.calibration_images(folder, config)
+    assert images.shape == (6, 2, 2, 3) and (images == 0).all()
+
+
+MEMORY_PROBE = """
+import sys
+from components.core.config.schema import PipelineConfig
+from components.core.data import cache
+from components.core.export import calibration
+
+def status(field):  # kB, of this process's own address space (not inherited over fork/exec)
+    with open("/proc/self/status") as lines:
+        return next(int(line.split()[1]) for line in lines if line.startswith(field + ":"))
+
+folder, how = sys.argv[1:3]
+for batch in cache.SplitImages(folder, "train").batches():  # TensorFlow's own buffers warm
+    pass
+with open("/proc/self/clear_refs", "w") as clear:
+    clear.write("5")  # the peak (VmHWM) starts again from now
+before = status("VmRSS")
+if how == "calibration":
+    images = calibration.calibration_images(folder, PipelineConfig.from_dict(
+        {"export": {"calibration_samples": 200}}))
+else:
+    images, _ = cache.read_arrays(folder, "train")
+print((status("VmHWM") - before) * 1024)
+"""
+
+
+def test_calibration_reads_its_sample_without_holding_the_split(tmp_path):
+    """Peak memory of drawing 200 calibration images (10 MB) from a 390 MB training split stays
+    far below the split's size; loading the split, measured the same way, does not."""
+    rng = np.random.default_rng(0)
+    train = rng.integers(0, 255, (8000, 128, 128, 3), dtype=np.uint8)
+    labels = np.arange(8000) % 3
+    folder = write_image_cache(tmp_path / "images", {"train": (train, labels),
+                                                     "test": (train[:3], labels[:3])})
+    split_bytes = train.nbytes
+    del train
+
+    def growth(how):
+        done = subprocess.run([sys.executable, "-c", MEMORY_PROBE, folder, how], cwd=ROOT,
+                              capture_output=True, text=True, check=True,
+                              env={**os.environ, "PYTHONPATH": ROOT})
+        return int(done.stdout.split()[-1])
+
+    assert growth("read_arrays") > split_bytes  # the probe sees a split held whole
+    assert growth("calibration") < split_bytes / 4  # measured: 10 MB of images + batches
 
 
 def test_a_mirror_averaged_model_is_mirror_invariant_in_every_format(trained, tmp_path):
@@ -338,7 +385,7 @@ def test_a_mirror_averaged_model_is_mirror_invariant_in_every_format(trained, tm
     np.testing.assert_allclose(loaded.predict(mirrored, verbose=0), reference, atol=1e-5)
     assert not np.allclose(classifier.predict(images, verbose=0), reference, atol=1e-3)
     tflite.export_saved_model(loaded, str(tmp_path / "saved_model"))
-    calibration = calibrating.calibration_sample(train_images, train_labels, 200, seed=0)
+    calibration = train_images[calibrating.calibration_indices(train_labels, 200, seed=0)]
     for variant in ("float32", "int8"):
         path = str(tmp_path / f"{variant}.tflite")
         with open(path, "wb") as handle:

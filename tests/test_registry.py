@@ -222,3 +222,50 @@ def test_the_verdict_names_the_comparison_with_production():
                                           ("/", "model")])
 def test_model_names_come_from_the_source(source, name):
     assert models.default_model_name(source) == name
+
+
+def cli(capsys, *args):
+    from pipelines.cli import main
+
+    code = main([str(arg) for arg in args])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_models_commands_name_what_is_wrong_in_one_line(capsys, tmp_path):
+    root = tmp_path / "registry"
+    code, _, err = cli(capsys, "models", "list", "--registry", root)
+    assert code == 2 and err.strip() == (f"tlpipe: error: {root} holds no model yet: a run that "
+                                         f"exports a model registers it (or pass another "
+                                         f"--registry)")
+    store = open_store(str(root))
+    models.register(store, "ants", version_folder(tmp_path), {"test_accuracy": 0.9, "data": {"fingerprint": "f1"}})
+    code, _, err = cli(capsys, "models", "rollback", "--registry", root)
+    assert code == 2 and "ants has no production version yet: nothing to roll back" in err
+    code, _, err = cli(capsys, "models", "show", "4", "--registry", root)
+    assert code == 2 and "ants has no version 4; its versions are 1" in err
+    code, _, err = cli(capsys, "models", "promote", "1", "--registry", root, "--model", "bees")
+    assert code == 2 and "has no model 'bees'; its models are ants" in err
+    models.register(store, "bees", version_folder(tmp_path), {"test_accuracy": 0.8, "data": {"fingerprint": "f2"}})
+    code, _, err = cli(capsys, "models", "list", "--registry", root)
+    assert code == 2 and "holds models ants, bees; name one with --model" in err
+    code, out, _ = cli(capsys, "models", "promote", "1", "--registry", root, "--model", "bees")
+    assert code == 0 and "bees: production is version 1" in out
+    code, out, _ = cli(capsys, "models", "list", "--registry", root, "--model", "bees")
+    assert code == 0 and "production is version 1" in out and "promoted by hand" in out
+
+
+def test_a_registry_bucket_that_does_not_exist_is_one_line(capsys, gcs):
+    code, _, err = cli(capsys, "models", "list", "--registry", "gs://no-such-bucket/models")
+    assert code == 2 and "the model registry's bucket gs://no-such-bucket does not exist" in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_a_run_refuses_a_registry_it_cannot_write_before_any_work(capsys, tmp_path,
+                                                                   digits_folder):
+    blocked = tmp_path / "file"
+    blocked.write_text("not a folder")
+    code, out, err = cli(capsys, "run", "--data", digits_folder, "--output", tmp_path / "out",
+                         "--registry", blocked / "registry")
+    assert code == 2 and f"--registry {blocked / 'registry'}: {blocked} is a file" in err
+    assert not (tmp_path / "out").exists()

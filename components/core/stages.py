@@ -314,7 +314,8 @@ def evaluate(model_dir: str, images_dir: str, dataset_dir: str, backbone_dir: st
     judge, registry = config.evaluate, registry or {}
     meta = storage.read_json(os.path.join(images_dir, cache.META))
     classes = meta["classes"]
-    images, labels = cache.read_arrays(images_dir, "test")
+    images = cache.SplitImages(images_dir, "test")  # read in batches, never held whole
+    labels = images.labels
     challenging = bool(registry.get("root")) and not judge.baseline_model
     defending = champion.production(registry) if challenging else None
     if judge.baseline_model:
@@ -351,17 +352,24 @@ def _probabilities(model_dir: str, images):
     """The shipped model's class probabilities (N, C) for uint8 `images` (N, H, W, 3)."""
     from components.core.train import model as models
 
-    return models.load(os.path.join(model_dir, "model.keras")).predict(
-        images, batch_size=64, verbose=0)
+    return _predict(models.load(os.path.join(model_dir, "model.keras")), images)
+
+
+def _predict(model, images):
+    """A Keras model's probabilities (N, C) for `images` (an array or a cache.SplitImages),
+    read and classified a batch at a time."""
+    from components.core.export import measure
+
+    return measure.in_batches(lambda batch: model.predict(batch, batch_size=64, verbose=0),
+                              images)
 
 
 def _baseline_figures(uri: str, classes: list[str], images, labels) -> dict:
     """{"uri", "metrics"} of the baseline model at `uri` on the same test images."""
     from components.core.evaluate import metrics as evaluation
 
-    model = load_baseline(uri, classes)
     return {"uri": uri, "metrics": evaluation.classification_metrics(
-        labels, model.predict(images, batch_size=64, verbose=0), classes)}
+        labels, _predict(load_baseline(uri, classes), images), classes)}
 
 
 @_stage("promote")
@@ -376,7 +384,7 @@ def promote(model_dir: str, evaluation_dir: str, tflite_dir: str, onnx_dir: str,
     to `verdict_path`; returns {"version", "promoted", "reason", "production"}, or
     {"version": 0, "promoted": False, "reason"} without a registry."""
     from components import __version__
-    from components.core.evaluate import blessing, metrics as evaluation
+    from components.core.evaluate import blessing
 
     if not registry.get("root"):
         reason = ("no model registry: set model_registry.root in the settings (or pass "
@@ -407,10 +415,9 @@ def promote(model_dir: str, evaluation_dir: str, tflite_dir: str, onnx_dir: str,
         defending = champion.production(registry, current)
         if not champion.comparable(defending, record["classes"]):
             return False, f"production version {current} classifies other classes"
-        images, labels = cache.read_arrays(images_dir, "test")
-        baseline = evaluation.classification_metrics(
-            labels, load_baseline(defending["uri"], record["classes"]).predict(
-                images, batch_size=64, verbose=0), record["classes"])
+        images = cache.SplitImages(images_dir, "test")
+        baseline = _baseline_figures(defending["uri"], record["classes"], images,
+                                     images.labels)["metrics"]
         blessed, checks = blessing.bless(record["metrics"], config.evaluate, baseline)
         return blessed, champion.against(blessed, checks)
 
@@ -491,9 +498,10 @@ def quantize(model_dir: str, images_dir: str, tflite_dir: str, *, config) -> dic
 
     shipping = config.export
     model = models.load(os.path.join(model_dir, "model.keras"))
-    test_images, test_labels = cache.read_arrays(images_dir, "test")
+    test_images = cache.SplitImages(images_dir, "test")  # read in batches, never held whole
+    test_labels = test_images.labels
     calibration = calibration_images(images_dir, config)
-    reference = model.predict(test_images, batch_size=64, verbose=0)
+    reference = _predict(model, test_images)
     float_accuracy = measure.accuracy(reference, test_labels)
     compiled = scoring.inference(model)  # as served: a graph, not eager calls
     _, keras_latency = measure.timed(lambda image: compiled(image[None])[0].numpy(),
@@ -535,9 +543,10 @@ def tensorrt(model_dir: str, images_dir: str, onnx_dir: str, *, config) -> dict:
 
     shipping = config.export
     model = models.load(os.path.join(model_dir, "model.keras"))
-    images, labels = cache.read_arrays(images_dir, "test")
+    images = cache.SplitImages(images_dir, "test")  # read in batches, never held whole
+    labels = images.labels
     meta = storage.read_json(os.path.join(images_dir, cache.META))
-    reference = model.predict(images, batch_size=64, verbose=0)  # also builds the loaded model
+    reference = _predict(model, images)  # also builds the loaded model
     calibration = (calibration_images(images_dir, config) if "int8" in shipping.onnx_variants
                    else None)
     with storage.atomic_dir(onnx_dir) as partial:

@@ -154,6 +154,79 @@ def read_resized(images_dir: str, split: str):
         parse, num_parallel_calls=tf.data.AUTOTUNE)
 
 
+def read_labels(images_dir: str, split: str) -> np.ndarray:
+    """One split's labels, int64 (N,), in cache order; the pixels are not decoded."""
+    import tensorflow as tf
+
+    spec = {"label": tf.io.FixedLenFeature([], tf.int64)}
+    records = tf.data.TFRecordDataset(os.path.join(images_dir, f"{split}.tfrecord"))
+    # records hold their pixels: parsed 256 at a time, only the labels kept
+    batches = records.batch(256).map(lambda batch: tf.io.parse_example(batch, spec)["label"])
+    found = [labels for labels in batches.as_numpy_iterator()]
+    return np.concatenate(found) if found else np.zeros(0, np.int64)
+
+
+class SplitImages:
+    """One split of the resized cache as a read-only array of uint8 images (N, S, S, 3) that
+    stays on disk: iterating, `batches` and indexing read the file in batches of
+    `batch_size` images (default 128) each time, so memory holds one batch, the labels (N,)
+    and what an index asks for; never the split. Indexing takes an int, a slice or an array
+    of indices (one pass over the file, stopping after the last one asked for)."""
+
+    def __init__(self, images_dir: str, split: str, batch_size: int = 128):
+        self.images_dir, self.split, self.batch_size = images_dir, split, batch_size
+        size = storage.read_json(os.path.join(images_dir, META))["image_size"]
+        self.labels = read_labels(images_dir, split)
+        self.shape = (len(self.labels), size, size, 3)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def batches(self, batch_size: int | None = None):
+        """uint8 (B, S, S, 3) numpy batches, in cache order. Records are parsed a batch at a
+        time in this thread with one batch read ahead: no tf.data autotuning, whose buffers
+        (up to half the machine's memory) would grow with the consumer's slowness."""
+        import tensorflow as tf
+
+        size = self.shape[1]
+        spec = {"pixels": tf.io.FixedLenFeature([], tf.string)}
+
+        def parse(records):
+            pixels = tf.io.decode_raw(tf.io.parse_example(records, spec)["pixels"], tf.uint8)
+            return tf.reshape(pixels, (-1, size, size, 3))
+
+        records = tf.data.TFRecordDataset(os.path.join(self.images_dir,
+                                                       f"{self.split}.tfrecord"))
+        yield from records.batch(batch_size or self.batch_size).map(parse).prefetch(1) \
+            .as_numpy_iterator()
+
+    def __iter__(self):
+        for batch in self.batches():
+            yield from batch
+
+    def __getitem__(self, index):
+        if isinstance(index, (int, np.integer)):
+            return self[[int(index)]][0]
+        if isinstance(index, slice):
+            index = range(*index.indices(len(self)))
+        wanted = np.asarray(index, dtype=np.int64).reshape(-1)
+        if len(wanted) == 0:
+            return np.zeros((0, *self.shape[1:]), np.uint8)
+        if wanted.min() < 0 or wanted.max() >= len(self):
+            raise IndexError(f"index out of range for {len(self)} {self.split} images")
+        found, offset, last = {}, 0, int(wanted.max())
+        needed = set(wanted.tolist())
+        for batch in self.batches():
+            for position in range(offset, offset + len(batch)):
+                if position in needed:
+                    # a copy, not a view that would keep the whole batch alive
+                    found[position] = batch[position - offset].copy()
+            offset += len(batch)
+            if offset > last:
+                break
+        return np.stack([found[position] for position in wanted.tolist()])
+
+
 def read_arrays(images_dir: str, split: str) -> tuple[np.ndarray, np.ndarray]:
     """One split as numpy (images uint8 (N, S, S, 3), labels int64 (N,))."""
     images, labels = [], []

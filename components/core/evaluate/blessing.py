@@ -66,12 +66,14 @@ def judge(labels: np.ndarray, probabilities: np.ndarray, images: np.ndarray, cla
     (the absolute rules alone passed: exportable whatever a baseline says), "checks",
     "blessing_reason", "baseline" (as given: {"uri", "metrics"} or None), "roc" (two classes
     only) and the evaluate.wrong_examples most confidently "wrong" images with thumbnails.
-    labels (N,) int; probabilities (N, C); images uint8 (N, H, W, 3)."""
+    labels (N,) int; probabilities (N, C); images uint8 (N, H, W, 3): an array or a
+    cache.SplitImages (only the wrong ones are read)."""
     metrics = classification_metrics(labels, probabilities, classes)
     blessed, checks = bless(metrics, evaluate_config, baseline and baseline["metrics"])
     intervals = bootstrap_intervals(labels, probabilities, evaluate_config.bootstrap_samples,
                                     seed=seed)
     wrong = most_confidently_wrong(labels, probabilities, evaluate_config.wrong_examples)
+    pictures = images[np.asarray(wrong, dtype=np.int64)]  # one read of a cache.SplitImages
     return {
         "metrics": metrics,
         "intervals": {**intervals, "samples": evaluate_config.bootstrap_samples},
@@ -83,4 +85,4 @@ def judge(labels: np.ndarray, probabilities: np.ndarray, images: np.ndarray, cla
         "wrong": [{"index": i, "true": classes[labels[i]],
                    "predicted": classes[int(probabilities[i].argmax())],
                    "confidence": float(probabilities[i].max()),
-                   "thumbnail": thumbnail(images[i])} for i in wrong]}
+                   "thumbnail": thumbnail(picture)} for i, picture in zip(wrong, pictures)]}

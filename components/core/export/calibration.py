@@ -1,5 +1,6 @@
 """Calibration images for full-integer quantization (TFLite INT8, ONNX Q/DQ INT8): a
-class-stratified sample of the training split, never val or test.
+class-stratified sample of the training split, never val or test, drawn by index from the labels
+and read without loading the split.
 """
 
 from __future__ import annotations
@@ -9,18 +10,19 @@ import numpy as np
 from components.core.data import cache
 
 
-def calibration_sample(images: np.ndarray, labels: np.ndarray, count: int,
-                       seed: int) -> np.ndarray:
-    """Up to `count` images drawn evenly across classes (round-robin over shuffled classes)."""
+def calibration_indices(labels: np.ndarray, count: int, seed: int) -> np.ndarray:
+    """Up to `count` indices into `labels` (N,) drawn evenly across classes (round-robin over
+    each class's members in a seeded random order)."""
     rng = np.random.default_rng(seed)
     per_class = [rng.permutation(np.flatnonzero(labels == label)) for label in np.unique(labels)]
-    order = [members[i] for i in range(max(map(len, per_class)))
+    order = [members[i] for i in range(max(map(len, per_class), default=0))
              for members in per_class if i < len(members)]
-    return images[np.array(order[:count], dtype=np.int64)]
+    return np.array(order[:count], dtype=np.int64)
 
 
 def calibration_images(images_dir: str, config) -> np.ndarray:
-    """export.calibration_samples class-stratified training images (never val or test)."""
-    train_images, train_labels = cache.read_arrays(images_dir, "train")
-    return calibration_sample(train_images, train_labels,
-                              config.export.calibration_samples, config.data.seed)
+    """export.calibration_samples class-stratified training images (never val or test), uint8
+    (K, S, S, 3): memory for those K images, whatever the split's size."""
+    train = cache.SplitImages(images_dir, "train")
+    return train[calibration_indices(train.labels, config.export.calibration_samples,
+                                     config.data.seed)]

@@ -4,6 +4,7 @@ Keras model, batch-1 and batch-32 latency.
 
 from __future__ import annotations
 
+import itertools
 import time
 
 import numpy as np
@@ -84,12 +85,15 @@ def latency_summary(latencies_ms: np.ndarray) -> dict:
             "latency_ms_p90": float(np.percentile(latencies_ms, 90))}
 
 
-def timed(classify_one, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Runs `classify_one` (uint8 image (H, W, 3) -> probabilities (C,)) on each image after one
-    warm-up call on the first. Returns (probabilities (N, C), latency per image in ms (N,))."""
-    classify_one(images[0])
+def timed(classify_one, images) -> tuple[np.ndarray, np.ndarray]:
+    """Runs `classify_one` (uint8 image (H, W, 3) -> probabilities (C,)) on each image of
+    `images` (an array or any iterable of images, e.g. a cache.SplitImages) after one warm-up
+    call on the first. Returns (probabilities (N, C), latency per image in ms (N,))."""
+    remaining = iter(images)
+    first = next(remaining)
+    classify_one(first)
     outputs, latencies = [], []
-    for image in images:
+    for image in itertools.chain([first], remaining):
         started = time.perf_counter()
         outputs.append(classify_one(image))
         latencies.append((time.perf_counter() - started) * 1000)
@@ -100,7 +104,8 @@ def batch_latency(classify, images: np.ndarray, batch_size: int = 32, repeats: i
     """Median wall time in milliseconds of `classify` (uint8 images (N, H, W, 3) -> (N, C)) on
     one batch of `batch_size` images (the first ones, repeated if there are fewer), over
     `repeats` runs after one warm-up run."""
-    batch = np.ascontiguousarray(np.resize(images, (batch_size, *images.shape[1:])))
+    batch = np.ascontiguousarray(np.resize(images[:batch_size],
+                                           (batch_size, *images.shape[1:])))
     classify(batch)
     times = []
     for _ in range(repeats):
@@ -120,16 +125,28 @@ def agreement(reference: np.ndarray, candidate: np.ndarray) -> dict:
 KERAS_TIMED_IMAGES = 50  # the Keras model's latency: its median over the first 50 is enough
 
 
-def runtime_figures(classify, images: np.ndarray, labels: np.ndarray, reference: np.ndarray,
+def runtime_figures(classify, images, labels: np.ndarray, reference: np.ndarray,
                     **facts) -> dict:
     """Test accuracy, agreement with the Keras `reference`, batch-1 latency (median, p90) and
-    batch-32 latency (median) of `classify` (uint8 images (N, H, W, 3) -> probabilities (N, C)),
-    merged with `facts`."""
-    probabilities = classify(images)
+    batch-32 latency (median) of `classify` (uint8 images (B, H, W, 3) -> probabilities (B, C))
+    on `images` (N, H, W, 3: an array or a cache.SplitImages, read in batches), merged with
+    `facts`."""
+    probabilities = in_batches(classify, images)
     _, latency = timed(lambda image: classify(image[None])[0], images)
     return {**facts, "test_accuracy": accuracy(probabilities, labels),
             **agreement(reference, probabilities), **latency_summary(latency),
             "latency_ms_batch32_median": batch_latency(classify, images, 32)}
+
+
+def in_batches(classify, images, batch_size: int = 256) -> np.ndarray:
+    """`classify` (uint8 (B, H, W, 3) -> (B, C)) over `images` (an array, or a
+    cache.SplitImages read from disk one batch at a time), `batch_size` images per call;
+    returns (N, C)."""
+    if hasattr(images, "batches"):
+        chunks = images.batches(batch_size)
+    else:
+        chunks = (images[start:start + batch_size] for start in range(0, len(images), batch_size))
+    return np.concatenate([classify(batch) for batch in chunks])
 
 
 def accuracy(probabilities: np.ndarray, labels: np.ndarray) -> float:

@@ -105,6 +105,21 @@ def test_model_card_states_data_provenance_results_and_limits(record):
     assert "RANDOM initialisation" in random_card and "No pretrained weights" in random_card
 
 
+def test_the_card_names_the_baseline_and_the_champion_challenger_verdict(record):
+    explicit = {"uri": "/models/prod.keras", "metrics": record["metrics"]}
+    text = card.render_model_card({**record, "baseline": explicit})
+    assert "Baseline `/models/prod.keras`: accuracy" in text and "Champion" not in text
+    challenged = card.render_model_card({
+        **record, "baseline": {**explicit, "version": 4},
+        "champion": {"model": "ants", "production_version": 4, "promote": "auto",
+                     "comparable": True, "expected": "candidate",
+                     "text": "is not blessed against production version 4: 0.80 vs 0.90"}})
+    assert "Baseline (production version 4) `/models/prod.keras`" in challenged
+    assert ("**Champion/challenger** (model registry, `ants`): this model is not blessed "
+            "against production version 4: 0.80 vs 0.90. Outcome when registered: candidate "
+            "(production stays version 4).") in challenged
+
+
 def test_summary_text_has_verdict_metrics_and_formats(record):
     text = card.summary_text(record)
     assert text.startswith("BLESSED") and "95% CI" in text

@@ -245,3 +245,36 @@ def test_a_class_of_three_images_gets_one_in_every_split(tmp_path, seed):
                                        DataConfig(seed=seed))
     assert all(manifest["counts"][split] == {"ants": 1, "bees": 1}
                for split in ("train", "val", "test"))
+
+
+def test_the_training_split_is_stored_with_classes_mixed_in_a_seeded_order(tmp_path):
+    """A class larger than the training stream's shuffle buffer must not fill whole batches:
+    the caches hold the training images in a seeded random order, the same for a seed, and new
+    files do not move the old ones relative to each other."""
+    from tests.conftest import write_digits
+
+    def train_order(folder, seed, name):
+        ingestion.ingest_folder(folder, str(tmp_path / name), DataConfig(seed=seed))
+        return [(int(label), path.decode()) for _, label, path in _records(tmp_path / name)]
+
+    def _records(dataset_dir):
+        import tensorflow as tf
+
+        manifest = storage.read_json(os.path.join(dataset_dir, tfrecords.MANIFEST))
+        spec = {"label": tf.io.FixedLenFeature([], tf.int64),
+                "source": tf.io.FixedLenFeature([], tf.string)}
+        for record in tf.data.TFRecordDataset([os.path.join(dataset_dir, name) for name in
+                                               manifest["shards"]["train"]]):
+            parsed = tf.io.parse_single_example(record, spec)
+            yield None, parsed["label"].numpy(), parsed["source"].numpy()
+
+    folder = write_digits(tmp_path / "digits", per_class=30)
+    order = train_order(folder, 5, "a")
+    labels = [label for label, _ in order]
+    changes = sum(a != b for a, b in zip(labels, labels[1:]))
+    assert changes > len(labels) / 3  # class order would change label twice
+    assert train_order(folder, 5, "b") == order
+    assert train_order(folder, 6, "c") != order
+    write_digits(tmp_path / "digits", per_class=45)  # 15 new images per class
+    grown = [entry for entry in train_order(folder, 5, "d") if entry in order]
+    assert grown == [entry for entry in order if entry in grown]

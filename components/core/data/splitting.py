@@ -35,7 +35,8 @@ def assign_splits(images: list[CheckedImage], classes: list[str],
     and a carved split a class would have no image in gets one from a split that has two or
     more (train's lowest point first), so a class of 3 images has one in each (with 0.15 per
     split, a class of 20 images misses a split by chance 4% of the time, one of 50 0.03%).
-    Returns {split: images sorted by (label, relpath)}.
+    Returns {split: images}: val and test sorted by (label, relpath); train in a seeded random
+    order (`training_order`), classes mixed.
     """
     given = {image.source.given_split for image in images}
     splits = {split: [] for split in SPLITS}
@@ -57,8 +58,19 @@ def assign_splits(images: list[CheckedImage], classes: list[str],
         carved = _carve(pool, carve, config)
         for split, chosen in carved.items():
             splits[split].extend(chosen)
-    return {split: sorted(members, key=lambda m: (m.source.label, m.source.relpath))
-            for split, members in splits.items()}
+    ordered = {split: sorted(members, key=lambda m: (m.source.label, m.source.relpath))
+               for split, members in splits.items()}
+    ordered["train"].sort(key=lambda m: training_order(config.seed, m.sha256))
+    return ordered
+
+
+def training_order(seed: int, sha256: str) -> str:
+    """A training file's place in the caches, a function of its content and the seed only: the
+    caches hold the classes mixed, so the training stream's shuffle buffer (cache.training_epoch,
+    4,096 images) mixes batches across classes however many images a class has (in class order,
+    a class larger than the buffer filled whole batches alone), and new files never move the
+    old ones relative to each other."""
+    return split_key(seed + 1, sha256)
 
 
 def _carve(pool: list[CheckedImage], carve: tuple, config: DataConfig) -> dict[str, list]:

@@ -105,8 +105,12 @@ def _step_trees(parent) -> dict[str, float]:
         if "--function_to_execute" not in line:
             continue
         step = line[line.index("--function_to_execute") + 1].replace("_", "-")
+        try:
+            members = [child, *child.children(recursive=True)]
+        except psutil.Error:  # it ended meanwhile
+            continue
         total = 0.0
-        for member in [child, *child.children(recursive=True)]:
+        for member in members:
             try:
                 total += member.memory_info().rss
             except psutil.Error:

@@ -39,7 +39,7 @@ class StepConsole:
     def write(self, text: str) -> int:
         self.log.write(text)
         if self.verbose:
-            self.terminal.write(text)
+            self._show(text)
             return len(text)
         self.pending += text
         *lines, self.pending = self.pending.split("\n")
@@ -49,14 +49,13 @@ class StepConsole:
 
     def flush(self) -> None:
         self.log.flush()
-        self.terminal.flush()
+        self._show("")
 
     def close(self) -> None:
         """Ends the status line, if shown, and closes the log."""
         if self.pending:
             self.write("\n")
         self._clear()
-        self.terminal.flush()
         self.log.close()
 
     def isatty(self) -> bool:
@@ -80,9 +79,8 @@ class StepConsole:
         mark = "ok" if status == "SUCCESS" else status.lower()
         figures = self.figures(step) if status == "SUCCESS" else ""
         self._clear()
-        self.terminal.write(f"{mark:>6}  {step:<11} {seconds:6.1f} s"
-                            + (f"  {figures}" if figures else "") + "\n")
-        self.terminal.flush()
+        self._show(f"{mark:>6}  {step:<11} {seconds:6.1f} s"
+                   + (f"  {figures}" if figures else "") + "\n")
         self.step = ""
 
     def _status(self) -> None:
@@ -92,14 +90,24 @@ class StepConsole:
         if self.progress:
             line += "  " + progress_bar(*self.progress[:3], self.progress[3] - self.started)
         self._clear()
-        self.terminal.write(line)
-        self.terminal.flush()
+        self._show(line)
         self.shown = True
 
     def _clear(self) -> None:
         if self.shown:
-            self.terminal.write("\r\x1b[2K")
+            self._show("\r\x1b[2K")
             self.shown = False
+
+    def _show(self, text: str) -> None:
+        """Writes `text` to the terminal and flushes. Once the terminal's reader is gone (`tlpipe
+        run | head -3`: a closed pipe) it is dropped: the run goes on, its log file whole."""
+        if self.terminal is None:
+            return
+        try:
+            self.terminal.write(text)
+            self.terminal.flush()
+        except BrokenPipeError:
+            self.terminal = None
 
 
 def progress_bar(label: str, done: int, total: int, elapsed: float) -> str:

@@ -10,6 +10,8 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 from pipelines.console import StepConsole, duration, progress_bar
 from tests.conftest import write_digits
 
@@ -70,6 +72,32 @@ def test_verbose_streams_everything_as_it_comes():
     terminal = io.StringIO()
     StepConsole(terminal, io.StringIO(), verbose=True, interactive=True).write(KFP_LINES)
     assert terminal.getvalue() == KFP_LINES
+
+
+class ClosedPipe(io.StringIO):
+    """A terminal whose reader went away after `lines` lines (`tlpipe run | head -1`)."""
+
+    def __init__(self, lines: int):
+        super().__init__()
+        self.left = lines
+
+    def write(self, text):
+        if self.left <= 0:
+            raise BrokenPipeError(32, "Broken pipe")
+        self.left -= text.count("\n")
+        return super().write(text)
+
+
+@pytest.mark.parametrize("verbose", [False, True])
+def test_a_reader_that_goes_away_drops_the_terminal_not_the_run(verbose):
+    terminal, log = ClosedPipe(lines=1), io.StringIO()
+    console = StepConsole(terminal, log, verbose=verbose, interactive=True, clock=Clock())
+    for line in KFP_LINES.splitlines(keepends=True):  # no BrokenPipeError reaches kfp.local
+        console.write(line)
+    console.flush()
+    assert log.getvalue() == KFP_LINES and console.terminal is None
+    console.close()
+    assert terminal.getvalue().count("\n") == 1
 
 
 def test_progress_bar_and_durations():

@@ -100,10 +100,6 @@ class LocalStore:
                 shutil.rmtree(staging, ignore_errors=True)
             raise _unreachable(self.root, error) from None
 
-    def get_tree(self, prefix: str, folder: str) -> str:
-        """The local folder holding `prefix`'s objects (the registry's own: no copy)."""
-        return self.uri(prefix.rstrip("/"))
-
     @contextlib.contextmanager
     def _locked(self):
         import fcntl
@@ -187,15 +183,6 @@ class GcsStore:
     def put_tree(self, folder: str, prefix: str) -> None:
         """Uploads local `folder` under `prefix` (a fresh one: callers claim it first)."""
         self._call(lambda: storage.upload_tree(folder, self.uri(prefix)))
-
-    def get_tree(self, prefix: str, folder: str) -> str:
-        """Downloads `prefix`'s objects into local `folder`; returns it."""
-        prefix = prefix.rstrip("/") + "/"
-        for key in self.keys(prefix):
-            path = os.path.join(folder, *key[len(prefix):].split("/"))
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-            self._call(lambda: self.bucket.blob(self.prefix + key).download_to_filename(path))
-        return folder
 
     def _call(self, action):
         from google.api_core import exceptions

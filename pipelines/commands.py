@@ -126,7 +126,7 @@ def run_and_report(source: str, config: configs.PipelineConfig, output: str,
 
     models.preflight(config.model, config.finetune)
     with local_run.output_lock(output):
-        return _run_locked(source, config, output, settings, verbose, registry or {})
+        return _run_locked(source, config, output, settings, verbose, registry)
 
 
 def _check_registry(registry: dict) -> None:
@@ -143,7 +143,7 @@ def _check_registry(registry: dict) -> None:
 
 
 def _run_locked(source: str, config: configs.PipelineConfig, output: str, settings,
-                verbose: bool, registry: dict) -> int:
+                verbose: bool, registry: dict | None) -> int:
     """The run and its summary, report and model card, while holding the output's lock."""
     from pipelines import local_run
 
@@ -409,12 +409,11 @@ def models(args: argparse.Namespace) -> int:
         history = [event for event in registry_models.events(store, name)
                    if event["version"] == args.version]
         print(json.dumps({**record, "events": history}, indent=2, sort_keys=True))
-    elif args.action == "promote":
-        moved = registry_models.promote_by_hand(store, name, args.version,
-                                                registry_models.who())
-        print(f"{name}: production is version {moved['version']} ({moved['reason']})")
     else:
-        moved = registry_models.rollback(store, name, registry_models.who())
+        moved = (registry_models.promote_by_hand(store, name, args.version,
+                                                 registry_models.who())
+                 if args.action == "promote" else
+                 registry_models.rollback(store, name, registry_models.who()))
         print(f"{name}: production is version {moved['version']} ({moved['reason']})")
     return 0
 

@@ -18,7 +18,7 @@ demo: $(STAMP)
 
 ## test: the whole suite, end-to-end local pipeline runs included
 test: $(STAMP)
-	$(BIN)/python -m pytest -ra
+	$(BIN)/python -m pytest -ra --durations=25
 
 ## test-fast: everything but the slow end-to-end runs on real photos
 test-fast: $(STAMP)

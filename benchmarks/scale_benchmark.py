@@ -9,9 +9,10 @@ class, each class a colour and a shape with noise, so a pretrained backbone has 
 learn), then one whole `tlpipe run` (MobileNet v1 0.25 with ../shared's ImageNet weights at 128
 px, 1 fine-tune epoch), sampled every 0.25 s: peak RSS of each step's process tree (the step's
 executor process and every process under it) and its wall time (the console's step lines).
-Then the input pipeline alone (`cache.training_epoch`: cached read + crops and flips, batch 64)
-pinned to one core, at 128 and 224 px, in images/s, projected to an 8-core GPU node. Results go
-to benchmarks/SCALE_RESULTS.md. Needs psutil (a test dependency).
+Then the input pipeline alone (`shards.training_epochs`: cached read + crops and flips, batch 64)
+pinned to one core, at 128 and 224 px, from 1 and 16 training files, in images/s, projected to
+an 8-core GPU node. Results go to benchmarks/SCALE_RESULTS.md. Needs psutil (a test
+dependency).
 """
 
 from __future__ import annotations
@@ -83,9 +84,13 @@ def run_and_watch(data: str, output: str) -> dict:
                for match in map(STEP_LINE.match, out.splitlines()) if match}
     with open(os.path.join(output, "summary.json"), encoding="utf-8") as handle:
         summary = json.load(handle)
+    model_dir = summary["steps"]["finetune"]["outputs"]["model"]["path"]
+    with open(os.path.join(model_dir, "finetune.json"), encoding="utf-8") as handle:
+        finetune_input = json.load(handle)["input"]
     return {"steps": {step: {"seconds": seconds.get(step), "peak_rss_mb": peaks.get(step)}
                       for step in seconds},
-            "wall_seconds": time.monotonic() - started, "summary": summary}
+            "wall_seconds": time.monotonic() - started, "summary": summary,
+            "finetune_input": finetune_input}
 
 
 def _step_trees(parent) -> dict[str, float]:
@@ -123,34 +128,38 @@ INPUT_PROBE = """
 import os, sys, time
 os.sched_setaffinity(0, {0})  # one core
 import numpy as np
-from components.core.config.schema import PipelineConfig
-from components.core.data import cache
+import tensorflow as tf
+from components.core.config.schema import AugmentConfig
+from components.core.data import shards
 from tests.conftest import write_image_cache
 
-size, count, folder = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+size, count, files, folder = (int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]),
+                              sys.argv[4])
 rng = np.random.default_rng(0)
 images = rng.integers(0, 256, (count, size, size, 3), dtype=np.uint8)
 write_image_cache(folder, {"train": (images, np.arange(count) % 10),
                            "val": (images[:10], np.arange(10))},
-                  classes=[str(c) for c in range(10)])
+                  classes=[str(c) for c in range(10)], train_files=files)
 del images
-config = PipelineConfig.from_dict({"finetune": {"batch_size": 64}}).validate()
+epochs = shards.training_epochs(tf.distribute.get_strategy(), folder, 64, 42,
+                                AugmentConfig(min_crop_scale=0.7), workers=1)
 for epoch in range(2):  # the first epoch warms up
     started, seen = time.perf_counter(), 0
-    for batch, _ in cache.training_epoch(folder, config, epoch):
+    for batch, _ in epochs.batches(epoch):
         seen += int(batch.shape[0])
     rate = seen / (time.perf_counter() - started)
 print(rate)
 """
 
 
-def input_pipeline_rate(size: int, count: int) -> float:
+def input_pipeline_rate(size: int, count: int, files: int) -> float:
     """Images/s of one training epoch read from a resized cache of `count` random images of
-    `size` px and augmented (crops, flips), pinned to one core (after a warm-up epoch)."""
+    `size` px in `files` training files and augmented (crops, flips), as fine-tuning reads it
+    in one process (`shards.training_epochs`), pinned to one core (after a warm-up epoch)."""
     with tempfile.TemporaryDirectory(prefix="tlpipe-input-") as folder:
         done = subprocess.run([sys.executable, "-c", INPUT_PROBE, str(size), str(count),
-                               os.path.join(folder, "images")], cwd=ROOT, check=True,
-                              capture_output=True, text=True,
+                               str(files), os.path.join(folder, "images")], cwd=ROOT,
+                              check=True, capture_output=True, text=True,
                               env={**os.environ, "PYTHONPATH": ROOT,
                                    "TF_CPP_MIN_LOG_LEVEL": "2"})
     return float(done.stdout.split()[-1])
@@ -183,17 +192,21 @@ def render(results: dict, rates: dict, sizes: list[int]) -> str:
             time_ratios.append(_ratio((second.get("seconds") or 0) / b,
                                       (first.get("seconds") or 0) / a))
         lines.append(f"| {step} | " + " | ".join(cells + peak_ratios + time_ratios) + " |")
-    lines += ["", "| images | whole run | head-only val accuracy | after 1 fine-tune epoch |",
-              "|---|---|---|---|"]
+    lines += ["", "| images | whole run | training files / streams | head-only val accuracy "
+              "| after 1 fine-tune epoch |", "|---|---|---|---|---|"]
     for n in sizes:
-        tuned = results[n]["summary"]["steps"]["finetune"]["outputs"]["model"]["metadata"]
+        model = results[n]["summary"]["steps"]["finetune"]["outputs"]["model"]
+        read = results[n]["finetune_input"]
         lines.append(f"| {n:,} | {results[n]['wall_seconds'] / 60:.1f} min | "
-                     f"{tuned['head_only_val_accuracy']:.4f} | "
-                     f"{tuned['finetuned_val_accuracy']:.4f} |")
-    lines += ["", "Input pipeline (cached read + random crops and flips, batch 64), one core:",
-              "", "| image size | images/s per core | 8 cores (projected, x8) |", "|---|---|---|"]
-    for size, rate in rates.items():
-        lines.append(f"| {size} px | {rate:,.0f} | {8 * rate:,.0f} |")
+                     f"{read['train_files']} / {read['streams']} | "
+                     f"{model['metadata']['head_only_val_accuracy']:.4f} | "
+                     f"{model['metadata']['finetuned_val_accuracy']:.4f} |")
+    lines += ["", "Input pipeline (cached read + random crops and flips, batch 64, as fine-tuning "
+              "reads it in one process), one core:", "",
+              "| image size | training files | images/s per core | 8 cores (projected, x8) |",
+              "|---|---|---|---|"]
+    for (size, files), rate in rates.items():
+        lines.append(f"| {size} px | {files} | {rate:,.0f} | {8 * rate:,.0f} |")
     lines += ["", "GPU consumption to compare with (issue 27, one H200, whole network trained): "
               + ", ".join(f"{name} {rate:,}/s" for name, rate in GPU_IMAGES_PER_SECOND.items())
               + ".", ""]
@@ -223,7 +236,8 @@ def main() -> None:
         results[size] = run_and_watch(data, os.path.join(args.work, f"out-{size}"))
         print(json.dumps({k: v for k, v in results[size].items() if k != "summary"}),
               flush=True)
-    rates = {size: input_pipeline_rate(size, args.input_images) for size in (128, 224)}
+    rates = {(size, files): input_pipeline_rate(size, args.input_images, files)
+             for size in (128, 224) for files in (1, 16)}
     with open(args.output, "w", encoding="utf-8") as handle:
         handle.write(render(results, rates, args.sizes))
     print(f"wrote {args.output}")

@@ -46,25 +46,27 @@ def write_digits(folder, classes=(0, 1, 2), per_class=24, size=16):
     return str(folder)
 
 
-def write_image_cache(folder, splits: dict, classes=("a", "b", "c")) -> str:
+def write_image_cache(folder, splits: dict, classes=("a", "b", "c"), train_files: int = 1) -> str:
     """A resized-image cache (the preprocess step's `images` artifact) holding `splits`
-    ({split: (uint8 images (N, S, S, 3), labels (N,))}), written with the cache's own record
-    format. Returns the folder."""
-    import tensorflow as tf
-
+    ({split: (uint8 images (N, S, S, 3), labels (N,))}), written with the cache's own writer
+    and record format, the training split in `train_files` files. Returns the folder."""
     from components.core.data import cache
     from components.core.io import storage
 
     os.makedirs(folder, exist_ok=True)
+    names = cache.split_files(train_files)
+    counts = {}
     for split, (images, labels) in splits.items():
-        with tf.io.TFRecordWriter(os.path.join(folder, f"{split}.tfrecord")) as writer:
+        with cache.RoundRobinWriter(str(folder), names[split]) as writer:
             for pixels, label in zip(images, labels):
                 writer.write(cache._resized_example(pixels, int(label)))
+        counts[split] = writer.counts
     train_labels = splits["train"][1]
     storage.write_json(os.path.join(folder, cache.META), {
         "image_size": int(next(iter(splits.values()))[0].shape[1]), "classes": list(classes),
         "counts": {split: len(labels) for split, (_, labels) in splits.items()},
         "train_class_counts": [int((train_labels == c).sum()) for c in range(len(classes))],
+        "files": {split: names[split] for split in splits}, "train_file_counts": counts["train"],
         "fingerprint": "test"})
     return str(folder)
 

@@ -8,7 +8,7 @@ import pytest
 import tensorflow as tf
 
 from components.core.config.schema import AugmentConfig, DataConfig
-from components.core.data import cache, discovery, ingest as ingestion, tfrecords
+from components.core.data import cache, discovery, ingest as ingestion, shards, tfrecords
 from components.core.data.preprocessing import augment, resize_images, to_uint8
 from components.core.io import storage
 
@@ -138,7 +138,112 @@ def test_preprocess_with_random_weights_is_the_same_for_the_same_seed(dataset, t
     (17, 8, 4, (2, True)),
 ])
 def test_a_last_batch_smaller_than_the_replicas_is_dropped(images, batch, replicas, expected):
-    assert cache.batches_per_epoch(images, batch, replicas) == expected
+    assert shards.batches_per_epoch(images, batch, replicas) == expected
+
+
+@pytest.mark.parametrize("images, files", [(0, 1), (8191, 1), (16384, 2), (40000, 4),
+                                            (160000, 16), (10 ** 7, 16)])
+def test_the_training_cache_gets_a_power_of_two_of_files_by_size(images, files):
+    assert cache.train_file_count(images) == files
+
+
+def constant_images(count: int, size: int = 8) -> np.ndarray:
+    """Image i filled with the value i: any crop of it, resized, is still i."""
+    return np.broadcast_to(np.arange(count, dtype=np.uint8)[:, None, None, None],
+                           (count, size, size, 3)).copy()
+
+
+def test_a_training_split_in_several_files_reads_back_in_its_order(tmp_path):
+    from tests.conftest import write_image_cache
+
+    images, labels = constant_images(37), np.arange(37) % 3
+    folder = write_image_cache(tmp_path / "images", {"train": (images, labels),
+                                                     "val": (images[:3], labels[:3])},
+                               train_files=4)
+    assert sorted(os.listdir(folder)) == ["meta.json", *[f"train-0000{n}-of-00004.tfrecord"
+                                                         for n in range(4)], "val.tfrecord"]
+    assert storage.read_json(os.path.join(folder, cache.META))["train_file_counts"] == \
+        [10, 9, 9, 9]  # image i in file i % 4
+    assert (cache.read_labels(folder, "train") == labels).all()
+    split = cache.SplitImages(folder, "train", batch_size=8)
+    assert np.array_equal(np.concatenate(list(split.batches())), images)
+    assert np.array_equal(split[[36, 0, 13]], images[[36, 0, 13]])
+    read = [pixels[0, 0, 0] for pixels, _ in cache.read_resized(folder, "train").as_numpy_iterator()]
+    assert read == list(range(37))
+
+
+@pytest.mark.parametrize("files, batch, workers, replicas, expected", [
+    (1, 32, 1, 1, None),  # one file: read whole
+    ([9, 9, 9, 9], 8, 1, 1, (4, 2, 4)),  # (streams, images per stream per batch, steps)
+    ([9, 9, 9, 9], 8, 2, 1, (4, 2, 4)),
+    ([9, 9, 9, 9], 8, 3, 1, None),  # 4 streams do not split over 3 workers
+    ([9, 9, 9, 9], 8, 2, 2, (4, 2, 4)),  # 4 images per worker, 2 per device
+    ([9, 9, 9, 9], 8, 2, 3, None),
+    ([9, 9, 9, 9], 6, 2, 1, (2, 3, 6)),  # gcd(4 files, 6) = 2 streams of 2 files each
+    ([9, 9, 9, 9], 6, 4, 1, None),
+    ([3, 3, 2, 2], 16, 1, 1, None),  # a stream holds fewer images than its part of a batch
+])
+def test_the_stream_plan(files, batch, workers, replicas, expected):
+    counts = [100] if files == 1 else files
+    plan = shards.stream_plan(counts, batch, workers, replicas)
+    assert (plan and (plan.streams, plan.stream_batch, plan.steps)) == expected
+
+
+def test_each_worker_reads_its_own_files_and_together_they_give_the_one_worker_batches(
+        tmp_path):
+    """70 images in 4 files, a global batch of 8: 4 streams of 2 images per batch, 8 steps
+    (the files hold 18, 18, 17, 17). Read by 1, 2 and 4 workers, the global batches are the
+    same images, augmented the same way, in the same order."""
+    from tests.conftest import write_image_cache
+
+    images, labels = constant_images(70), np.arange(70) % 3
+    folder = write_image_cache(tmp_path / "images", {"train": (images, labels),
+                                                     "val": (images[:3], labels[:3])},
+                               train_files=4)
+    augmentation = AugmentConfig(min_crop_scale=0.5, flip=True)
+
+    def epoch(workers, number, seed=5):
+        plan = shards.stream_plan([18, 18, 17, 17], 8, workers, 1)
+        parts = [list(shards.worker_epoch(folder, plan, worker, seed, augmentation, number)
+                      .as_numpy_iterator()) for worker in range(workers)]
+        for worker, batches in enumerate(parts):
+            assert len(batches) == plan.steps == 8
+            files = {int(image) % 4 for images, _ in batches for image in images[:, 0, 0, 0]}
+            assert files == set(plan.worker_streams(worker))  # its own files, no other
+        return [(np.concatenate([batches[step][0] for batches in parts]),
+                 np.concatenate([batches[step][1] for batches in parts])) for step in range(8)]
+
+    one = epoch(1, 0)
+    ids = np.concatenate([images[:, 0, 0, 0] for images, _ in one]).astype(int)
+    assert len(set(ids)) == 64  # each image once; 6 left out this epoch
+    assert all((batch_labels == batch_images[:, 0, 0, 0] % 3).all()
+               for batch_images, batch_labels in one)
+    assert len({int(image) % 4 for image in one[0][0][:, 0, 0, 0]}) == 4  # every file in a batch
+    for workers in (2, 4):
+        for (a_images, a_labels), (b_images, b_labels) in zip(epoch(workers, 0), one):
+            assert np.array_equal(a_images, b_images) and np.array_equal(a_labels, b_labels)
+    assert all(np.array_equal(a[0], b[0]) for a, b in zip(epoch(1, 0), one))  # seeded
+    assert not all(np.array_equal(a[0], b[0]) for a, b in zip(epoch(1, 1), one))  # per epoch
+    assert not all(np.array_equal(a[0], b[0]) for a, b in zip(epoch(1, 0, seed=6), one))
+
+
+def test_one_process_trains_on_the_file_streams_and_a_one_file_split_on_the_whole_split(
+        tmp_path):
+    from tests.conftest import write_image_cache
+
+    images, labels = constant_images(70), np.arange(70) % 3
+    augmentation = AugmentConfig(min_crop_scale=0.5, flip=True)
+    strategy = tf.distribute.get_strategy()
+    for files, how, steps in ((4, "its own files", 8), (1, "the whole split", 9)):
+        folder = write_image_cache(tmp_path / f"images-{files}", {
+            "train": (images, labels), "val": (images[:3], labels[:3])}, train_files=files)
+        epochs = shards.training_epochs(strategy, folder, 8, 5, augmentation, workers=1)
+        assert epochs.how == {"train_files": files, "streams": 4 if files == 4 else 1,
+                              "read_by_each_worker": how}
+        batches = list(epochs.batches(0))
+        assert len(batches) == epochs.steps_per_epoch == steps
+        assert sum(len(batch_labels) for _, batch_labels in batches) == \
+            (64 if files == 4 else 70)
 
 
 def test_a_split_read_from_disk_behaves_like_the_array_it_stays_out_of_memory_as(tmp_path):

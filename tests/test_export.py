@@ -9,6 +9,7 @@ import pytest
 from sklearn.datasets import load_digits
 
 from components.core.config.schema import PipelineConfig
+from components.core.data import shards
 from components.core.export import calibration as calibrating, measure, onnx as onnx_export, tflite
 from components.core.train import (backbones, finetune as finetuning, head as head_training,
                                    model as models)
@@ -44,10 +45,13 @@ def trained(tmp_path_factory):
     models.save(head, str(folder / "head.keras"))
     train = tf.data.Dataset.from_tensor_slices((images[::2], labels[::2])).shuffle(500, seed=0)
     val = tf.data.Dataset.from_tensor_slices((images[1::2], labels[1::2]))
+    strategy = tf.distribute.get_strategy()
+    epochs = shards.Epochs(
+        lambda epoch: strategy.experimental_distribute_dataset(train.batch(32)),
+        steps_per_epoch=-(-len(labels[::2]) // 32), how={})
     classifier, _ = finetuning.fine_tune(
-        str(folder / "backbone.keras"), str(folder / "head.keras"), lambda epoch: train.batch(32),
-        val.batch(32), config, tf.distribute.get_strategy(), np.bincount(labels[::2]).tolist(),
-        pretrained=False)
+        str(folder / "backbone.keras"), str(folder / "head.keras"), epochs, val.batch(32),
+        config, strategy, np.bincount(labels[::2]).tolist(), pretrained=False)
     tflite.export_saved_model(classifier, str(folder / "saved_model"))
     return classifier, folder, images[1::2], labels[1::2], images[::2], labels[::2]
 

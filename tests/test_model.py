@@ -10,6 +10,7 @@ import pytest
 import tensorflow as tf
 
 from components.core.config.schema import ModelConfig, PipelineConfig
+from components.core.data import shards
 from components.core.train import (acceleration, backbones, finetune as finetuning,
                                    head as head_training, model as models)
 
@@ -139,9 +140,11 @@ def _tiny_run(tmp_path, finetune_learning_rate, dropout=0.2, **finetune):
     models.save(backbone, str(tmp_path / "backbone.keras"))
     models.save(head, str(tmp_path / "head.keras"))
     dataset = tf.data.Dataset.from_tensor_slices((images, labels)).batch(16)
+    strategy = tf.distribute.get_strategy()
+    epochs = shards.Epochs(lambda epoch: strategy.experimental_distribute_dataset(dataset),
+                           steps_per_epoch=3, how={})
     return finetuning.fine_tune(str(tmp_path / "backbone.keras"), str(tmp_path / "head.keras"),
-                                lambda epoch: dataset, dataset, config,
-                                tf.distribute.get_strategy(), [24, 24])
+                                epochs, dataset, config, strategy, [24, 24])
 
 
 def test_fine_tuning_that_hurts_val_ships_the_head_only_model(tmp_path):

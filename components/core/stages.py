@@ -30,7 +30,8 @@ import tempfile
 from components.core.cluster import distribute, launch, local as local_workers
 from components.core.config import checks as config_checks, schema as configs
 from components.core.config.errors import ConfigError
-from components.core.data import cache, discovery, ingest as ingestion, local_folder, sources
+from components.core.data import (cache, discovery, ingest as ingestion, local_folder, shards,
+                                  sources)
 from components.core.evaluate import predict
 from components.core.evaluate.baseline import load_baseline
 from components.core.export.calibration import calibration_images
@@ -196,8 +197,9 @@ def finetune(images_dir: str, backbone_dir: str, head_dir: str, model_dir: str, 
             classifier, report = finetuning.fine_tune(
                 os.path.join(backbone_dir, "backbone.keras"),
                 os.path.join(head_dir, "head.keras"),
-                functools.partial(cache.training_epoch, images_dir, config,
-                                  replicas=strategy.num_replicas_in_sync),
+                shards.training_epochs(strategy, images_dir, config.finetune.batch_size,
+                                       config.data.seed, config.augment,
+                                       distribute.worker_count()),
                 cache.read_resized(images_dir, "val").batch(config.finetune.batch_size),
                 config, strategy, meta["train_class_counts"],
                 pretrained=provenance["weights"] != "random",

@@ -37,6 +37,12 @@ BATCH = 64
 # feature view or fine-tuning epoch, up to 2**20 batches each.
 AUGMENT_SEED_STRIDE = 2 ** 20
 
+# The training split is cached as one file per this many images (a power of two of files, at
+# most MAX_TRAIN_FILES): 10,000 images are one file, 40,000 four, 160,000 or more sixteen.
+# Other splits are one file.
+IMAGES_PER_FILE = 8192
+MAX_TRAIN_FILES = 16
+
 # Decoded, resized batches may run this far ahead of their consumer (bytes of uint8 pixels).
 PREFETCH_BYTES = 256 * 2 ** 20
 
@@ -81,21 +87,22 @@ def _named_splits(started: concurrent.futures.Future):
 
 def write_resized(batches, dataset_dir: str, output_dir: str, image_size: int,
                   on_batch=None) -> dict:
-    """Writes the batches of `start_resizing` atomically as `<split>.tfrecord` (raw pixels +
-    label) plus `meta.json`, calling on_batch(split, images, labels) on each batch once it is
-    written. Returns the meta."""
-    import tensorflow as tf
-
+    """Writes the batches of `start_resizing` atomically as TFRecord files of raw pixels +
+    label (`split_files`: the training split in `train_file_count` files, image i in file
+    i % count; other splits one file each) plus `meta.json`, calling on_batch(split, images,
+    labels) on each batch once it is written. Returns the meta."""
     manifest = storage.read_json(os.path.join(dataset_dir, tfrecords.MANIFEST))
+    totals = {split: sum(manifest["counts"][split].values()) for split in discovery.SPLITS}
+    names = split_files(train_file_count(totals["train"]))
     writers, progress = {}, {}
     with storage.atomic_dir(output_dir) as partial:
         with contextlib.ExitStack() as open_files:
             for split, images, labels in batches:
                 if split not in writers:
-                    writers[split] = open_files.enter_context(tf.io.TFRecordWriter(
-                        os.path.join(partial, f"{split}.tfrecord")))
+                    writers[split] = open_files.enter_context(
+                        RoundRobinWriter(partial, names[split]))
                     progress[split] = Progress(log, f"resized {split} images to {image_size} px",
-                                               sum(manifest["counts"][split].values()))
+                                               totals[split])
                 for pixels, label in zip(images, labels):
                     writers[split].write(_resized_example(pixels, int(label)))
                 progress[split].advance(len(labels))
@@ -105,9 +112,73 @@ def write_resized(batches, dataset_dir: str, output_dir: str, image_size: int,
                 "counts": {split: progress[split].done for split in discovery.SPLITS},
                 "train_class_counts": [manifest["counts"]["train"][label]
                                        for label in manifest["classes"]],
+                "files": names, "train_file_counts": writers["train"].counts,
                 "fingerprint": manifest["fingerprint"]}
         storage.write_json(os.path.join(partial, META), meta)
     return meta
+
+
+def train_file_count(images: int) -> int:
+    """Files a training split of `images` images is cached as: the largest power of two at most
+    images / IMAGES_PER_FILE, within 1..MAX_TRAIN_FILES."""
+    files = 1
+    while files * 2 <= min(MAX_TRAIN_FILES, images // IMAGES_PER_FILE):
+        files *= 2
+    return files
+
+
+def split_files(train_files: int) -> dict[str, list[str]]:
+    """File names of every split: `<split>.tfrecord`, the training split in train_files files
+    `train-00000-of-00004.tfrecord`... when more than one."""
+    names = {split: [f"{split}.tfrecord"] for split in discovery.SPLITS}
+    if train_files > 1:
+        names["train"] = [f"train-{number:05d}-of-{train_files:05d}.tfrecord"
+                          for number in range(train_files)]
+    return names
+
+
+class RoundRobinWriter:
+    """Writes records to the files `names` in `directory` in turn: record i to file
+    i % len(names). `counts`: records written to each file."""
+
+    def __init__(self, directory: str, names: list[str]):
+        import tensorflow as tf
+
+        self._files = [tf.io.TFRecordWriter(os.path.join(directory, name)) for name in names]
+        self.counts = [0] * len(names)
+        self._next = 0
+
+    def write(self, record: bytes) -> None:
+        self._files[self._next].write(record)
+        self.counts[self._next] += 1
+        self._next = (self._next + 1) % len(self._files)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        for handle in self._files:
+            handle.close()
+
+
+def split_paths(images_dir: str, split: str) -> list[str]:
+    """The paths of one split's files, in write order (caches written before the training
+    split had several files: `<split>.tfrecord`)."""
+    names = storage.read_json(os.path.join(images_dir, META)).get("files", {}).get(
+        split, [f"{split}.tfrecord"])
+    return [os.path.join(images_dir, name) for name in names]
+
+
+def _records(paths: list[str]):
+    """tf.data.Dataset of the raw records of `paths` taken one from each file in turn (the
+    split's order as `RoundRobinWriter` wrote it), the files read in parallel."""
+    import tensorflow as tf
+
+    if len(paths) == 1:
+        return tf.data.TFRecordDataset(paths[0])
+    return tf.data.Dataset.from_tensor_slices(paths).interleave(
+        tf.data.TFRecordDataset, cycle_length=len(paths), block_length=1,
+        num_parallel_calls=len(paths), deterministic=True)
 
 
 def batchnorm_sample(dataset_dir: str, image_size: int, seed: int) -> np.ndarray:
@@ -137,8 +208,9 @@ def _resized_example(pixels: np.ndarray, label: int) -> bytes:
     })).SerializeToString()
 
 
-def read_resized(images_dir: str, split: str):
-    """tf.data.Dataset of (uint8 (S, S, 3), int64 label) from `write_resized` output."""
+def read_resized(images_dir: str, split: str, paths: list[str] | None = None):
+    """tf.data.Dataset of (uint8 (S, S, 3), int64 label) from `write_resized` output, in the
+    split's order; paths: only these of the split's files (default: all)."""
     import tensorflow as tf
 
     size = storage.read_json(os.path.join(images_dir, META))["image_size"]
@@ -150,7 +222,7 @@ def read_resized(images_dir: str, split: str):
         pixels = tf.reshape(tf.io.decode_raw(example["pixels"], tf.uint8), (size, size, 3))
         return pixels, example["label"]
 
-    return tf.data.TFRecordDataset(os.path.join(images_dir, f"{split}.tfrecord")).map(
+    return _records(paths or split_paths(images_dir, split)).map(
         parse, num_parallel_calls=tf.data.AUTOTUNE)
 
 
@@ -159,7 +231,7 @@ def read_labels(images_dir: str, split: str) -> np.ndarray:
     import tensorflow as tf
 
     spec = {"label": tf.io.FixedLenFeature([], tf.int64)}
-    records = tf.data.TFRecordDataset(os.path.join(images_dir, f"{split}.tfrecord"))
+    records = _records(split_paths(images_dir, split))
     # records hold their pixels: parsed 256 at a time, only the labels kept
     batches = records.batch(256).map(lambda batch: tf.io.parse_example(batch, spec)["label"])
     found = [labels for labels in batches.as_numpy_iterator()]
@@ -195,8 +267,7 @@ class SplitImages:
             pixels = tf.io.decode_raw(tf.io.parse_example(records, spec)["pixels"], tf.uint8)
             return tf.reshape(pixels, (-1, size, size, 3))
 
-        records = tf.data.TFRecordDataset(os.path.join(self.images_dir,
-                                                       f"{self.split}.tfrecord"))
+        records = _records(split_paths(self.images_dir, self.split))
         yield from records.batch(batch_size or self.batch_size).map(parse).prefetch(1) \
             .as_numpy_iterator()
 
@@ -320,34 +391,3 @@ class FeatureCache:
 def load_features(features_dir: str) -> dict[str, np.ndarray]:
     with np.load(os.path.join(features_dir, FEATURES)) as arrays:
         return {name: arrays[name] for name in arrays.files}
-
-
-def batches_per_epoch(train_images: int, batch_size: int,
-                      replicas: int = 1) -> tuple[int, bool]:
-    """(batches per training epoch, whether the last partial batch is dropped). The last batch
-    is dropped when it has fewer images than `replicas` (the devices a strategy splits each
-    global batch over, >= 1): one replica would get an empty batch. The images it leaves out
-    differ every epoch (the order is reshuffled)."""
-    remainder = train_images % batch_size
-    drop = 0 < remainder < replicas
-    return train_images // batch_size + (0 if drop or not remainder else 1), drop
-
-
-def training_epoch(images_dir: str, config, epoch: int, replicas: int = 1):
-    """Epoch `epoch`'s training batches (global batch size): shuffled and augmented from seeds
-    of (data.seed, epoch) only, so every worker, and a run resumed at this epoch, sees the same
-    batches. replicas: see `batches_per_epoch`."""
-    import tensorflow as tf
-
-    from components.core.data.preprocessing import augment
-
-    seed, augmentation = config.data.seed, config.augment
-    train_images = sum(storage.read_json(os.path.join(images_dir, META))["train_class_counts"])
-    _, drop = batches_per_epoch(train_images, config.finetune.batch_size, replicas)
-    batches = read_resized(images_dir, "train").shuffle(
-        4096, seed=seed * AUGMENT_SEED_STRIDE + epoch).batch(config.finetune.batch_size,
-                                                              drop_remainder=drop)
-    return batches.enumerate().map(lambda number, batch: (augment(
-        batch[0], tf.stack([tf.constant(seed + 1, tf.int64),
-                            epoch * AUGMENT_SEED_STRIDE + number]),
-        augmentation.min_crop_scale, augmentation.flip), batch[1])).prefetch(2)

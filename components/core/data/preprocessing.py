@@ -90,8 +90,23 @@ def augment(images, seed, min_crop_scale: float, flip: bool):
     """
     import tensorflow as tf
 
+    return crop_views(images, augment_draws(seed, tf.shape(images)[0]), min_crop_scale, flip)
+
+
+def augment_draws(seed, count):
+    """The random numbers of `count` views: float32 (4, count) uniform in [0, 1) from `seed`
+    (shape-(2,) int); draws of several seeds side by side give several parts of one batch."""
+    import tensorflow as tf
+
+    return tf.random.stateless_uniform([4, count], tf.cast(seed, tf.int64))
+
+
+def crop_views(images, draws, min_crop_scale: float, flip: bool):
+    """`augment`'s views of a uint8 batch (B, S, S, 3) from its draws (4, B): crop side share,
+    top, left, mirror."""
+    import tensorflow as tf
+
     batch, size = tf.shape(images)[0], tf.shape(images)[1:3]
-    draws = tf.random.stateless_uniform([4, batch], tf.cast(seed, tf.int64))
     scale = min_crop_scale + draws[0] * (1.0 - min_crop_scale)
     top = draws[1] * (1.0 - scale)
     left = draws[2] * (1.0 - scale)

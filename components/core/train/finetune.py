@@ -16,12 +16,12 @@ from typing import TYPE_CHECKING
 import keras
 import numpy as np
 
-from components.core.data.cache import batches_per_epoch
 from components.core.train import acceleration, backbones, backup, model as models, scoring
 from components.core.train.tensorboard import scalar_writer, write_scalars
 
 if TYPE_CHECKING:  # annotations only: config sits above this package
     from components.core.config.schema import PipelineConfig
+    from components.core.data.shards import Epochs
 
 
 log = logging.getLogger("tlpipe.training")
@@ -31,15 +31,14 @@ log = logging.getLogger("tlpipe.training")
 SCRATCH_BATCHNORM_MOMENTUM = 0.9
 
 
-def fine_tune(backbone_path: str, head_path: str, train_epoch, val, config: PipelineConfig,
+def fine_tune(backbone_path: str, head_path: str, train: Epochs, val, config: PipelineConfig,
               strategy, class_counts: list[int], pretrained: bool = True,
               log_dir: str | None = None, backup_dir: str | None = None
               ) -> tuple[keras.Model, dict]:
     """Fine-tunes the backbone with the head under `strategy` (one process or several workers).
 
-    train_epoch: epoch number (0-based) -> batched tf.data dataset of (uint8 images, labels) for
-    that epoch with the global batch size, `cache.batches_per_epoch` batches; the same on every
-    worker (the strategy gives each worker its share of every batch). val: batched dataset every worker reads whole.
+    train: the training batches of every epoch, distributed by `strategy` (`shards.Epochs`:
+    each worker reads its share). val: batched dataset every worker reads whole.
     config: resolved (`recipe.applied`: no "auto" setting left).
     class_counts: training images per class (for the step count and class weights).
     AdamW (finetune.weight_decay, biases not decayed); the learning rate warms up linearly for
@@ -55,8 +54,8 @@ def fine_tune(backbone_path: str, head_path: str, train_epoch, val, config: Pipe
     there after every epoch and restored at the start, so a restarted job resumes from the last
     completed epoch; it is removed when training ends.
     Returns (the model to ship, report) where report holds the head-only and fine-tuned val
-    metrics, which one was chosen and why, the trained layer names, the history and the epoch
-    training resumed from.
+    metrics, which one was chosen and why, the trained layer names, the history, the epoch
+    training resumed from and how the training split was read (`input`).
     """
     if min(config.finetune.epochs, config.finetune.warmup_epochs) < 0:
         raise ValueError("fine_tune needs a resolved config: pass recipe.applied(config, "
@@ -73,7 +72,8 @@ def fine_tune(backbone_path: str, head_path: str, train_epoch, val, config: Pipe
     head_only_val = scoring.summary(head_only_examples)
     report = {"mode": "fine_tune" if pretrained else "from_scratch",
               "head_only_val": head_only_val, "finetuned_val": None, "history": {},
-              "trained_layers": [], "resumed_from_epoch": 0}
+              "trained_layers": [], "resumed_from_epoch": 0,
+              "input": {**train.how, "steps_per_epoch": train.steps_per_epoch}}
     if config.finetune.epochs == 0:
         return head_only, {**report, "chosen": "head_only",
                            "reason": "fine-tuning disabled (finetune.epochs: 0)"}
@@ -97,8 +97,7 @@ def fine_tune(backbone_path: str, head_path: str, train_epoch, val, config: Pipe
                                   batchnorm_inference=False,
                                   mirror_average=config.model.mirror_average)
             learning_rate = config.finetune.scratch_learning_rate
-        steps = batches_per_epoch(sum(class_counts), config.finetune.batch_size,
-                                  strategy.num_replicas_in_sync)[0] * config.finetune.epochs
+        steps = train.steps_per_epoch * config.finetune.epochs
         optimizer = keras.optimizers.AdamW(warmup_cosine(
             learning_rate, steps, config.finetune.warmup_epochs / config.finetune.epochs),
             weight_decay=config.finetune.weight_decay)
@@ -109,7 +108,7 @@ def fine_tune(backbone_path: str, head_path: str, train_epoch, val, config: Pipe
     step = _train_step(tuned, optimizer, strategy, config.loss.label_smoothing,
                        [weights.get(index, 1.0) for index in range(len(class_counts))],
                        report["xla"])
-    history, report["resumed_from_epoch"] = _fit(tuned, optimizer, step, train_epoch, val,
+    history, report["resumed_from_epoch"] = _fit(tuned, optimizer, step, train.batches, val,
                                                  strategy, config, log_dir, backup_dir)
     acceleration.set_compute_policy(backbone, acceleration.FLOAT32)  # shipped: float32
     for layer in batchnorms:
@@ -193,7 +192,7 @@ def _train_step(model: keras.Model, optimizer, strategy, label_smoothing: float,
     return step
 
 
-def _fit(model: keras.Model, optimizer, step, train_epoch, val, strategy,
+def _fit(model: keras.Model, optimizer, step, train_batches, val, strategy,
          config: PipelineConfig, log_dir: str | None,
          backup_dir: str | None) -> tuple[dict, int]:
     """The epoch loop with a backup after every epoch. With finetune.selection "best_val_loss",
@@ -216,8 +215,8 @@ def _fit(model: keras.Model, optimizer, step, train_epoch, val, strategy,
     for epoch in range(state["epoch"], config.finetune.epochs):
         if early_stopping and state["epochs_without_gain"] >= config.finetune.patience:
             break
-        sums = np.sum([[float(value) for value in step(images, labels)] for images, labels in
-                       strategy.experimental_distribute_dataset(train_epoch(epoch))], axis=0)
+        sums = np.sum([[float(value) for value in step(images, labels)]
+                       for images, labels in train_batches(epoch)], axis=0)
         figures = {"loss": sums[0] / sums[2], "accuracy": sums[1] / sums[2],
                    **{f"val_{name}": value
                       for name, value in scoring.evaluate(predict, val).items()}}

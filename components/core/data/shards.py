@@ -22,6 +22,7 @@ whole by every worker, and each keeps its share of every global batch (`whole_sp
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import os
 from typing import TYPE_CHECKING, Callable, Iterable
@@ -111,17 +112,18 @@ def training_epochs(strategy, images_dir: str, batch_size: int, seed: int,
         steps, _ = batches_per_epoch(sum(file_counts), batch_size, replicas)
         return Epochs(lambda epoch: strategy.experimental_distribute_dataset(whole_split_epoch(
             images_dir, batch_size, seed, augmentation, epoch, replicas)), steps, how)
-    per_replica = batch_size // replicas
 
-    def worker_input(context):
+    def worker_batches(epoch: int, context):
+        """This worker's part of the epoch (context: its tf.distribute.InputContext), in
+        per-device batches."""
         if context.num_input_pipelines != plan.workers:
             raise RuntimeError(f"{context.num_input_pipelines} input pipelines for a plan "
                                f"of {plan.workers} workers")
-        return lambda epoch: worker_epoch(images_dir, plan, context.input_pipeline_id, seed,
-                                          augmentation, epoch).rebatch(per_replica)
+        return worker_epoch(images_dir, plan, context.input_pipeline_id, seed, augmentation,
+                            epoch).rebatch(batch_size // replicas)
 
     return Epochs(lambda epoch: strategy.distribute_datasets_from_function(
-        lambda context: worker_input(context)(epoch)), plan.steps, how)
+        functools.partial(worker_batches, epoch)), plan.steps, how)
 
 
 def whole_split_epoch(images_dir: str, batch_size: int, seed: int,

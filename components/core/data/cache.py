@@ -38,8 +38,8 @@ BATCH = 64
 AUGMENT_SEED_STRIDE = 2 ** 20
 
 # The training split is cached as one file per this many images (a power of two of files, at
-# most MAX_TRAIN_FILES): 10,000 images are one file, 40,000 four, 160,000 or more sixteen.
-# Other splits are one file.
+# most MAX_TRAIN_FILES): 10,000 training images are one file, 40,000 four, 131,072 or more
+# sixteen. Other splits are one file.
 IMAGES_PER_FILE = 8192
 MAX_TRAIN_FILES = 16
 

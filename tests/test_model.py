@@ -259,6 +259,24 @@ def test_warmup_then_cosine_decay_to_zero():
     assert float(finetuning.warmup_cosine(1e-3, 100, 0.0)(0)) == pytest.approx(1e-3)
 
 
+def test_standardize_works_a_chunk_at_a_time_and_matches_the_whole_array_arithmetic(
+        monkeypatch):
+    rng = np.random.default_rng(3)
+    features = (rng.normal(5, 3, (1000, 8)) * [1, 1, 1, 1, 1, 1, 1, 1e-9]).astype(np.float32)
+    features[:, 3] = 2.0  # a constant feature and one 1e-9 as wide (a dead ReLU): ignored
+    monkeypatch.setattr(models.Standardize, "CHUNK_ROWS", 64)  # 16 chunks, the last of 40
+    layer = models.fitted_standardize(features)
+    whole = features.astype(np.float64)
+    np.testing.assert_array_equal(layer.mean.numpy(), whole.mean(axis=0).astype(np.float32))
+    std = whole.std(axis=0)
+    np.testing.assert_allclose(layer.inverse_std.numpy()[[0, 1, 2, 4, 5, 6]],
+                               1 / std[[0, 1, 2, 4, 5, 6]], rtol=1e-6)
+    assert layer.inverse_std.numpy()[3] == layer.inverse_std.numpy()[7] == 0
+    applied = layer.apply(features)
+    assert applied.dtype == np.float32
+    np.testing.assert_array_equal(applied, np.asarray(layer(features)))  # the model's layer
+
+
 def test_head_converges_to_the_scikit_learn_logistic_regression():
     from sklearn.linear_model import LogisticRegression
 

@@ -44,14 +44,14 @@ def train_head(features: dict[str, np.ndarray], num_classes: int, config: Pipeli
     candidate.
     """
     standardize = models.fitted_standardize(features["train_features"])
-    train_x = np.asarray(standardize(features["train_features"]))
-    val_x = np.asarray(standardize(features["val_features"]))
+    val_x = standardize.apply(features["val_features"])
     counts = np.bincount(features["train_labels"], minlength=num_classes).tolist()
     weights = models.class_weights(counts, config.loss.class_weight) or {}
     sample_weight = np.array([weights.get(int(y), 1.0) for y in features["train_labels"]],
                              np.float32)
     l2s = list(config.head.l2_candidates)
-    fits = fit_softmax_regressions(train_x, features["train_labels"], sample_weight, val_x,
+    fits = fit_softmax_regressions(standardize.apply(features["train_features"]),
+                                   features["train_labels"], sample_weight, val_x,
                                    features["val_labels"], num_classes, l2s, config)
     candidates = []
     for l2, (kernel, bias, history) in zip(l2s, fits):

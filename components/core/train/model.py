@@ -115,16 +115,36 @@ class Standardize(keras.layers.Layer):
         self.inverse_std = self.add_weight(shape=size, initializer="ones", trainable=False,
                                            name="inverse_std")
 
+    # Rows of features `fit` and `apply` take at a time: their memory is one chunk (in float64
+    # for `fit`), not a copy of the features.
+    CHUNK_ROWS = 16384
+
     def fit(self, features) -> None:
-        """Sets the statistics from features (N, D), float64 accumulation."""
+        """Sets the statistics from features (N, D), accumulated in float64 a chunk of rows at a
+        time: the mean, then the mean squared deviation from it."""
         import numpy as np
 
-        values = np.asarray(features, dtype=np.float64)
-        std = values.std(axis=0)
+        chunks = [features[start:start + self.CHUNK_ROWS]
+                  for start in range(0, len(features), self.CHUNK_ROWS)]
+        mean = sum(chunk.sum(axis=0, dtype=np.float64) for chunk in chunks) / len(features)
+        std = np.sqrt(sum(np.square(chunk.astype(np.float64) - mean).sum(axis=0)
+                          for chunk in chunks) / len(features))
         floor = self.RELATIVE_STD_FLOOR * np.median(std[std > 0]) if (std > 0).any() else np.inf
-        self.mean.assign(values.mean(axis=0).astype("float32"))
+        self.mean.assign(mean.astype("float32"))
         self.inverse_std.assign(np.where(std > floor, 1.0 / np.maximum(std, floor), 0.0)
                                 .astype("float32"))
+
+    def apply(self, features):
+        """`call` on a numpy array (N, D) -> float32 (N, D), a chunk of rows at a time (the same
+        float32 arithmetic, no intermediate copies of the features)."""
+        import numpy as np
+
+        mean, inverse_std = self.mean.numpy(), self.inverse_std.numpy()
+        standardized = np.empty(features.shape, np.float32)
+        for start in range(0, len(features), self.CHUNK_ROWS):
+            chunk = features[start:start + self.CHUNK_ROWS].astype(np.float32, copy=False)
+            np.multiply(chunk - mean, inverse_std, out=standardized[start:start + len(chunk)])
+        return standardized
 
     def call(self, features):
         return (features - self.mean) * self.inverse_std

@@ -40,7 +40,7 @@ def fine_tune(backbone_path: str, head_path: str, train: Epochs, val, config: Pi
     train: the training batches of every epoch, distributed by `strategy` (`shards.Epochs`:
     each worker reads its share). val: batched dataset every worker reads whole.
     config: resolved (`recipe.applied`: no "auto" setting left).
-    class_counts: training images per class (for the step count and class weights).
+    class_counts: training images per class (for the class weights).
     AdamW (finetune.weight_decay, biases not decayed); the learning rate warms up linearly for
     finetune.warmup_epochs, then decays along a cosine to 0 at the last epoch; gradients are
     all-reduced, then clipped to global norm CLIP_NORM. finetune.selection picks the weights

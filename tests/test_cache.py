@@ -168,7 +168,8 @@ def test_a_training_split_in_several_files_reads_back_in_its_order(tmp_path):
     split = cache.SplitImages(folder, "train", batch_size=8)
     assert np.array_equal(np.concatenate(list(split.batches())), images)
     assert np.array_equal(split[[36, 0, 13]], images[[36, 0, 13]])
-    read = [pixels[0, 0, 0] for pixels, _ in cache.read_resized(folder, "train").as_numpy_iterator()]
+    read = [pixels[0, 0, 0]
+            for pixels, _ in cache.read_resized(folder, "train").as_numpy_iterator()]
     assert read == list(range(37))
 
 

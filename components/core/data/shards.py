@@ -2,9 +2,9 @@
 epoch's batches.
 
 The resized-image cache writes a training split of N images as K = `cache.train_file_count(N)`
-files, image i in file i % K. The split is stored in a seeded random order (`splitting.training_order`), so
-every file holds a sample of every class, and reading the files one record from each in turn
-gives the split back in its order.
+files, image i in file i % K. The split is stored in a seeded random order
+(`splitting.training_order`), so every file holds a sample of every class, and reading the
+files one record from each in turn gives the split back in its order.
 
 An epoch's global batch of G images is made of S = gcd(K, G) streams: stream s reads the files
 s, s + S, ..., shuffles them with its own seed and contributes G / S images to every batch,

@@ -66,10 +66,10 @@ def assign_splits(images: list[CheckedImage], classes: list[str],
 
 def training_order(seed: int, sha256: str) -> str:
     """A training file's place in the caches, a function of its content and the seed only: the
-    caches hold the classes mixed, so the training stream's shuffle buffer (shards.whole_split_epoch,
-    4,096 images) mixes batches across classes however many images a class has (in class order,
-    a class larger than the buffer filled whole batches alone), and new files never move the
-    old ones relative to each other."""
+    caches hold the classes mixed, so the training stream's shuffle buffer
+    (shards.whole_split_epoch, 4,096 images) mixes batches across classes however many images a
+    class has (in class order, a class larger than the buffer filled whole batches alone), and
+    new files never move the old ones relative to each other."""
     return split_key(seed + 1, sha256)
 
 

@@ -335,15 +335,54 @@ def test_head_candidates_trained_together_match_each_trained_alone():
         assert alone["val_loss"] == pytest.approx(searched["val_loss"], rel=1e-5)
 
 
-def test_xla_compiled_head_steps_match_the_plain_ones(monkeypatch):
+def test_head_steps_in_row_chunks_match_one_chunk(monkeypatch):
     split = _noisy_split(300, 32, 0.2, seed=4)
     config = PipelineConfig.from_dict({"head": {"l2_candidates": [1e-3, 1e-1]}})
-    plain = head_training.train_head(split, 3, config)[1]["search"]
-    monkeypatch.setattr(head_training, "HEAD_XLA_MIN_MULTIPLY_ADDS", 0)  # every problem compiled
-    compiled = head_training.train_head(split, 3, config)[1]["search"]
-    for ours, theirs in zip(compiled, plain):
+    whole = head_training.train_head(split, 3, config)[1]["search"]
+    monkeypatch.setattr(head_training, "HEAD_CHUNK_ROWS", 37)  # 200 rows: 5 whole chunks + 15
+    chunked = head_training.train_head(split, 3, config)[1]["search"]
+    for ours, theirs in zip(chunked, whole):
         assert ours["steps_run"] == theirs["steps_run"]
         assert ours["val_loss"] == pytest.approx(theirs["val_loss"], rel=1e-4)
+
+
+def test_head_gradients_written_out_match_automatic_differentiation(monkeypatch):
+    import tensorflow as tf
+
+    monkeypatch.setattr(head_training, "HEAD_CHUNK_ROWS", 16)
+    rng = np.random.default_rng(0)
+    x = tf.constant(rng.normal(size=(50, 6)), tf.float32)
+    targets = tf.constant(rng.dirichlet(np.ones(4), 50), tf.float32)  # rows sum to 1
+    weight = tf.constant(rng.uniform(0.5, 2, 50), tf.float32)
+    kernel = tf.Variable(rng.normal(size=(3, 6, 4)), dtype=tf.float32)
+    bias = tf.Variable(rng.normal(size=(3, 4)), dtype=tf.float32)
+    penalty = tf.constant([0.0, 0.01, 1.0])[:, None, None]
+    losses, gradients = head_training._losses_and_gradients(x, targets, weight, kernel, bias,
+                                                            penalty)
+    with tf.GradientTape() as tape:
+        logits = tf.einsum("nd,kdc->knc", x, kernel) + bias[:, None, :]
+        entropy = tf.nn.softmax_cross_entropy_with_logits(
+            tf.broadcast_to(targets, tf.shape(logits)), logits)
+        taped = (tf.reduce_mean(entropy * weight, axis=1)
+                 + tf.reduce_sum(penalty * tf.square(kernel), axis=[1, 2]))
+        total = tf.reduce_sum(taped)
+    expected = tape.gradient(total, [kernel, bias])
+    np.testing.assert_allclose(losses.numpy(), taped.numpy(), rtol=1e-5)
+    for ours, theirs in zip(gradients, expected):
+        np.testing.assert_allclose(ours.numpy(), theirs.numpy(), rtol=1e-4, atol=1e-6)
+
+
+def test_head_overwrites_the_training_features_only_when_asked():
+    split = _noisy_split(90, 8, 0.5, seed=5)
+    raw = split["train_features"].copy()
+    config = PipelineConfig.from_dict({"head": {"l2_candidates": [1e-2]}})
+    kept = head_training.train_head(split, 3, config)[1]
+    np.testing.assert_array_equal(split["train_features"], raw)
+    overwritten = head_training.train_head(split, 3, config, overwrite_features=True)[1]
+    assert overwritten["val_loss"] == kept["val_loss"]
+    standardized = split["train_features"]
+    np.testing.assert_allclose(standardized.mean(axis=0), 0, atol=1e-5)
+    np.testing.assert_allclose(standardized.std(axis=0), 1, rtol=1e-4)
 
 
 def test_head_search_history_is_logged_for_tensorboard_per_candidate(tmp_path):

@@ -49,8 +49,9 @@ STEP_RECORDS_ENV = "TLPIPE_STEP_RECORDS"
 
 def _stage(step: str):
     """Decorates the stage of pipeline step `step`: configures logging for the step process
-    (also into the step records folder, if any), validates its `config` first, and records a
-    failure with its message before re-raising it."""
+    (also into the step records folder, if any), validates its `config` first, records a
+    failure with its message before re-raising it, and records the process's peak memory
+    (`peak_memory`) in <records>/<step>.memory.json when it ends."""
 
     def decorate(function):
         @functools.wraps(function)
@@ -67,10 +68,27 @@ def _stage(step: str):
                     storage.write_json(os.path.join(records, f"{step}.error.json"), {
                         "step": step, "type": type(error).__name__, "message": str(error)})
                 raise
+            finally:
+                if records:
+                    storage.write_json(os.path.join(records, f"{step}.memory.json"),
+                                       peak_memory())
 
         return wrapper
 
     return decorate
+
+
+def peak_memory() -> dict:
+    """This process's peak resident memory and the largest of its ended child processes' (the
+    kernel's high-water marks, exact where sampling would miss a short peak), in MB:
+    {"process_mb", "largest_child_mb"}."""
+    import resource
+
+    def megabytes(who: int) -> float:  # ru_maxrss is in KiB on Linux
+        return round(resource.getrusage(who).ru_maxrss / 1024, 1)
+
+    return {"process_mb": megabytes(resource.RUSAGE_SELF),
+            "largest_child_mb": megabytes(resource.RUSAGE_CHILDREN)}
 
 
 def _log_to_records(step: str) -> str:
@@ -164,7 +182,8 @@ def train_head(features_dir: str, head_dir: str, *, config) -> dict:
     features = cache.load_features(features_dir)
     with storage.atomic_dir(head_dir) as partial:
         head, report = head_training.train_head(features, len(classes), config,
-                                                log_dir=os.path.join(partial, "tensorboard"))
+                                                log_dir=os.path.join(partial, "tensorboard"),
+                                                overwrite_features=True)
         models.save(head, os.path.join(partial, "head.keras"))
         storage.write_json(os.path.join(partial, "history.json"), report)
     return {name: report[name] for name in ("l2", "val_loss", "val_accuracy", "steps_run")}

@@ -19,6 +19,7 @@ import numpy as np
 
 from components.core.data import discovery, tfrecords
 from components.core.io import storage
+from components.core.io.arrays import load_npz_aligned
 from components.core.io.progress import Progress
 
 if TYPE_CHECKING:  # annotations only: config sits above this package
@@ -389,5 +390,6 @@ class FeatureCache:
 
 
 def load_features(features_dir: str) -> dict[str, np.ndarray]:
-    with np.load(os.path.join(features_dir, FEATURES)) as arrays:
-        return {name: arrays[name] for name in arrays.files}
+    """The cached features and labels ({train,val}_{features,labels}), read into memory
+    TensorFlow can use in place (`load_npz_aligned`): N x D x 4 bytes per split, once."""
+    return load_npz_aligned(os.path.join(features_dir, FEATURES))

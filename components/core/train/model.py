@@ -134,13 +134,14 @@ class Standardize(keras.layers.Layer):
         self.inverse_std.assign(np.where(std > floor, 1.0 / np.maximum(std, floor), 0.0)
                                 .astype("float32"))
 
-    def apply(self, features):
+    def apply(self, features, out=None):
         """`call` on a numpy array (N, D) -> float32 (N, D), a chunk of rows at a time (the same
-        float32 arithmetic, no intermediate copies of the features)."""
+        float32 arithmetic, no intermediate copies of the features), written into `out`
+        (float32 (N, D); may be `features` itself) or a new array."""
         import numpy as np
 
         mean, inverse_std = self.mean.numpy(), self.inverse_std.numpy()
-        standardized = np.empty(features.shape, np.float32)
+        standardized = np.empty(features.shape, np.float32) if out is None else out
         for start in range(0, len(features), self.CHUNK_ROWS):
             chunk = features[start:start + self.CHUNK_ROWS].astype(np.float32, copy=False)
             np.multiply(chunk - mean, inverse_std, out=standardized[start:start + len(chunk)])

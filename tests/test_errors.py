@@ -278,6 +278,22 @@ def test_steps_leave_no_temporary_folders(small_run):
     assert "preprocess.log" in logs and not [name for name in logs if "error" in name]
 
 
+def test_every_step_records_its_peak_memory(small_run):
+    logs = os.path.join(small_run["summary"]["run_dir"], "logs")
+    for step in small_run["summary"]["finished_steps"]:
+        with open(os.path.join(logs, f"{step}.memory.json"), encoding="utf-8") as handle:
+            memory = json.load(handle)
+        assert memory["process_mb"] > 20 and memory["largest_child_mb"] >= 0, step
+
+
+def test_peak_memory_counts_an_ended_child_process():
+    from components.core import stages
+
+    touch_300_mb = "b = bytearray(300 << 20); b[::4096] = b'x' * len(b[::4096])"
+    subprocess.run([sys.executable, "-c", touch_300_mb], check=True)
+    assert stages.peak_memory()["largest_child_mb"] >= 300
+
+
 def _model(run, kind):
     steps = run["summary"]["steps"]
     if kind == "keras":

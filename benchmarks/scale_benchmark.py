@@ -7,10 +7,10 @@ effect of one fine-tune epoch on val accuracy, and the input pipeline's speed pe
 For each size N: synthetic class folders (10 classes of N/10 128 px JPEGs, written class by
 class, each class a colour and a shape with noise, so a pretrained backbone has something to
 learn), then one whole `tlpipe run` (MobileNet v1 0.25 with ../shared's ImageNet weights at 128
-px, 1 fine-tune epoch): each step's peak memory, the larger of the high-water marks the step
-records (RUN/logs/STEP.memory.json: its process + its largest ended child) and the RSS of its
-process tree (executor and every process under it) sampled every 0.25 s, and its wall time
-(the console's step lines).
+px, 1 fine-tune epoch): each step's peak memory, the larger of the high-water mark of its
+process (RUN/logs/STEP.memory.json, exact however short the peak) and the RSS of its process
+tree (executor and every process under it, worker processes included) sampled every 0.25 s,
+and its wall time (the console's step lines).
 Then the input pipeline alone (`shards.training_epochs`: cached read + crops and flips, batch 64)
 pinned to one core, at 128 and 224 px, from 1 and 16 training files, in images/s, projected to
 an 8-core GPU node. Results go to benchmarks/SCALE_RESULTS.md. Needs psutil (a test
@@ -98,11 +98,9 @@ def run_and_watch(data: str, output: str) -> dict:
 
 
 def _recorded_peak(run_dir: str, step: str) -> float:
-    """The step's own record of its peak memory in MB: its process's high-water mark plus its
-    largest ended child's (see stages.peak_memory)."""
+    """The step process's own record of its peak memory in MB (see stages.peak_memory)."""
     with open(os.path.join(run_dir, "logs", f"{step}.memory.json"), encoding="utf-8") as handle:
-        record = json.load(handle)
-    return record["process_mb"] + record["largest_child_mb"]
+        return json.load(handle)["process_mb"]
 
 
 def _step_trees(parent) -> dict[str, float]:
@@ -186,9 +184,9 @@ def render(results: dict, rates: dict, sizes: list[int]) -> str:
         f"{datetime.date.today()}, {platform.machine()}, {os.cpu_count()} cores, Python "
         f"{platform.python_version()}. Synthetic class folders (10 classes written class by "
         f"class, 128 px JPEGs), MobileNet v1 0.25 with ImageNet weights at 128 px, 1 fine-tune "
-        f"epoch. Peak memory of each step: the larger of its recorded high-water marks (process "
-        f"+ largest child) and its process tree's RSS sampled every 0.25 s; wall time from the "
-        f"console's step lines.", "",
+        f"epoch. Peak memory of each step: the larger of its process's recorded high-water mark "
+        f"and its process tree's RSS sampled every 0.25 s; wall time from the console's step "
+        f"lines.", "",
         "| step | " + " | ".join(f"{n:,} images: s, MB" for n in sizes) + " | "
         + " | ".join(f"peak {b:,}/{a:,}" for a, b in zip(sizes, sizes[1:])) + " | "
         + " | ".join(f"s per image {b:,}/{a:,}" for a, b in zip(sizes, sizes[1:])) + " |",

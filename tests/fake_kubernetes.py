@@ -151,13 +151,19 @@ def workers_following_the_job(fake: FakeKubernetes) -> list[dict]:
 
 
 def pod(name: str, phase: str, exit_code: int | None = None, reason: str = "",
-        unschedulable: str = "") -> dict:
-    """A worker Pod as the API returns it: terminated with `exit_code`, or pending with an
+        unschedulable: str = "", crash_looping: bool = False) -> dict:
+    """A worker Pod as the API returns it: terminated with `exit_code` (crash_looping: its
+    last run did, and it now waits in CrashLoopBackOff to start again), or pending with an
     unschedulable message."""
     container = {"name": "tensorflow", "image": "img", "imageID": "", "ready": False,
                  "restartCount": 0, "state": {}}
     if exit_code is not None:
-        container["state"] = {"terminated": {"exitCode": exit_code, "reason": reason}}
+        ended = {"terminated": {"exitCode": exit_code, "reason": reason}}
+        if crash_looping:
+            container.update(restartCount=3, lastState=ended, state={"waiting": {
+                "reason": "CrashLoopBackOff", "message": "back-off 40s restarting"}})
+        else:
+            container["state"] = ended
     status = {"phase": phase, "containerStatuses": [container]}
     if unschedulable:
         status = {"phase": phase, "conditions": [

@@ -18,7 +18,7 @@ from kubeflow.training import models as kubeflow_models
 from kubernetes.client import models as kubernetes_models
 
 from components.core.cluster import job as cluster_job, launch, pod as own_pod, tfjob
-from components.core.config.errors import ConfigError
+from components.core.errors import ConfigError
 from pipelines import deploy, settings as deployment
 from pipelines.cli import main
 from pipelines.transfer_learning import STEP_ORDER, compile_pipeline
@@ -219,18 +219,23 @@ def test_success_counts_restarts_and_deletes_the_job():
     assert created == job
 
 
+def _failure(pods: list, logs: dict) -> tuple[str, FakeKubernetes]:
+    """The JobFailure message of a TFJob that fails with these worker pods and logs."""
+    with FakeKubernetes(["Created", "Running", "Failed"], pods, logs,
+                        failure_message="TFJob has failed because 1 Worker replica(s) failed."
+                        ) as fake:
+        with pytest.raises(cluster_job.JobFailure) as failure:
+            cluster_job.run(tfjob.KIND, job_manifest(), fake.client(), poll_seconds=0.01)
+    return str(failure.value), fake
+
+
 def test_a_failed_worker_is_named_with_its_reason_and_last_lines():
     name = launch.job_name(URIS["model"])
     pods = [pod(f"{name}-worker-0", "Running"),
             pod(f"{name}-worker-1", "Failed", exit_code=1, reason="Error"),
             pod(f"{name}-worker-2", "Succeeded", exit_code=0)]
     logs = {f"{name}-worker-1": "epoch 2\nResourceExhaustedError: OOM when allocating\n"}
-    with FakeKubernetes(["Created", "Running", "Failed"], pods, logs,
-                        failure_message="TFJob has failed because 1 Worker replica(s) failed."
-                        ) as fake:
-        with pytest.raises(cluster_job.JobFailure) as failure:
-            cluster_job.run(tfjob.KIND, job_manifest(), fake.client(), poll_seconds=0.01)
-    message = str(failure.value)
+    message, fake = _failure(pods, logs)
     assert "1 Worker replica(s) failed" in message
     assert f"pod {name}-worker-1: Failed, Error, exit code 1" in message
     assert "ResourceExhaustedError: OOM when allocating" in message
@@ -238,6 +243,16 @@ def test_a_failed_worker_is_named_with_its_reason_and_last_lines():
     log_request, = [r for r in fake.requests if r["path"].endswith("/log")]
     assert log_request["query"]["tailLines"] == [str(cluster_job.LOG_LINES)]
     assert fake.methods()[-1] == "DELETE tfjob" and fake.live_jobs() == {}
+
+
+def test_a_crash_looping_worker_is_named_with_its_last_exit_code_and_lines():
+    name = launch.job_name(URIS["model"])
+    pods = [pod(f"{name}-worker-0", "Running"),
+            pod(f"{name}-worker-1", "Running", exit_code=137, reason="OOMKilled",
+                crash_looping=True)]
+    message, _ = _failure(pods, {f"{name}-worker-1": "epoch 1\nKilled\n"})
+    assert f"pod {name}-worker-1: Running, CrashLoopBackOff, exit code 137" in message
+    assert "epoch 1\nKilled" in message and "worker-0" not in message
 
 
 def test_a_retry_waits_until_the_failed_attempts_job_is_gone():

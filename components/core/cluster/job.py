@@ -221,15 +221,18 @@ def worker_report(kind: JobKind, core, name: str, namespace: str) -> str:
 
 
 def _pod_reason(pod) -> tuple[str, int | None]:
-    """(reason, exit code) of a pod: its terminated or waiting container, else an
-    unschedulable condition."""
+    """(reason, exit code) of a pod: a container that ended with an error, now or in its last
+    run (a crash-looping container waits in CrashLoopBackOff with its exit code in
+    last_state), or that waits; else an unschedulable condition."""
     for container in pod.status.container_statuses or []:
-        state = container.state or container.last_state
-        terminated = state.terminated if state else None
-        if terminated is not None and terminated.exit_code:
-            return terminated.reason or "Error", terminated.exit_code
-        if state and state.waiting is not None:
-            return state.waiting.reason or "Waiting", None
+        waiting = container.state.waiting if container.state else None
+        for state in (container.state, container.last_state):
+            terminated = state.terminated if state else None
+            if terminated is not None and terminated.exit_code:
+                reason = waiting.reason if waiting is not None and waiting.reason else None
+                return reason or terminated.reason or "Error", terminated.exit_code
+        if waiting is not None:
+            return waiting.reason or "Waiting", None
     for condition in pod.status.conditions or []:
         if condition.type == "PodScheduled" and condition.status == "False":
             return f"{condition.reason}: {condition.message}", None

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import math
 import re
+import sys
 from collections import Counter
 from dataclasses import dataclass, field, replace
 from typing import Optional
@@ -36,7 +37,7 @@ from typing import Optional
 from components import __version__
 from components.core.cluster import launch
 from components.core.config.coerce import from_mapping, read_yaml
-from components.core.config.errors import ConfigError
+from components.core.errors import ConfigError
 from components.core.registry.champion import PROMOTE_POLICIES
 from components.core.registry.models import MODEL_NAME, default_model_name
 from components.steps import IMAGE_REGISTRY
@@ -180,8 +181,9 @@ class Settings:
     (per run): a gs:// prefix, or a folder inside backup_volume.mount_path; required on a
     cluster when steps.finetune.workers > 1, because a restarted pod must find what its
     predecessor saved. backup_volume: the PersistentVolumeClaim such a folder is on (mounted in
-    the worker pods and the fine-tune step's pod). tfjob_namespace: where the TrainJob or TFJob
-    is created ("" for the namespace the pipeline's pods run in). model_registry: see
+    the worker pods and the fine-tune step's pod). job_namespace: where the TrainJob or TFJob
+    is created ("" for the namespace the pipeline's pods run in; the old name tfjob_namespace
+    is still read, with a note). model_registry: see
     ModelRegistrySettings (not `registry`, which is where the step images are)."""
 
     registry: str = IMAGE_REGISTRY
@@ -189,7 +191,7 @@ class Settings:
     pipeline_root: str = ""
     backup_root: str = ""
     backup_volume: BackupVolume = field(default_factory=BackupVolume)
-    tfjob_namespace: str = ""
+    job_namespace: str = ""
     model_registry: ModelRegistrySettings = field(default_factory=ModelRegistrySettings)
     steps: dict[str, StepSettings] = field(default_factory=dict)
 
@@ -212,7 +214,7 @@ def parse(raw: dict, step_names: tuple[str, ...], origin: str = "settings") -> S
     """Settings from a mapping shaped like the YAML file; validated (see `problems`)."""
     if not isinstance(raw, dict):
         raise ConfigError(f"{origin} must hold a mapping such as 'registry: ghcr.io/me'")
-    raw = dict(raw)
+    raw = _renamed(dict(raw), origin)
     defaults = raw.pop("defaults", {}) or {}
     per_step = raw.pop("steps", {}) or {}
     if not isinstance(defaults, dict) or not isinstance(per_step, dict):
@@ -234,6 +236,23 @@ def parse(raw: dict, step_names: tuple[str, ...], origin: str = "settings") -> S
     if found:
         raise ConfigError(f"{origin}: {found[0]}")
     return settings
+
+
+# Old settings keys still read: {old name: new name}.
+RENAMED_KEYS = {"tfjob_namespace": "job_namespace"}
+
+
+def _renamed(raw: dict, origin: str) -> dict:
+    """`raw` with every RENAMED_KEYS old key under its new name (a note on stderr for each);
+    ConfigError when a file gives both names."""
+    for old, new in RENAMED_KEYS.items():
+        if old in raw:
+            if new in raw:
+                raise ConfigError(f"{origin}: {old} is the old name of {new}; keep only {new}")
+            print(f"tlpipe: note: {origin}: {old} is now called {new}; rename it (the old "
+                  f"name is still read)", file=sys.stderr)
+            raw[new] = raw.pop(old)
+    return raw
 
 
 def problems(settings: Settings) -> list[str]:
@@ -263,8 +282,8 @@ def problems(settings: Settings) -> list[str]:
           f"backup_volume.claim_name={volume.claim_name!r} is not a PersistentVolumeClaim name")
     check(not volume.mount_path or volume.mount_path.startswith("/"),
           f"backup_volume.mount_path={volume.mount_path!r}; use an absolute path")
-    check(not settings.tfjob_namespace or bool(DNS_LABEL.match(settings.tfjob_namespace)),
-          f"tfjob_namespace={settings.tfjob_namespace!r} is not a Kubernetes namespace name")
+    check(not settings.job_namespace or bool(DNS_LABEL.match(settings.job_namespace)),
+          f"job_namespace={settings.job_namespace!r} is not a Kubernetes namespace name")
     models = settings.model_registry
     check(not models.root or models.root.startswith(("gs://", "/")),
           f"model_registry.root={models.root!r}; use a gs://BUCKET/PATH prefix or an absolute "

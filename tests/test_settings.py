@@ -14,7 +14,7 @@ from components import __version__
 from pipelines.cli import main
 from pipelines.settings import ALWAYS_RUN
 from pipelines.transfer_learning import STEP_ORDER
-from tests.conftest import GOLDEN, GOLDEN_SETTINGS
+from tests.helpers import GOLDEN, GOLDEN_SETTINGS
 
 COMPILED = tuple(step for step in STEP_ORDER if step != "pick-trial")  # no search
 GOLDEN_PIPELINE = os.path.join(GOLDEN, "pipeline.yaml")
@@ -136,6 +136,9 @@ def test_without_settings_images_follow_the_package_version(tmp_path):
     ("registry: https://ghcr.io/me/", "without a scheme"),
     ("defaults: {timeout_seconds: -5}", "timeout_seconds=-5"),
     ("steps: {finetune: {node_selector: {pool: 'two words'}}}", "not a valid node label"),
+    ("job_namespace: Training_Jobs", "job_namespace='Training_Jobs' is not a Kubernetes"),
+    ("{job_namespace: ml, tfjob_namespace: ml}", "tfjob_namespace is the old name of "
+                                                  "job_namespace; keep only job_namespace"),
 ])
 def test_bad_settings_are_named_before_anything_is_written(capsys, tmp_path, text, message):
     settings = tmp_path / "settings.yaml"
@@ -186,3 +189,18 @@ def test_names_made_of_words_are_not_taken_for_credentials():
 def test_missing_settings_file_is_named(capsys, tmp_path):
     assert main(["compile", "--settings", str(tmp_path / "nope.yaml")]) == 2
     assert "settings file" in capsys.readouterr().err
+
+
+def test_the_old_namespace_key_is_still_read_with_a_note(capsys, tmp_path):
+    from pipelines import settings as deployment
+
+    settings = tmp_path / "settings.yaml"
+    settings.write_text("tfjob_namespace: training\nsteps: {finetune: {workers: 2, launcher: "
+                        "tfjob}}\nbackup_root: gs://b/backups\n")
+    loaded = deployment.load(str(settings), STEP_ORDER)
+    assert loaded.job_namespace == "training"
+    from pipelines import deploy
+
+    assert deploy.distribution(loaded)["namespace"] == "training"
+    err = capsys.readouterr().err
+    assert "tfjob_namespace is now called job_namespace; rename it" in err

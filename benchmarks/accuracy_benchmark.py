@@ -122,7 +122,8 @@ def baselines(run_dir: str, seed: int, size: int) -> dict:
 def _nearest_centroid_test(step: dict, config: dict, classifier) -> float:
     from components.core.config.schema import PipelineConfig
     from components.core.data import cache
-    from components.core.train import backbones, model as models
+    from components.core.config import backbones
+    from components.core.train import model as models
 
     settings = PipelineConfig.from_dict(config)
     spec = backbones.get(settings.model.backbone)

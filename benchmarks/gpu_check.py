@@ -122,11 +122,12 @@ def time_steps(policy: str, weights: str) -> float:
     `policy`, after 3 warm-up steps."""
     import keras
 
-    from components.core.train import backbones, model as models
+    from components.core.config import backbones
+    from components.core.train import model as models
 
     keras.mixed_precision.set_global_policy(policy)
     spec = backbones.get("mobilenet")
-    backbone = backbones.build(spec, 160, 0.25, weights)
+    backbone = models.build_backbone(spec, 160, 0.25, weights)
     head = keras.Sequential([keras.layers.Dense(2, activation="softmax", dtype="float32")])
     classifier = models.attach(backbone, spec.preprocess_mode, 160, head)
     classifier.compile(optimizer=keras.optimizers.SGD(1e-4),

@@ -141,7 +141,7 @@ import numpy as np
 import tensorflow as tf
 from components.core.config.schema import AugmentConfig
 from components.core.data import shards
-from tests.conftest import write_image_cache
+from tests.helpers import write_image_cache
 
 size, count, files, folder = (int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]),
                               sys.argv[4])

@@ -61,7 +61,8 @@ def frozen_pass(dataset_dir: str, config: dict) -> float:
     from components.core.config.schema import PipelineConfig
     from components.core.data import tfrecords
     from components.core.data.preprocessing import resize_images, to_uint8
-    from components.core.train import backbones, model as models
+    from components.core.config import backbones
+    from components.core.train import model as models
 
     settings = PipelineConfig.from_dict(config)
     spec = backbones.get(settings.model.backbone)
@@ -89,7 +90,8 @@ def tutorial(dataset_dir: str, config: dict) -> dict:
     from components.core.config.schema import PipelineConfig
     from components.core.data import tfrecords
     from components.core.io import storage
-    from components.core.train import backbones, model as models
+    from components.core.config import backbones
+    from components.core.train import model as models
 
     settings = PipelineConfig.from_dict(config)
     spec = backbones.get(settings.model.backbone)
@@ -151,7 +153,8 @@ def test_accuracy(model_path: str, backbone_dir: str, head_dir: str, images_dir:
 
     from components.core.config.schema import PipelineConfig
     from components.core.data import cache
-    from components.core.train import backbones, model as models
+    from components.core.config import backbones
+    from components.core.train import model as models
 
     images, labels = cache.read_arrays(images_dir, "test")
     if model_path:
@@ -173,7 +176,8 @@ def linear_probe(features_dir: str, backbone_dir: str, images_dir: str, config: 
 
     from components.core.config.schema import PipelineConfig
     from components.core.data import cache
-    from components.core.train import backbones, model as models
+    from components.core.config import backbones
+    from components.core.train import model as models
 
     settings = PipelineConfig.from_dict(config)
     spec = backbones.get(settings.model.backbone)

@@ -25,8 +25,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--head", required=True, help="the train-head step's head artifact")
     parser.add_argument("--model", required=True, help="where the chief writes the model")
     parser.add_argument("--config", required=True,
-                        help="the pipeline config as JSON (sections data, model, augment, loss, "
-                             "finetune)")
+                        help="the config sections fine-tuning uses, as JSON (data, model, "
+                             "augment, loss, finetune: stages.WORKER_SECTIONS); each is "
+                             "checked on its own")
     parser.add_argument("--backup-root", default="",
                         help="where each worker keeps its backup (local path or gs://) so a "
                              "restarted job resumes from the last completed epoch")

@@ -10,6 +10,7 @@ import signal
 import sys
 
 from components.core.config import schema as configs
+from components.core.errors import InputError, StepError
 from components.core.io.console import import_tensorflow_quietly
 from pipelines import commands
 from pipelines.commands import OVERRIDES
@@ -17,13 +18,15 @@ from pipelines.commands import OVERRIDES
 # Commands that import TensorFlow (which prints start-up notices to stderr whatever
 # TF_CPP_MIN_LOG_LEVEL says: held back, see console.import_tensorflow_quietly).
 TENSORFLOW_COMMANDS = ("predict",)  # run and demo import it after checking their arguments
+BUG_EXIT_CODE = 70  # EX_SOFTWARE (sysexits.h): an internal error
 PIPELINE_COMMANDS = ("run", "demo")  # end cleanly on SIGTERM and SIGHUP too (see stop_on_signals)
 
 
 def main(argv: list[str] | None = None) -> int:
     """The `tlpipe` command. Exit codes: 0 done; 1 a step or an image failed (one line on
-    stderr each); 2 bad input, before any work (one line); 128 + the signal when interrupted
-    (130 Ctrl-C, 143 SIGTERM, 129 SIGHUP)."""
+    stderr each; `StepError`); 2 bad input (one line; `InputError`); 128 + the signal when
+    interrupted (130 Ctrl-C, 143 SIGTERM, 129 SIGHUP); BUG_EXIT_CODE for any other exception,
+    a bug, its traceback written to a file named on stderr."""
     from pipelines import local_run
 
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # steps inherit it: no C++ info spam
@@ -38,10 +41,10 @@ def main(argv: list[str] | None = None) -> int:
         code = args.handler(args)
         sys.stdout.flush()  # a closed pipe fails here, inside the try, not at exit
         return code
-    except ValueError as error:  # ConfigError, DataError, WeightsError: bad input, named
+    except InputError as error:  # ConfigError, DataError, WeightsError...: bad input, named
         print(f"tlpipe: error: {_one_line(error)}", file=sys.stderr)
         return 2
-    except RuntimeError as error:  # StepFailed: the step, its error and its log
+    except StepError as error:  # StepFailed: the step, its error and its log
         print(f"tlpipe: {_one_line(error)}", file=sys.stderr)
         return 1
     except BrokenPipeError:  # the reader stopped reading (`tlpipe backbones | head`): done
@@ -55,6 +58,23 @@ def main(argv: list[str] | None = None) -> int:
         print(f"tlpipe: interrupted{how}" + (f"; partial run in {where}" if where else ""),
               file=sys.stderr)
         return 128 + signum
+    except Exception as error:  # raised by no rule of tlpipe's: a bug, not the user's input
+        print(f"tlpipe: internal error (a bug in tlpipe): {type(error).__name__}: "
+              f"{_one_line(error)}; the traceback is "
+              f"in {_write_traceback()}: please report it with that file", file=sys.stderr)
+        return BUG_EXIT_CODE
+
+
+def _write_traceback() -> str:
+    """Writes the exception being handled, with its traceback, to a new file in the temporary
+    folder; returns its path."""
+    import tempfile
+    import traceback
+
+    handle, path = tempfile.mkstemp(prefix="tlpipe-bug-", suffix=".log")
+    with os.fdopen(handle, "w", encoding="utf-8") as log:
+        log.write(traceback.format_exc())
+    return path
 
 
 class _StderrNow(logging.StreamHandler):

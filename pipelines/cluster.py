@@ -15,7 +15,7 @@ import re
 import tempfile
 from typing import Optional
 
-from components.core.config.errors import ConfigError
+from components.core.errors import ConfigError, StepError
 
 TOKEN_ENV = "TLPIPE_KFP_TOKEN"
 HOST_ENV = "TLPIPE_KFP_HOST"
@@ -74,7 +74,7 @@ def _cron_field_problem(value: str, low: int, high: int, names: tuple, question:
 def client(host: Optional[str], namespace: Optional[str] = None):
     """A kfp.Client for `host` (else $TLPIPE_KFP_HOST, else kubeconfig discovery), with
     credentials as described in this module's docstring. An explicit host is probed first, so
-    an unreachable or refusing server is a clear RuntimeError at once (kfp.Client itself retries
+    an unreachable or refusing server is a clear StepError at once (kfp.Client itself retries
     its health check for ~20 s and then reports only a time-out)."""
     import kfp
 
@@ -92,7 +92,7 @@ def client(host: Optional[str], namespace: Optional[str] = None):
     try:
         return kfp.Client(**options)
     except Exception as error:  # connection, TLS and auth errors all surface here first
-        raise RuntimeError(_explain(error, host)) from error
+        raise StepError(_explain(error, host)) from error
 
 
 def _read_token(path: str) -> Optional[str]:
@@ -103,7 +103,7 @@ def _read_token(path: str) -> Optional[str]:
 
 
 def _probe(host: str, token: Optional[str]) -> None:
-    """GET the KFP health endpoint once (10 s time-out); RuntimeError saying why it failed."""
+    """GET the KFP health endpoint once (10 s time-out); StepError saying why it failed."""
     import urllib.error
     import urllib.request
 
@@ -112,7 +112,7 @@ def _probe(host: str, token: Optional[str]) -> None:
     try:
         urllib.request.urlopen(request, timeout=10).close()
     except (urllib.error.URLError, OSError) as error:
-        raise RuntimeError(_explain(error, host)) from error
+        raise StepError(_explain(error, host)) from error
 
 
 def _explain(error: Exception, host: Optional[str]) -> str:
@@ -133,7 +133,7 @@ def _call(host: Optional[str], action, *args, **kwargs):
     try:
         return action(*args, **kwargs)
     except Exception as error:
-        raise RuntimeError(_explain(error, host)) from error
+        raise StepError(_explain(error, host)) from error
 
 
 def compiled_package(settings, directory: str, config=None) -> str:

@@ -12,11 +12,10 @@ import os
 import signal
 import sys
 
-from components.core.config import checks as config_checks, schema as configs
-from components.core.config.errors import ConfigError
+from components.core.config import backbones, schema as configs
 from components.core.data import discovery, ingest as ingestion, sources
+from components.core.errors import ConfigError, InputError, StepError
 from components.core.io.console import import_tensorflow_quietly
-from components.core.train import backbones
 
 # Flags that override one config field: flag -> (section, field, type, help).
 OVERRIDES = {
@@ -59,7 +58,7 @@ def build_config(args: argparse.Namespace) -> configs.PipelineConfig:
         value = getattr(args, flag[2:].replace("-", "_"))
         if value is not None:
             overrides.setdefault(section, {})[field] = value
-    config = config.with_overrides(overrides).validate()
+    config = config.with_overrides(overrides).preflight()
     if os.path.isfile(config.model.weights):  # steps may run in another working directory
         config.model.weights = os.path.abspath(config.model.weights)
     baseline = config.evaluate.baseline_model
@@ -115,12 +114,11 @@ def run_and_report(source: str, config: configs.PipelineConfig, output: str,
                   f"starting with '.' are never classes); rename them to train on them",
                   file=sys.stderr)
         _check_baseline_classes(config.evaluate.baseline_model, classes)
-        config_checks.check_batch_fits(config.finetune, len(files), source)
+        config.finetune.check_batch_fits(len(files), source)
         if len(files) <= PREVIEW_MAX_FILES or 2 * config.finetune.batch_size > len(files):
             # plan the splits as ingest will (file hashes and headers, no decoding)
             train = ingestion.preview_counts(source, config.data)["train"]
-            config_checks.check_batch_fits(config.finetune, train,
-                                           f"the training split of {source}")
+            config.finetune.check_batch_fits(train, f"the training split of {source}")
     import_tensorflow_quietly()
     from components.core.train import model as models
 
@@ -302,7 +300,7 @@ def schedules(args: argparse.Namespace) -> int:
 
 
 def unschedule(args: argparse.Namespace) -> int:
-    """`tlpipe unschedule`: deletes a recurring run."""
+    """`tlpipe unschedule`: disables a recurring run (kept, listed as disabled)."""
     from pipelines import cluster
 
     cluster.unschedule(args.host, args.namespace, args.recurring_run_id)
@@ -334,13 +332,13 @@ def report(args: argparse.Namespace) -> int:
         summary = _read_summary(summary_path)
         if summary.get("status") in ("failed", "interrupted"):
             failure = summary.get("failure") or {}
-            raise RuntimeError(f"the run in {summary['run_dir']} {summary['status']}" + (
+            raise StepError(f"the run in {summary['run_dir']} {summary['status']}" + (
                 f" at step {failure['step']}: {failure['error']}" if failure else "") +
                 f"; finished steps: {', '.join(summary['finished_steps']) or 'none'}")
         run_dir = summary["run_dir"]
     evaluation_dir = os.path.join(run_dir, "evaluate", "evaluation")
     if not os.path.isdir(evaluation_dir):
-        raise ValueError(f"{args.run} holds no evaluated run (no evaluate/evaluation/ under "
+        raise InputError(f"{args.run} holds no evaluated run (no evaluate/evaluation/ under "
                          f"{run_dir}); pass the --output folder of `tlpipe run` or its "
                          f"runs/<pipeline>-<time> folder")
     exported = [os.path.join(run_dir, "quantize", "tflite"), os.path.join(run_dir, "tensorrt",
@@ -358,7 +356,7 @@ def report(args: argparse.Namespace) -> int:
 
 
 def _read_summary(path: str) -> dict:
-    """A summary.json `tlpipe run` wrote; ValueError naming the file when it is damaged."""
+    """A summary.json `tlpipe run` wrote; InputError naming the file when it is damaged."""
     try:
         with open(path, encoding="utf-8") as handle:
             summary = json.load(handle)
@@ -366,7 +364,7 @@ def _read_summary(path: str) -> dict:
             raise ValueError("no run_dir in it")
         return summary
     except (ValueError, UnicodeDecodeError) as error:
-        raise ValueError(f"{path} is damaged ({type(error).__name__}: {error}); pass the run's "
+        raise InputError(f"{path} is damaged ({type(error).__name__}: {error}); pass the run's "
                          f"runs/<pipeline>-<time> folder instead, or run again") from None
 
 

@@ -7,10 +7,11 @@ from __future__ import annotations
 
 from dataclasses import asdict, replace
 
+from components.core.errors import ConfigError
 from pipelines.settings import (CLUSTER_LAUNCHERS, LAUNCHERS, MULTI_WORKER_STEP, Settings,
                                 StepSettings)
 
-# What each TFJob worker pod gets from steps.finetune.
+# What each worker pod of a cluster job (TrainJob or TFJob) gets from steps.finetune.
 WORKER_POD_KEYS = ("cpu_request", "cpu_limit", "memory_request", "memory_limit", "gpus",
                    "gpu_type", "node_selector", "tolerations", "secrets", "worker_service_account")
 
@@ -28,7 +29,7 @@ def distribution(settings: Settings, launcher: str | None = None) -> dict:
     and what each worker pod gets (WORKER_POD_KEYS and the backup volume)."""
     launcher = launcher or settings.step(MULTI_WORKER_STEP).launcher
     if launcher not in LAUNCHERS:
-        raise ValueError(f"launcher={launcher!r}; use one of {LAUNCHERS}")
+        raise ConfigError(f"launcher={launcher!r}; use one of {LAUNCHERS}")
     step = settings.step(MULTI_WORKER_STEP)
     spec = {"workers": step.workers, "launcher": launcher, "restarts": step.worker_restarts,
             "start_timeout_seconds": step.worker_start_timeout_seconds,
@@ -36,15 +37,15 @@ def distribution(settings: Settings, launcher: str | None = None) -> dict:
     if launcher in CLUSTER_LAUNCHERS and step.workers > 1:
         pod = asdict(step)
         spec.update({"image": settings.image("tlpipe-train"), "backup_root": settings.backup_root,
-                     "namespace": settings.tfjob_namespace,
+                     "namespace": settings.job_namespace,
                      "pod": {**{key: pod[key] for key in WORKER_POD_KEYS},
                              "backup_volume": asdict(settings.backup_volume)}})
     return spec
 
 
 def launcher_step(step: StepSettings) -> StepSettings:
-    """The fine-tune step's own pod when it launches a TFJob: it only waits and copies the model,
-    so the accelerators and their placement go to the workers, not to it."""
+    """The fine-tune step's own pod when it launches a cluster job (TrainJob or TFJob): it only
+    waits and copies the model, so the accelerators and their placement go to the workers."""
     return replace(step, gpus=0, node_selector={}, tolerations=[])
 
 

@@ -17,6 +17,7 @@ import sys
 import time
 import warnings
 
+from components.core.errors import InputError, StepError
 from pipelines.console import StepConsole
 from pipelines.transfer_learning import STEP_ORDER, compile_pipeline
 
@@ -26,7 +27,7 @@ LOCK = ".tlpipe-run.lock"  # OUTPUT's lock file: {"pid", "host", "started"} of t
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)  # each ends a local run cleanly
 
 
-class OutputRefused(ValueError):
+class OutputRefused(InputError):
     """The output folder cannot take this run: another run holds its lock, or it cannot be
     written to (bad input: pick another --output)."""
 
@@ -39,7 +40,7 @@ class Stopped(KeyboardInterrupt):
         self.signum = signum
 
 
-class StepFailed(RuntimeError):
+class StepFailed(StepError):
     """A step of a local run failed. step: its name; error: "<Type>: <message>" as the step
     recorded it; log: the step's log file ("" when it wrote none); run_dir: the partial run."""
 
@@ -199,7 +200,7 @@ def run(source: str, config: dict, output_dir: str, settings=None, verbose: bool
         shutil.rmtree(scratch, ignore_errors=True)
         shutil.rmtree(records, ignore_errors=True)  # (moved into the run folder if there was one)
     if not run_dir:
-        raise RuntimeError(f"the local run wrote nothing under {root}")
+        raise StepError(f"the local run wrote nothing under {root}")
     return run_dir
 
 

@@ -12,7 +12,7 @@ import os
 from kfp import compiler, dsl
 
 from components import steps
-from components.core.config.errors import ConfigError
+from components.core.errors import ConfigError
 from pipelines import deploy, settings as deployment
 
 PIPELINE_NAME = "tlpipe-transfer-learning"

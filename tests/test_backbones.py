@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 
 from components.core.data.preprocessing import RawImagePreprocessing, normalize
-from components.core.train import backbones
+from components.core.config import backbones
+from components.core.train import model as models
 
 # Quick to build; the rest of the zoo is built in the slow tier.
 QUICK = {"mobilenet", "mobilenet_v2", "mobilenet_v3_small", "efficientnet_b0",
@@ -18,7 +19,7 @@ QUICK = {"mobilenet", "mobilenet_v2", "mobilenet_v3_small", "efficientnet_b0",
 def test_every_backbone_builds_at_its_minimum_size(name):
     spec = backbones.get(name)
     alpha = spec.alphas[0] if spec.alphas else 1.0
-    model = backbones.build(spec, spec.min_size, alpha, None)
+    model = models.build_backbone(spec, spec.min_size, alpha, None)
     features = model(np.zeros((1, spec.min_size, spec.min_size, 3), np.float32))
     assert model.name == "backbone" and features.shape[0] == 1 and len(features.shape) == 2
     keras.backend.clear_session()

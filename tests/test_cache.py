@@ -154,7 +154,7 @@ def constant_images(count: int, size: int = 8) -> np.ndarray:
 
 
 def test_a_training_split_in_several_files_reads_back_in_its_order(tmp_path):
-    from tests.conftest import write_image_cache
+    from tests.helpers import write_image_cache
 
     images, labels = constant_images(37), np.arange(37) % 3
     folder = write_image_cache(tmp_path / "images", {"train": (images, labels),
@@ -195,7 +195,7 @@ def test_each_worker_reads_its_own_files_and_together_they_give_the_one_worker_b
     """70 images in 4 files, a global batch of 8: 4 streams of 2 images per batch, 8 steps
     (the files hold 18, 18, 17, 17). Read by 1, 2 and 4 workers, the global batches are the
     same images, augmented the same way, in the same order."""
-    from tests.conftest import write_image_cache
+    from tests.helpers import write_image_cache
 
     images, labels = constant_images(70), np.arange(70) % 3
     folder = write_image_cache(tmp_path / "images", {"train": (images, labels),
@@ -230,7 +230,7 @@ def test_each_worker_reads_its_own_files_and_together_they_give_the_one_worker_b
 
 def test_one_process_trains_on_the_file_streams_and_a_one_file_split_on_the_whole_split(
         tmp_path):
-    from tests.conftest import write_image_cache
+    from tests.helpers import write_image_cache
 
     images, labels = constant_images(70), np.arange(70) % 3
     augmentation = AugmentConfig(min_crop_scale=0.5, flip=True)
@@ -248,7 +248,7 @@ def test_one_process_trains_on_the_file_streams_and_a_one_file_split_on_the_whol
 
 
 def test_a_split_read_from_disk_behaves_like_the_array_it_stays_out_of_memory_as(tmp_path):
-    from tests.conftest import write_image_cache
+    from tests.helpers import write_image_cache
 
     rng = np.random.default_rng(1)
     images = rng.integers(0, 255, (300, 4, 4, 3), dtype=np.uint8)

@@ -1,14 +1,15 @@
 """Bad input is a one-line error naming the problem and the fix, before any work starts."""
 
 import os
+import re
 import subprocess
 import sys
 
 import pytest
 
-from components.core.config import checks as config_checks
-from components.core.config.errors import ConfigError
+from components.core.errors import ConfigError, StepError
 from components.core.config.schema import FinetuneConfig
+from pipelines import commands
 from pipelines.cli import main
 
 
@@ -66,11 +67,10 @@ def test_a_batch_larger_than_the_data_is_rejected_before_the_run(capsys, tmp_pat
 
 
 def test_the_fine_tune_step_rejects_a_batch_larger_than_the_training_split():
-    config_checks.check_batch_fits(FinetuneConfig(batch_size=32), 32, "the training split")
-    config_checks.check_batch_fits(FinetuneConfig(batch_size=33, epochs=0), 32,  # no fine-tuning
-                            "the training split")
+    FinetuneConfig(batch_size=32).check_batch_fits(32, "the training split")
+    FinetuneConfig(batch_size=33, epochs=0).check_batch_fits(32, "the training split")  # none
     with pytest.raises(ConfigError, match="at most 32, or add images"):
-        config_checks.check_batch_fits(FinetuneConfig(batch_size=33), 32, "the training split")
+        FinetuneConfig(batch_size=33).check_batch_fits(32, "the training split")
 
 
 def test_output_into_a_closed_pipe_ends_quietly():
@@ -91,3 +91,25 @@ def test_help_and_backbone_listing(capsys):
     assert all(word in out for word in ("run", "demo", "compile", "backbones"))
     code, out, _ = run_cli(capsys, "backbones")
     assert code == 0 and "efficientnet_b0" in out and "resnet50" in out
+
+
+@pytest.mark.parametrize("error, code", [
+    (ConfigError("finetune.epochs=-5; use 0 or more"), 2),  # an InputError: the user's move
+    (StepError("step finetune failed"), 1),
+    (ValueError("operands could not be broadcast"), 70),  # no rule of tlpipe's: a bug
+    (KeyError("train"), 70),
+])
+def test_exit_codes_follow_the_error_taxonomy(capsys, monkeypatch, error, code):
+    def failing(args):
+        raise error
+
+    monkeypatch.setattr(commands, "list_backbones", failing)
+    exit_code, out, err = run_cli(capsys, "backbones")
+    assert exit_code == code and len(err.strip().splitlines()) == 1
+    if code == 70:
+        assert err.startswith(f"tlpipe: internal error (a bug in tlpipe): {type(error).__name__}")
+        log = re.search(r"the traceback is in (\S+): please report it", err).group(1)
+        assert "Traceback" in open(log).read() and "failing" in open(log).read()
+        os.remove(log)
+    else:
+        assert str(error).strip("'") in err

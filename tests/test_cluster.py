@@ -8,7 +8,7 @@ import pytest
 
 from pipelines import cluster
 from pipelines.cli import main
-from tests.conftest import GOLDEN_SETTINGS
+from tests.helpers import GOLDEN_SETTINGS
 from tests.fake_kfp import FakeKfp
 
 

@@ -13,7 +13,7 @@ import time
 import pytest
 
 from pipelines.console import StepConsole, duration, progress_bar
-from tests.conftest import write_digits
+from tests.helpers import write_digits
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ["--backbone", "mobilenet", "--alpha", "0.25", "--image-size", "32", "--weights", "none",
@@ -106,6 +106,7 @@ def test_progress_bar_and_durations():
     assert duration(42.4) == "42s" and duration(185) == "3m05s" and duration(3725) == "1h02m"
 
 
+@pytest.mark.e2e
 def test_a_run_in_a_terminal_shows_step_lines_and_a_live_progress_bar(tmp_path):
     """The terminal view of a real `tlpipe run`, captured through a pseudo-terminal."""
     data = write_digits(tmp_path / "data")

@@ -251,7 +251,7 @@ def test_the_training_split_is_stored_with_classes_mixed_in_a_seeded_order(tmp_p
     """A class larger than the training stream's shuffle buffer must not fill whole batches:
     the caches hold the training images in a seeded random order, the same for a seed, and new
     files do not move the old ones relative to each other."""
-    from tests.conftest import write_digits
+    from tests.helpers import write_digits
 
     def train_order(folder, seed, name):
         ingestion.ingest_folder(folder, str(tmp_path / name), DataConfig(seed=seed))

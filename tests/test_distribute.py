@@ -16,7 +16,7 @@ from components.core.cluster import distribute, local as local_workers
 from components.core.config import schema as configs
 from components.core.data import cache
 from components.core.train import backup
-from tests.conftest import MOBILENET_WEIGHTS, require_shared, upload_folder, write_digits
+from tests.helpers import MOBILENET_WEIGHTS, require_shared, upload_folder, write_digits
 
 PYTHON = sys.executable
 

@@ -17,7 +17,7 @@ import pytest
 from PIL import Image
 
 from pipelines.cli import main
-from tests.conftest import write_digits
+from tests.helpers import write_digits
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ["--backbone", "mobilenet", "--alpha", "0.25", "--image-size", "32", "--weights", "none",
@@ -219,6 +219,7 @@ def test_report_on_a_truncated_summary(capfd, tmp_path):
 
 # --- a step that fails inside the pipeline: one line, exit 1, a summary of the failure -------
 
+@pytest.mark.e2e
 def test_a_failing_step_is_reported_in_one_line_with_its_log(capfd, tmp_path):
     data = write_digits(tmp_path / "data", per_class=16)
     os.makedirs(tmp_path / "data" / "broken")
@@ -262,6 +263,7 @@ def small_run(tmp_path_factory):
             "leftovers": scratch_after - scratch_before}
 
 
+@pytest.mark.e2e
 def test_the_configs_fine_tuning_batch_is_the_one_checked(small_run):
     summary = small_run["summary"]
     assert summary["status"] == "succeeded"
@@ -270,6 +272,7 @@ def test_the_configs_fine_tuning_batch_is_the_one_checked(small_run):
     assert summary["steps"]["finetune"]["outputs"]["model"]["metadata"]["mode"]
 
 
+@pytest.mark.e2e
 def test_steps_leave_no_temporary_folders(small_run):
     assert not small_run["leftovers"]  # KFP's `mktemp -d` program folders went to the run's own
     out = small_run["folder"] / "out"
@@ -278,6 +281,7 @@ def test_steps_leave_no_temporary_folders(small_run):
     assert "preprocess.log" in logs and not [name for name in logs if "error" in name]
 
 
+@pytest.mark.e2e
 def test_every_step_records_its_peak_memory(small_run):
     logs = os.path.join(small_run["summary"]["run_dir"], "logs")
     for step in small_run["summary"]["finished_steps"]:
@@ -332,6 +336,7 @@ def _damaged_copy(run, tmp_path, how):
     ("byte-flipped", ["model.keras is damaged", "fails its checksum"]),
     ("bad config.json", ["its config.json is not valid JSON"]),
 ])
+@pytest.mark.e2e
 def test_predict_names_a_damaged_model(capfd, tmp_path, small_run, how, words):
     image = os.path.join(small_run["data"], "digit0", "000.png")
     code, out, err = cli(capfd, "predict", _damaged_copy(small_run, tmp_path, how), image)
@@ -339,6 +344,7 @@ def test_predict_names_a_damaged_model(capfd, tmp_path, small_run, how, words):
     assert_one_line(err, "tlpipe: error: model ", *words)
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("suffix", [".tflite", ".onnx"])
 def test_predict_names_a_garbage_model_of_other_formats(capfd, tmp_path, small_run, suffix):
     path = _garbage(tmp_path, f"model{suffix}")
@@ -348,6 +354,7 @@ def test_predict_names_a_garbage_model_of_other_formats(capfd, tmp_path, small_r
     assert_one_line(err, f"model{suffix} cannot be loaded", "export it again")
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("top", ["0", "-3"])
 def test_predict_top_must_be_at_least_one(capfd, small_run, top):
     code, out, err = cli(capfd, "predict", _model(small_run, "keras"),
@@ -356,6 +363,7 @@ def test_predict_top_must_be_at_least_one(capfd, small_run, top):
     assert_one_line(err, f"--top {top}: show at least 1 class")
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("kind", ["keras", "tflite"])
 def test_predict_reports_every_image_and_keeps_the_good_ones(capfd, tmp_path, small_run, kind):
     good = [os.path.join(small_run["data"], label, "001.png") for label in ("digit1", "digit2")]
@@ -412,6 +420,7 @@ def _processes_naming(text: str) -> list:
     return found
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
 def test_a_stop_signal_ends_every_process_and_says_where_the_partial_run_is(tmp_path, stop):
     """Ctrl-C (SIGINT) and SIGTERM (what `timeout`, CI cancels and Kubernetes send) alike: every
@@ -447,6 +456,7 @@ def test_a_stop_signal_ends_every_process_and_says_where_the_partial_run_is(tmp_
         assert json.load(open(output / "summary.json"))["status"] == "succeeded"
 
 
+@pytest.mark.e2e
 def test_sighup_in_the_first_step_ends_the_run_cleanly(tmp_path):
     data = write_digits(tmp_path / "data")
     output = tmp_path / "hung-up"
@@ -468,6 +478,7 @@ def test_sighup_in_the_first_step_ends_the_run_cleanly(tmp_path):
     assert sorted(name for name in os.listdir(output) if name.startswith(".")) == []
 
 
+@pytest.mark.e2e
 def test_two_runs_into_one_output_folder_the_second_is_refused_and_the_first_is_intact(
         tmp_path):
     """Two real `tlpipe run` processes at once into one --output: the second is refused in one
@@ -524,6 +535,7 @@ def test_output_inside_the_data_folder_is_refused_before_anything_is_written(tmp
     assert sorted(os.listdir(data)) == ["digit0", "digit1", "digit2"]
 
 
+@pytest.mark.e2e
 def test_two_workers_on_a_split_that_leaves_one_an_empty_last_batch(tmp_path, capfd):
     """13 training images, batch 4, 2 workers: the last global batch of 1 image would give one
     worker none (it failed with "Incompatible shapes: [0,32,32,3] vs. [8]" three times over);

@@ -8,12 +8,13 @@ import numpy as np
 import pytest
 from sklearn.datasets import load_digits
 
-from components.core.config.schema import PipelineConfig
+from components.core.config import backbones
+from components.core.config.schema import ONNX_VARIANTS, PipelineConfig
 from components.core.data import shards
 from components.core.export import calibration as calibrating, measure, onnx as onnx_export, tflite
-from components.core.train import (backbones, finetune as finetuning, head as head_training,
+from components.core.train import (finetune as finetuning, head as head_training,
                                    model as models)
-from tests.conftest import write_image_cache
+from tests.helpers import write_image_cache
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -34,12 +35,12 @@ def trained(tmp_path_factory):
         "finetune": {"epochs": 12, "batch_size": 32, "patience": 12, "warmup_epochs": 1,
                      "scratch_learning_rate": 3e-3}})
     spec = backbones.get("mobilenet")
-    backbone = backbones.build(spec, 32, 0.25, None)
+    backbone = models.build_backbone(spec, 32, 0.25, None)
     models.calibrate_batchnorm(backbone, "tf", 32, images[:64])
     features = np.asarray(models.attach(backbone, "tf", 32)(images))
     split = {"train_features": features[::2], "train_labels": labels[::2],
              "val_features": features[1::2], "val_labels": labels[1::2]}
-    head, _ = head_training.train_head(split, 3, config)
+    head, _ = head_training.train_head(split, 3, config.head, config.loss, config.model.dropout)
     folder = tmp_path_factory.mktemp("export")
     models.save(backbone, str(folder / "backbone.keras"))
     models.save(head, str(folder / "head.keras"))
@@ -139,7 +140,7 @@ def onnx_variants(trained, tmp_path_factory):
     onnx_export.export_onnx(classifier, paths["float"])
     onnx_precision.fold_constants(paths["float"], paths["folded"])
     calibration = train_images[calibrating.calibration_indices(train_labels, 200, seed=0)]
-    for variant in onnx_precision.VARIANTS:
+    for variant in ONNX_VARIANTS:
         onnx_precision.convert(variant, paths["folded"], paths[variant], calibration)
     return paths
 
@@ -291,7 +292,7 @@ def test_tensorrt_engines_classify_like_keras(trained, tmp_path):
     onnx_precision.fold_constants(float_path, folded)
     calibration = train_images[calibrating.calibration_indices(train_labels, 64, seed=0)]
     sources = {"fp32": float_path}
-    for variant in onnx_precision.VARIANTS:
+    for variant in ONNX_VARIANTS:
         sources[variant] = str(tmp_path / f"model_{variant}.onnx")
         onnx_precision.convert(variant, folded, sources[variant], calibration)
     reference = classifier.predict(test_images, verbose=0)
@@ -323,14 +324,12 @@ def test_calibration_images_come_from_the_training_split_only(tmp_path):
     splits = {name: (np.full((12, 2, 2, 3), value, np.uint8), np.arange(12) % 3)
               for value, name in enumerate(("train", "val", "test"))}
     folder = write_image_cache(tmp_path / "images", splits)
-    config = PipelineConfig.from_dict({"export": {"calibration_samples": 6}})
-    images = calibrating.calibration_images(folder, config)
+    images = calibrating.calibration_images(folder, 6, seed=42)
     assert images.shape == (6, 2, 2, 3) and (images == 0).all()
 
 
 MEMORY_PROBE = """
 import sys
-from components.core.config.schema import PipelineConfig
 from components.core.data import cache
 from components.core.export import calibration
 
@@ -345,8 +344,7 @@ with open("/proc/self/clear_refs", "w") as clear:
     clear.write("5")  # the peak (VmHWM) starts again from now
 before = status("VmRSS")
 if how == "calibration":
-    images = calibration.calibration_images(folder, PipelineConfig.from_dict(
-        {"export": {"calibration_samples": 200}}))
+    images = calibration.calibration_images(folder, 200, seed=42)
 else:
     images, _ = cache.read_arrays(folder, "train")
 print((status("VmHWM") - before) * 1024)

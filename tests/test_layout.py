@@ -1,8 +1,8 @@
 """The code's shape: no import cycle, core free of kfp, the README's folder map true to the tree.
 
-Imports are read from the source (every `import` and `from ... import`, also inside functions,
-except under `if TYPE_CHECKING:`), so a cycle is found even where a lazy import keeps it from
-failing at run time.
+Imports are read from the source (every `import` and `from ... import`, also inside functions and
+under `if TYPE_CHECKING:`), so a cycle is found even where a lazy or annotation-only import keeps
+it from failing at run time.
 """
 
 import ast
@@ -28,23 +28,12 @@ def _modules() -> dict[str, str]:
     return found
 
 
-def _is_type_checking(node: ast.If) -> bool:
-    test = node.test
-    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
-        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
-
-
 def _imported(path: str, modules: dict) -> set[str]:
     """The PACKAGES modules the file at `path` imports (a `from package import name` counts
     as importing module `package.name` when that is a module, else `package`)."""
     tree = ast.parse(open(path, encoding="utf-8").read())
-    skipped = {id(child) for node in ast.walk(tree)
-               if isinstance(node, ast.If) and _is_type_checking(node)
-               for statement in node.body for child in ast.walk(statement)}
     found = set()
     for node in ast.walk(tree):
-        if id(node) in skipped:
-            continue
         if isinstance(node, ast.Import):
             found.update(alias.name for alias in node.names if alias.name in modules)
         elif isinstance(node, ast.ImportFrom) and node.module in modules:

@@ -9,10 +9,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from components.core.config.schema import ModelConfig, PipelineConfig
+from components.core.config import backbones
+from components.core.config.schema import HeadConfig, LossConfig, ModelConfig, PipelineConfig
 from components.core.data import shards
-from components.core.train import (acceleration, backbones, finetune as finetuning,
-                                   head as head_training, model as models)
+from components.core.train import (acceleration, finetune as finetuning, head as head_training,
+                                   model as models)
 
 MOBILENET_025 = dict(backbone="mobilenet", alpha=0.25, image_size=32)
 MOBILENET_25_224 = {**MOBILENET_025, "image_size": 224}  # the size of the file in ../shared
@@ -68,7 +69,7 @@ def test_unreachable_imagenet_fails_unless_random_fallback_is_allowed(keras_home
 
 
 def test_unfreeze_top_trains_only_the_top_and_never_batchnorm():
-    backbone = backbones.build(backbones.get("mobilenet"), 32, 0.25, None)
+    backbone = models.build_backbone(backbones.get("mobilenet"), 32, 0.25, None)
     trained = models.unfreeze_top(backbone, 10)
     top = backbone.layers[-10:]
     assert trained == [layer.name for layer in top if layer.trainable and layer.weights]
@@ -82,7 +83,7 @@ def test_unfreeze_top_trains_only_the_top_and_never_batchnorm():
 def test_batchnorm_calibration_makes_random_features_usable():
     spec = backbones.get("mobilenet")
     images = np.random.default_rng(0).integers(0, 255, (32, 32, 32, 3), dtype=np.uint8)
-    backbone = backbones.build(spec, 32, 0.25, None)
+    backbone = models.build_backbone(spec, 32, 0.25, None)
     before = np.asarray(models.attach(backbone, "tf", 32)(images)).std()
     models.calibrate_batchnorm(backbone, "tf", 32, images)
     after = np.asarray(models.attach(backbone, "tf", 32)(images)).std()
@@ -131,12 +132,13 @@ def _tiny_run(tmp_path, finetune_learning_rate, dropout=0.2, **finetune):
         "finetune": {"epochs": 2, "learning_rate": finetune_learning_rate, "batch_size": 16,
                      "unfreeze_layers": 20, "warmup_epochs": 1, **finetune}})
     spec = backbones.get("mobilenet")
-    backbone = backbones.build(spec, 32, 0.25, None)
+    backbone = models.build_backbone(spec, 32, 0.25, None)
     models.calibrate_batchnorm(backbone, "tf", 32, images)
     features = np.asarray(models.attach(backbone, "tf", 32)(images))
     head, _ = head_training.train_head({"train_features": features, "train_labels": labels,
                                         "val_features": features, "val_labels": labels}, 2,
-                                       config.with_overrides({"head": {"learning_rate": 1e-2}}))
+                                       HeadConfig(learning_rate=1e-2), config.loss,
+                                       config.model.dropout)
     models.save(backbone, str(tmp_path / "backbone.keras"))
     models.save(head, str(tmp_path / "head.keras"))
     dataset = tf.data.Dataset.from_tensor_slices((images, labels)).batch(16)
@@ -219,7 +221,7 @@ def test_xla_compiled_fine_tuning_matches_the_plain_step(tmp_path):
 
 
 def test_unfreeze_by_name_count_fraction_or_backbone_default():
-    backbone = backbones.build(backbones.get("mobilenet"), 32, 0.25, None)
+    backbone = models.build_backbone(backbones.get("mobilenet"), 32, 0.25, None)
     total = len(backbone.layers)
     assert models.unfreeze_count(backbone, "conv_pw_13", 0, 0.0, 0.2) == total - [
         layer.name for layer in backbone.layers].index("conv_pw_13")
@@ -292,7 +294,7 @@ def test_head_converges_to_the_scikit_learn_logistic_regression():
     config = PipelineConfig.from_dict({"head": {"l2_candidates": [l2], "max_steps": 10000,
                                                 "patience": 1000},
                                        "loss": {"label_smoothing": 0.0}})  # scikit-learn's
-    head, report = head_training.train_head(split, 3, config)
+    head, report = head_training.train_head(split, 3, config.head, config.loss, 0.2)
     standardized = np.asarray(head.get_layer("standardize")(features))
     reference = LogisticRegression(C=1 / (2 * l2 * 400), max_iter=10000, tol=1e-10).fit(
         standardized[:400], labels[:400])
@@ -307,8 +309,8 @@ def test_head_search_keeps_the_lowest_val_cross_entropy():
     features = (rng.normal(0, 1, (200, 64)) + labels[:, None] * 0.3).astype(np.float32)
     split = {"train_features": features[:60], "train_labels": labels[:60],
              "val_features": features[60:], "val_labels": labels[60:]}
-    _, report = head_training.train_head(split, 2, PipelineConfig.from_dict(
-        {"head": {"l2_candidates": [0.0, 1.0]}}))
+    _, report = head_training.train_head(split, 2, HeadConfig(l2_candidates=[0.0, 1.0]),
+                                         LossConfig(), 0.2)
     losses = {entry["l2"]: entry["val_loss"] for entry in report["search"]}
     assert report["l2"] == min(losses, key=losses.get)
     assert report["val_loss"] == min(losses.values())
@@ -326,11 +328,11 @@ def _noisy_split(count: int, dim: int, separation: float, seed: int) -> dict:
 
 def test_head_candidates_trained_together_match_each_trained_alone():
     split = _noisy_split(300, 32, 0.2, seed=3)
-    together = head_training.train_head(split, 3, PipelineConfig.from_dict(
-        {"head": {"l2_candidates": [1e-3, 1e-1]}}))[1]["search"]
+    together = head_training.train_head(split, 3, HeadConfig(l2_candidates=[1e-3, 1e-1]),
+                                        LossConfig(), 0.2)[1]["search"]
     for alone_l2, searched in zip((1e-3, 1e-1), together):
-        alone = head_training.train_head(split, 3, PipelineConfig.from_dict(
-            {"head": {"l2_candidates": [alone_l2]}}))[1]
+        alone = head_training.train_head(split, 3, HeadConfig(l2_candidates=[alone_l2]),
+                                         LossConfig(), 0.2)[1]
         assert alone["steps_run"] == searched["steps_run"]  # each stopped on its own
         assert alone["val_loss"] == pytest.approx(searched["val_loss"], rel=1e-5)
 
@@ -338,9 +340,9 @@ def test_head_candidates_trained_together_match_each_trained_alone():
 def test_head_steps_in_row_chunks_match_one_chunk(monkeypatch):
     split = _noisy_split(300, 32, 0.2, seed=4)
     config = PipelineConfig.from_dict({"head": {"l2_candidates": [1e-3, 1e-1]}})
-    whole = head_training.train_head(split, 3, config)[1]["search"]
+    whole = head_training.train_head(split, 3, config.head, config.loss, 0.2)[1]["search"]
     monkeypatch.setattr(head_training, "HEAD_CHUNK_ROWS", 37)  # 200 rows: 5 whole chunks + 15
-    chunked = head_training.train_head(split, 3, config)[1]["search"]
+    chunked = head_training.train_head(split, 3, config.head, config.loss, 0.2)[1]["search"]
     for ours, theirs in zip(chunked, whole):
         assert ours["steps_run"] == theirs["steps_run"]
         assert ours["val_loss"] == pytest.approx(theirs["val_loss"], rel=1e-4)
@@ -376,9 +378,10 @@ def test_head_overwrites_the_training_features_only_when_asked():
     split = _noisy_split(90, 8, 0.5, seed=5)
     raw = split["train_features"].copy()
     config = PipelineConfig.from_dict({"head": {"l2_candidates": [1e-2]}})
-    kept = head_training.train_head(split, 3, config)[1]
+    kept = head_training.train_head(split, 3, config.head, config.loss, 0.2)[1]
     np.testing.assert_array_equal(split["train_features"], raw)
-    overwritten = head_training.train_head(split, 3, config, overwrite_features=True)[1]
+    overwritten = head_training.train_head(split, 3, config.head, config.loss, 0.2,
+                                           overwrite_features=True)[1]
     assert overwritten["val_loss"] == kept["val_loss"]
     standardized = split["train_features"]
     np.testing.assert_allclose(standardized.mean(axis=0), 0, atol=1e-5)
@@ -391,7 +394,8 @@ def test_head_search_history_is_logged_for_tensorboard_per_candidate(tmp_path):
     split = _noisy_split(90, 8, 0.5, seed=4)
     config = PipelineConfig.from_dict({"head": {"l2_candidates": [0.0, 0.5], "max_steps": 25,
                                                 "patience": 100}})
-    _, report = head_training.train_head(split, 3, config, log_dir=str(tmp_path))
+    _, report = head_training.train_head(split, 3, config.head, config.loss, 0.2,
+                                         log_dir=str(tmp_path))
     assert sorted(os.listdir(tmp_path)) == ["l2=0", "l2=0.5"]
     for run, searched in zip(("l2=0", "l2=0.5"), report["search"]):
         events = EventAccumulator(str(tmp_path / run))

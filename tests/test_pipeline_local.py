@@ -10,7 +10,7 @@ from ai_edge_litert.interpreter import Interpreter
 
 from components.core.export import onnx as onnx_export, tflite
 from pipelines.cli import main
-from tests.conftest import GOLDEN_SETTINGS, HYMENOPTERA, MOBILENET_WEIGHTS, require_shared
+from tests.helpers import GOLDEN_SETTINGS, HYMENOPTERA, MOBILENET_WEIGHTS, require_shared
 
 TINY = ["--backbone", "mobilenet", "--alpha", "0.25", "--image-size", "32", "--weights", "none",
         "--head-steps", "50", "--finetune-epochs", "2", "--min-accuracy", "0"]
@@ -28,6 +28,7 @@ def artifact(summary, step, name):
     return summary["steps"][step]["outputs"][name]
 
 
+@pytest.mark.e2e
 def test_tiny_local_run_writes_every_artifact(capsys, tmp_path, digits_folder):
     settings = tmp_path / "config.yaml"
     settings.write_text("export: {int8_input: int8, onnx_opset: 16}\naugment: {views: 2}\n")
@@ -182,6 +183,7 @@ def test_predict_rejects_what_it_cannot_run(capsys, tmp_path, digits_folder):
     assert "cannot run the TensorRT engine" in capsys.readouterr().err
 
 
+@pytest.mark.e2e
 def test_an_unblessed_model_is_not_exported(capsys, tmp_path, digits_folder):
     summary, out = run_pipeline(capsys, digits_folder, tmp_path / "out", *TINY[:-2],
                                 "--min-accuracy", "1.0", "--finetune-epochs", "0")
@@ -197,10 +199,14 @@ def test_an_unblessed_model_is_not_exported(capsys, tmp_path, digits_folder):
     assert "FAILED: test accuracy" in page
 
     # that model as the baseline of the next run: scored on the same test images, and the
-    # candidate blessed exactly when the baseline rules say so
+    # candidate blessed exactly when the baseline rules say so. Its learning rates are valid
+    # together but each is out of line with the other section's default (issue 29: the
+    # fine-tune step once judged 0.02 against the default head rate of 0.01 and failed)
     baseline = os.path.join(artifact(summary, "finetune", "model")["path"], "model.keras")
+    rates = tmp_path / "rates.yaml"
+    rates.write_text("head: {learning_rate: 0.1}\nfinetune: {learning_rate: 0.02}\n")
     summary, out = run_pipeline(capsys, digits_folder, tmp_path / "next", *TINY,
-                                "--baseline", baseline)
+                                "--baseline", baseline, "--config", str(rates))
     record = json.load(open(os.path.join(artifact(summary, "evaluate", "evaluation")["path"],
                                          "evaluation.json")))
     assert record["baseline"]["uri"] == baseline
@@ -215,6 +221,7 @@ def test_an_unblessed_model_is_not_exported(capsys, tmp_path, digits_folder):
                                                      "baseline_margin", "max_recall_drop"]
 
 
+@pytest.mark.e2e
 def test_a_search_runs_one_fine_tune_task_per_trial_and_ships_the_best(capsys, tmp_path,
                                                                         digits_folder):
     config = tmp_path / "search.yaml"
@@ -262,6 +269,7 @@ def test_a_baseline_of_other_classes_is_refused(capsys, tmp_path, digits_folder)
         assert not os.path.exists(tmp_path / "out" / "runs")
 
 
+@pytest.mark.e2e
 @pytest.mark.slow
 def test_hymenoptera_with_imagenet_weights_keeps_up_with_the_frozen_feature_baseline(
         capsys, tmp_path):
@@ -306,7 +314,8 @@ def nearest_centroid_accuracy(backbone_dir, images_dir):
     """Test accuracy of the nearest class mean of the run's own frozen backbone features
     (L2-normalised), trained on the run's train split: the baseline transfer must beat."""
     from components.core.data import cache
-    from components.core.train import backbones, model as models
+    from components.core.config import backbones
+    from components.core.train import model as models
 
     backbone = models.load(os.path.join(backbone_dir, "backbone.keras"))
     size = json.load(open(os.path.join(images_dir, cache.META)))["image_size"]

@@ -5,8 +5,12 @@ import json
 import os
 import shutil
 
+import pytest
+
 from pipelines.cli import main
-from tests.conftest import MOBILENET_WEIGHTS, require_shared, write_digits
+from tests.helpers import MOBILENET_WEIGHTS, require_shared, write_digits
+
+pytestmark = pytest.mark.e2e  # whole kfp.local runs
 
 # real ImageNet features at 64 px and a head on them: a few seconds per step, a real model
 HEAD_ONLY = ["--backbone", "mobilenet", "--alpha", "0.25", "--image-size", "64",

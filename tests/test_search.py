@@ -5,7 +5,7 @@ import re
 import pytest
 import yaml
 
-from components.core.config.errors import ConfigError
+from components.core.errors import ConfigError
 from components.core.config.schema import PipelineConfig, SearchConfig
 from components.core.train import search
 from pipelines.transfer_learning import compile_pipeline

@@ -15,7 +15,7 @@ import pytest
 from components.core.data import archives, gcs as gcs_reads, source_uri, sources, tfds_source
 from components.core.data.discovery import DataError
 from pipelines.cli import main
-from tests.conftest import upload_folder
+from tests.helpers import upload_folder
 from tests.test_pipeline_local import TINY, artifact, run_pipeline
 
 
@@ -137,6 +137,7 @@ def test_unknown_tfds_dataset_and_bad_uri_are_named():
         source_uri.parse("tfds:mnist?spilt=train")
 
 
+@pytest.mark.e2e
 def test_every_source_kind_runs_through_the_local_pipeline(capsys, tmp_path, digits_folder,
                                                            gcs):
     tfds = pytest.importorskip("tensorflow_datasets")

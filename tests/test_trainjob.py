@@ -15,7 +15,7 @@ from kubeflow_trainer_api import models as trainer_models
 from components import worker
 from components.core import stages
 from components.core.cluster import job as cluster_job, launch, trainjob
-from components.core.config.errors import ConfigError
+from components.core.errors import ConfigError
 from pipelines import deploy, settings as deployment
 from pipelines.cli import main
 from pipelines.transfer_learning import STEP_ORDER

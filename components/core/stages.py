@@ -28,17 +28,17 @@ import sys
 import tempfile
 
 from components.core.cluster import distribute, launch, local as local_workers
-from components.core.config import checks as config_checks, schema as configs
-from components.core.config.errors import ConfigError
+from components.core.config import backbones, schema as configs
 from components.core.data import (cache, discovery, ingest as ingestion, local_folder, shards,
                                   sources)
+from components.core.errors import ConfigError
 from components.core.evaluate import predict
 from components.core.evaluate.baseline import load_baseline
 from components.core.export.calibration import calibration_images
 from components.core.io import storage
 from components.core.registry import champion, models as registry_models
 from components.core.registry.store import open_store
-from components.core.train import backbones, backup, recipe, search
+from components.core.train import backup, recipe, search
 
 log = logging.getLogger("tlpipe.stages")
 
@@ -49,18 +49,18 @@ STEP_RECORDS_ENV = "TLPIPE_STEP_RECORDS"
 
 def _stage(step: str):
     """Decorates the stage of pipeline step `step`: configures logging for the step process
-    (also into the step records folder, if any), validates its `config` first, records a
-    failure with its message before re-raising it, and records the process's peak memory
-    (`peak_memory`) in <records>/<step>.memory.json when it ends."""
+    (also into the step records folder, if any), validates the config sections it received
+    first (those alone: `step_config`), records a failure with its message before re-raising
+    it, and records the process's peak memory (`peak_memory`) in <records>/<step>.memory.json
+    when it ends."""
 
     def decorate(function):
         @functools.wraps(function)
         def wrapper(*args, **kwargs):
             records = _log_to_records(step)
             try:
-                if not isinstance(kwargs.get("config"), (configs.PipelineConfig, type(None))):
-                    kwargs["config"] = configs.PipelineConfig.from_dict(
-                        kwargs["config"]).validate()
+                if isinstance(kwargs.get("config"), dict):
+                    kwargs["config"] = step_config(kwargs["config"])
                 return function(*args, **kwargs)
             except Exception as error:
                 if records:
@@ -78,10 +78,17 @@ def _stage(step: str):
     return decorate
 
 
+def step_config(received: dict) -> configs.PipelineConfig:
+    """The config of a step that received the sections in `received` ({section: values}):
+    those sections checked alone (`PipelineConfig.validate(sections)`), defaults elsewhere."""
+    return configs.PipelineConfig.from_dict(received).validate(sections=received)
+
+
 def peak_memory() -> dict:
     """This process's peak resident memory and the largest of its ended child processes' (the
     kernel's high-water marks, exact where sampling would miss a short peak), in MB:
-    {"process_mb", "largest_child_mb"}."""
+    {"process_mb", "largest_child_mb"}. The two do not add up: a forked child counts the
+    pages it shares with this process (importing TensorFlow forks one of ~430 MB here)."""
     import resource
 
     def megabytes(who: int) -> float:  # ru_maxrss is in KiB on Linux
@@ -146,6 +153,8 @@ def preprocess(dataset_dir: str, images_dir: str, features_dir: str, backbone_di
 
     from components.core.train import model as models
 
+    for message in config.model.weights_problems():  # the one step that reads the file
+        raise ConfigError(message)
     spec = backbones.get(config.model.backbone)
     size = backbones.resolved_size(spec, config.model.image_size)
     batches = cache.start_resizing(dataset_dir, size)
@@ -181,9 +190,9 @@ def train_head(features_dir: str, head_dir: str, *, config) -> dict:
     classes = storage.read_json(os.path.join(features_dir, cache.META))["classes"]
     features = cache.load_features(features_dir)
     with storage.atomic_dir(head_dir) as partial:
-        head, report = head_training.train_head(features, len(classes), config,
-                                                log_dir=os.path.join(partial, "tensorboard"),
-                                                overwrite_features=True)
+        head, report = head_training.train_head(
+            features, len(classes), config.head, config.loss, config.model.dropout,
+            log_dir=os.path.join(partial, "tensorboard"), overwrite_features=True)
         models.save(head, os.path.join(partial, "head.keras"))
         storage.write_json(os.path.join(partial, "history.json"), report)
     return {name: report[name] for name in ("l2", "val_loss", "val_accuracy", "steps_run")}
@@ -193,8 +202,9 @@ def train_head(features_dir: str, head_dir: str, *, config) -> dict:
 def finetune(images_dir: str, backbone_dir: str, head_dir: str, model_dir: str, *,
              config, backup_root: str = "") -> dict:
     """Fine-tunes under MultiWorkerMirroredStrategy when TF_CONFIG names a cluster (without it,
-    this process alone: see `distribute.make_strategy`); keeps the better of head-only and fine-tuned by val. Only the
-    chief writes the model; other workers write to a temporary place that is removed.
+    this process alone: see `distribute.make_strategy`); keeps the better of head-only and
+    fine-tuned by val. Only the chief writes the model; other workers write to a temporary
+    place that is removed.
     backup_root: where every worker keeps its backup (local path or gs://; "" for none), so
     a restarted job resumes from the last completed epoch."""
     from components.core.train import finetune as finetuning, model as models
@@ -250,6 +260,16 @@ def _finetune_facts(report: dict, workers: int) -> dict:
             "workers": workers}
 
 
+# The config sections a fine-tuning worker uses (and all it receives).
+WORKER_SECTIONS = ("data", "model", "augment", "loss", "finetune")
+
+
+def worker_config_json(config: configs.PipelineConfig) -> str:
+    """The WORKER_SECTIONS of `config` as the JSON a worker's --config takes."""
+    values = config.to_dict()
+    return json.dumps({name: values[name] for name in WORKER_SECTIONS})
+
+
 @_stage("finetune")
 def finetune_step(images_dir: str, backbone_dir: str, head_dir: str, model_dir: str, *,
                   config, distribution: dict, uris: dict | None = None,
@@ -263,25 +283,25 @@ def finetune_step(images_dir: str, backbone_dir: str, head_dir: str, model_dir: 
     trial: this task's finetune overrides when the pipeline was compiled with a search (one
     task per trial, see `train.search`)."""
     if trial:
-        config = config.with_overrides({"finetune": {**trial, "search": {}}}).validate()
+        config = config.with_overrides({"finetune": {**trial, "search": {}}}).validate(
+            sections=["finetune"])
     elif search.trials(config.finetune.search):
         raise ConfigError("finetune.search is set but this pipeline was compiled without it; "
                           "compile (or submit, schedule) with the same config so that each "
                           "trial is a task of its own")
     train_images = sum(storage.read_json(os.path.join(images_dir, cache.META))[
         "train_class_counts"])
-    config_checks.check_batch_fits(config.finetune, train_images, "the training split")
+    config.finetune.check_batch_fits(train_images, "the training split")
     workers = int(distribution.get("workers", 1))
     if workers <= 1:
         return finetune(images_dir, backbone_dir, head_dir, model_dir, config=config)
 
     if distribution["launcher"] in launch.LAUNCHERS:
-        restarts = launch.fine_tune(distribution, uris, json.dumps(config.to_dict()),
-                                    model_dir)
+        restarts = launch.fine_tune(distribution, uris, worker_config_json(config), model_dir)
     else:
         backup_root = f"{model_dir}.backups"
         command = distribute.worker_command(images_dir, backbone_dir, head_dir, model_dir,
-                                            json.dumps(config.to_dict()), backup_root)
+                                            worker_config_json(config), backup_root)
         try:
             restarts = local_workers.launch_with_restarts(lambda: local_workers.launch_local(
                 command, workers, timeout_seconds=distribution["timeout_seconds"],
@@ -521,7 +541,8 @@ def quantize(model_dir: str, images_dir: str, tflite_dir: str, *, config) -> dic
     model = models.load(os.path.join(model_dir, "model.keras"))
     test_images = cache.SplitImages(images_dir, "test")  # read in batches, never held whole
     test_labels = test_images.labels
-    calibration = calibration_images(images_dir, config)
+    calibration = calibration_images(images_dir, config.export.calibration_samples,
+                                     config.data.seed)
     reference = _predict(model, test_images)
     float_accuracy = measure.accuracy(reference, test_labels)
     compiled = scoring.inference(model)  # as served: a graph, not eager calls
@@ -568,8 +589,9 @@ def tensorrt(model_dir: str, images_dir: str, onnx_dir: str, *, config) -> dict:
     labels = images.labels
     meta = storage.read_json(os.path.join(images_dir, cache.META))
     reference = _predict(model, images)  # also builds the loaded model
-    calibration = (calibration_images(images_dir, config) if "int8" in shipping.onnx_variants
-                   else None)
+    calibration = (calibration_images(images_dir, shipping.calibration_samples,
+                                      config.data.seed)
+                   if "int8" in shipping.onnx_variants else None)
     with storage.atomic_dir(onnx_dir) as partial:
         files = onnx_export.write_formats(model, partial, shipping.onnx_opset,
                                           shipping.onnx_variants, calibration)

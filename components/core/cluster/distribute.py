@@ -2,8 +2,9 @@
 the command that starts a worker (`worker_command`, for local processes and cluster pods alike).
 
 `MultiWorkerMirroredStrategy` reads the cluster from `TF_CONFIG`; without it, this process is
-the only worker (and trains without collective ops on one device, or mirrored over its GPUs). Only the chief writes final outputs. local.py launches workers on this machine;
-launch.py as a cluster job.
+the only worker (and trains without collective ops on one device, or mirrored over its GPUs).
+Only the chief writes final outputs. local.py launches workers on this machine; launch.py as a
+cluster job.
 """
 
 from __future__ import annotations
@@ -12,12 +13,14 @@ import json
 import os
 import sys
 
+from components.core.errors import StepError
+
 COLLECTIVE_TIMEOUT_SECONDS = 600
 
 READY = "tlpipe-worker-ready:"  # logged by a worker once every peer has joined the strategy
 
 
-class WorkerFailure(RuntimeError):
+class WorkerFailure(StepError):
     """A worker group that did not finish: names the worker and why, in one line. retryable:
     whether starting the group again can help (a worker lost to a signal, a peer that did not
     start) or not (a worker that raised an error: the same input fails the same way)."""

@@ -12,7 +12,7 @@ import re
 import typing
 from typing import Any
 
-from components.core.config.errors import ConfigError
+from components.core.errors import ConfigError
 
 
 # YAML 1.2 floats without a dot (1e-5, 3E+2): PyYAML follows YAML 1.1, where they are strings,

@@ -1,10 +1,12 @@
-"""Typed run configuration: dataclasses with defaults and presets (validation: checks.py; the
-loading from YAML and dicts: coerce.py).
+"""Typed run configuration: dataclasses with defaults, each section with its own rules
+(`problems`), the rules between sections and the environment's on `PipelineConfig`, and presets
+(the loading from YAML and dicts: coerce.py).
 
-A `PipelineConfig` travels through the pipeline as a plain dict (a KFP struct parameter), so every
-step rebuilds it with `PipelineConfig.from_dict` and sees the same validated values. `validate()`
-checks everything that can be checked without touching data or TensorFlow, so a bad value fails
-before any expensive work starts.
+The CLI checks the whole config once (`PipelineConfig.preflight`: every section, the rules between
+sections, the weights file) before any step starts. Each step receives only the sections it uses,
+as plain dicts (KFP struct parameters), rebuilds them with `PipelineConfig.from_dict` and checks
+those sections alone (`validate(sections)`), so defaults standing in for sections it did not
+receive never fail it.
 """
 
 from __future__ import annotations
@@ -13,9 +15,18 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Optional
 
-from components.core.config.checks import problems
+from components.core.config import backbones
 from components.core.config.coerce import deep_merge, from_mapping, read_yaml
-from components.core.config.errors import ConfigError
+from components.core.errors import ConfigError
+
+# The values each choice field takes (the modules that act on them import them from here).
+SELECTIONS = ("last", "best_val_loss")  # finetune.selection
+FINETUNE_PRECISIONS = ("auto", "float32", "mixed_bfloat16")  # finetune.precision
+XLA_SETTINGS = ("auto", "always", "never")  # finetune.xla
+CLASS_WEIGHTS = ("none", "balanced", "sqrt", "auto")  # loss.class_weight
+TFLITE_QUANTIZED_VARIANTS = ("fp16", "dynamic_int8", "int8", "int16x8")  # export.tflite_variants
+ONNX_VARIANTS = ("fp16", "int8")  # export.onnx_variants
+RECOMMEND_POLICIES = ("balanced", "smallest", "fastest")  # export.recommend
 
 
 @dataclass
@@ -24,7 +35,11 @@ class DataConfig:
 
     val_fraction, test_fraction: share of each class carved out for val / test when the source
         does not provide that split itself; each in [0, 0.5), default 0.15.
-    seed: decides which files go to which split (same seed and files -> same split).
+    seed: the run's one random seed: which files go to which split and in what order the
+        training split is stored (same seed and files -> same splits), and also the
+        BatchNorm statistics sample, cached views' and fine-tuning's augmentation, random
+        initial weights, fine-tuning's shuffle, the bootstrap intervals and the calibration
+        sample (default 42).
     shard_size: images per TFRecord shard, >= 1 (default 1000).
     """
 
@@ -33,12 +48,21 @@ class DataConfig:
     seed: int = 42
     shard_size: int = 1000
 
+    def problems(self) -> list[str]:
+        """This section's invalid values, each as a message naming the field and the fix."""
+        found = [f"data.{name}={getattr(self, name)} is out of range; use a value in [0, 0.5)"
+                 for name in ("val_fraction", "test_fraction")
+                 if not 0 <= getattr(self, name) < 0.5]
+        if self.shard_size < 1:
+            found.append(f"data.shard_size={self.shard_size}; use at least 1")
+        return found
+
 
 @dataclass
 class ModelConfig:
     """The backbone and the new head.
 
-    backbone: a name from `components.core.train.backbones.REGISTRY` (default "mobilenet_v2").
+    backbone: a name from `components.core.config.backbones.REGISTRY` (default "mobilenet_v2").
     alpha: width multiplier, MobileNet family only (default 1.0).
     image_size: square input side in pixels the backbone sees; 0 means the backbone's default.
     weights: "imagenet" (Keras download and cache), "none" (random init), a local .h5/.weights.h5
@@ -59,6 +83,24 @@ class ModelConfig:
     allow_random_fallback: bool = False
     dropout: float = 0.2
     mirror_average: bool = False
+
+    def problems(self) -> list[str]:
+        """This section's invalid values (the weights file's existence is the environment's:
+        see `weights_problems`)."""
+        spec = backbones.REGISTRY.get(self.backbone)
+        if spec is None:
+            found = [f"unknown backbone {self.backbone!r}; use one of: "
+                     f"{', '.join(sorted(backbones.REGISTRY))}"]
+        else:
+            found = backbones.problems(spec, self.image_size, self.alpha, self.weights)
+        if not 0 <= self.dropout < 1:
+            found.append(f"model.dropout={self.dropout}; use a value in [0, 1)")
+        return found
+
+    def weights_problems(self) -> list[str]:
+        """The weights file, when `weights` names a local one, missing here: checked where the
+        file is read (the CLI before a run, the preprocess step), not by every step."""
+        return backbones.weights_file_problems(self.weights)
 
 
 @dataclass
@@ -82,6 +124,16 @@ class AugmentConfig:
     min_crop_scale: float = 0.0
     flip: bool = True
 
+    def problems(self) -> list[str]:
+        """This section's invalid values, each as a message naming the field and the fix."""
+        found = []
+        if not 0 <= self.views <= 32:
+            found.append(f"augment.views={self.views}; use a count from 0 to 32")
+        if not 0 <= self.min_crop_scale <= 1:
+            found.append(f"augment.min_crop_scale={self.min_crop_scale}; use a value in (0, 1], "
+                         f"or 0 to choose from the data")
+        return found
+
 
 @dataclass
 class LossConfig:
@@ -97,6 +149,16 @@ class LossConfig:
 
     label_smoothing: float = 0.1
     class_weight: str = "auto"
+
+    def problems(self) -> list[str]:
+        """This section's invalid values, each as a message naming the field and the fix."""
+        found = []
+        if not 0 <= self.label_smoothing < 0.5:
+            found.append(f"loss.label_smoothing={self.label_smoothing}; use a value in [0, 0.5)")
+        if self.class_weight not in CLASS_WEIGHTS:
+            found.append(f"loss.class_weight={self.class_weight!r}; use none, balanced, sqrt or "
+                         f"auto")
+        return found
 
 
 @dataclass
@@ -117,6 +179,19 @@ class HeadConfig:
     patience: int = 20
     l2_candidates: list[float] = field(default_factory=lambda: [1e-4, 1e-3, 1e-2, 1e-1])
 
+    def problems(self) -> list[str]:
+        """This section's invalid values, each as a message naming the field and the fix."""
+        found = []
+        if not self.learning_rate > 0:
+            found.append(f"head.learning_rate={self.learning_rate}; use a positive value")
+        if self.patience < 1:
+            found.append(f"head.patience={self.patience}; use at least 1")
+        if self.max_steps < 10:
+            found.append(f"head.max_steps={self.max_steps}; use at least 10")
+        if not (self.l2_candidates and min(self.l2_candidates) >= 0):
+            found.append(f"head.l2_candidates={self.l2_candidates}; give one or more values >= 0")
+        return found
+
 
 @dataclass
 class SearchConfig:
@@ -135,6 +210,19 @@ class SearchConfig:
     learning_rates: list[float] = field(default_factory=list)
     unfreeze_fractions: list[float] = field(default_factory=list)
     epochs: list[int] = field(default_factory=list)
+
+    def problems(self) -> list[str]:
+        """This section's invalid values, each as a message naming the field and the fix."""
+        found = []
+        if not all(value > 0 for value in self.learning_rates):
+            found.append(f"finetune.search.learning_rates={self.learning_rates}; use positive "
+                         f"values")
+        if not all(0 < value <= 1 for value in self.unfreeze_fractions):
+            found.append(f"finetune.search.unfreeze_fractions={self.unfreeze_fractions}; use "
+                         f"shares in (0, 1]")
+        if not all(value >= 1 for value in self.epochs):
+            found.append(f"finetune.search.epochs={self.epochs}; use counts of at least 1")
+        return found
 
 
 @dataclass
@@ -194,13 +282,67 @@ class FinetuneConfig:
     xla: str = "auto"
     search: SearchConfig = field(default_factory=SearchConfig)
 
+    def problems(self) -> list[str]:
+        """This section's invalid values (its search's included), each naming the field and
+        the fix."""
+        found = []
+
+        def check(ok: bool, message: str) -> None:
+            if not ok:
+                found.append(message)
+
+        check(self.learning_rate >= 0, f"finetune.learning_rate={self.learning_rate}; use a "
+                                       f"positive value, or 0 to choose from the backbone and "
+                                       f"batch size")
+        check(self.patience >= 1, f"finetune.patience={self.patience}; use at least 1")
+        check(self.weight_decay >= 0,
+              f"finetune.weight_decay={self.weight_decay}; use a value >= 0")
+        found.extend(self.search.problems())
+        check(not self.search.epochs or self.warmup_epochs < min(self.search.epochs),
+              f"finetune.warmup_epochs={self.warmup_epochs} is not below every count in "
+              f"finetune.search.epochs={self.search.epochs}; leave warmup_epochs at -1 (auto) "
+              f"or lower it")
+        check(self.selection in SELECTIONS,
+              f"finetune.selection={self.selection!r}; use one of {', '.join(SELECTIONS)}")
+        check(self.batch_size >= 1, f"finetune.batch_size={self.batch_size}; use at least 1")
+        check(self.scratch_learning_rate > 0,
+              f"finetune.scratch_learning_rate={self.scratch_learning_rate}; use a positive "
+              f"value")
+        check(self.epochs >= -1, f"finetune.epochs={self.epochs}; use 0 (no fine-tuning), "
+                                 f"more, or -1 to choose from the data")
+        check(self.unfreeze_layers >= 0, f"finetune.unfreeze_layers={self.unfreeze_layers}; "
+                                         f"use 0 (backbone default) or more")
+        check(0 <= self.unfreeze_fraction <= 1,
+              f"finetune.unfreeze_fraction={self.unfreeze_fraction}; use a share in [0, 1]")
+        check(self.warmup_epochs >= -1 and (self.warmup_epochs < self.epochs or self.epochs <= 0),
+              f"finetune.warmup_epochs={self.warmup_epochs}; use fewer than finetune.epochs="
+              f"{self.epochs}, or -1 to choose from the epochs")
+        for name, allowed in (("precision", FINETUNE_PRECISIONS), ("xla", XLA_SETTINGS)):
+            check(getattr(self, name) in allowed,
+                  f"finetune.{name}={getattr(self, name)!r}; use one of {', '.join(allowed)}")
+        return found
+
+    def check_batch_fits(self, images: int, where: str) -> None:
+        """ConfigError when the global batch (batch_size images) is larger than the `images`
+        there are in `where` (e.g. "the training split"); checked where the data is known,
+        before training."""
+        if self.epochs and self.batch_size > images:
+            raise ConfigError(
+                f"finetune.batch_size={self.batch_size} is larger than the {images} images in "
+                f"{where}; use a batch size of at most {images}, or add images")
+
 
 @dataclass
 class EvaluateConfig:
     """Blessing rules (TFX Evaluator style) and what the report shows.
 
-    min_accuracy: test accuracy in [0, 1] a model needs to be blessed (exported). Default 0.5.
-    min_class_recall: lowest recall in [0, 1] any class may have (default 0: no rule).
+    Units: shares in [0, 1] for the accuracy and recall floors, percentage points (0-100) for
+    the margins against the baseline, counts for the rest.
+
+    min_accuracy: test accuracy, a share in [0, 1], a model needs to be blessed (exported).
+        Default 0.5.
+    min_class_recall: lowest recall, a share in [0, 1], any class may have (default 0: no
+        rule).
     baseline_model: the model in production to compare with (a .keras file of an earlier run,
         local or gs://, with labels.txt beside it); "" for none (default).
     baseline_margin: percentage points the candidate's accuracy may trail the baseline's, >= 0
@@ -218,6 +360,20 @@ class EvaluateConfig:
     max_recall_drop: float = 5.0
     wrong_examples: int = 12
     bootstrap_samples: int = 1000
+
+    def problems(self) -> list[str]:
+        """This section's invalid values, each as a message naming the field and the fix."""
+        found = [f"evaluate.{name}={getattr(self, name)}; use a value in [0, 1]"
+                 for name in ("min_accuracy", "min_class_recall")
+                 if not 0 <= getattr(self, name) <= 1]
+        found += [f"evaluate.{name}={getattr(self, name)}; use percentage points >= 0"
+                  for name in ("baseline_margin", "max_recall_drop") if getattr(self, name) < 0]
+        if not 0 <= self.wrong_examples <= 100:
+            found.append(f"evaluate.wrong_examples={self.wrong_examples}; use 0 to 100")
+        if not 100 <= self.bootstrap_samples <= 100000:
+            found.append(f"evaluate.bootstrap_samples={self.bootstrap_samples}; use 100 to "
+                         f"100000")
+        return found
 
 
 @dataclass
@@ -259,6 +415,44 @@ class ExportConfig:
     onnx_variants: list[str] = field(default_factory=lambda: ["fp16", "int8"])
     tensorrt_precision: str = "fp16"
 
+    def problems(self) -> list[str]:
+        """This section's invalid values, each as a message naming the field and the fix."""
+        found = []
+
+        def check(ok: bool, message: str) -> None:
+            if not ok:
+                found.append(message)
+
+        check(self.calibration_samples >= 1,
+              f"export.calibration_samples={self.calibration_samples}; use at least 1")
+        unknown = sorted(set(self.tflite_variants) - set(TFLITE_QUANTIZED_VARIANTS))
+        check(not unknown, f"export.tflite_variants has unknown {unknown}; use any of "
+                           f"{', '.join(TFLITE_QUANTIZED_VARIANTS)}")
+        check(self.int8_input in ("uint8", "int8"),
+              f"export.int8_input={self.int8_input!r}; use uint8 or int8")
+        check(self.max_accuracy_drop >= 0,
+              f"export.max_accuracy_drop={self.max_accuracy_drop}; use points >= 0")
+        check(0 <= self.min_agreement <= 1,
+              f"export.min_agreement={self.min_agreement}; use a share in [0, 1]")
+        check(self.recommend in RECOMMEND_POLICIES,
+              f"export.recommend={self.recommend!r}; use one of "
+              f"{', '.join(RECOMMEND_POLICIES)}")
+        check(self.max_slowdown >= 1,
+              f"export.max_slowdown={self.max_slowdown}; use a factor >= 1 (1: no slower "
+              f"than the float model)")
+        check(13 <= self.onnx_opset <= 18,
+              f"export.onnx_opset={self.onnx_opset}; use 13 to 18 (what tf2onnx supports)")
+        unknown = sorted(set(self.onnx_variants) - set(ONNX_VARIANTS))
+        check(not unknown, f"export.onnx_variants has unknown {unknown}; use any of "
+                           f"{', '.join(ONNX_VARIANTS)}")
+        check(self.tensorrt_precision in ("fp32", "fp16", "int8"),
+              f"export.tensorrt_precision={self.tensorrt_precision!r}; use fp32, fp16 or int8")
+        check(self.tensorrt_precision in ("fp32", *self.onnx_variants),
+              f"export.tensorrt_precision={self.tensorrt_precision} builds the engine from the "
+              f"{self.tensorrt_precision} ONNX model; add {self.tensorrt_precision} to "
+              f"export.onnx_variants")
+        return found
+
 
 @dataclass
 class PipelineConfig:
@@ -282,9 +476,50 @@ class PipelineConfig:
         field's type (KFP struct parameters turn every number into a float)."""
         return from_mapping(cls, values or {})
 
-    def validate(self) -> "PipelineConfig":
-        """Raises ConfigError naming the first invalid field and its fix; returns self."""
-        for message in problems(self):
+    def problems(self, sections=None) -> list[str]:
+        """Invalid values of the named sections (default: all of SECTIONS), then the rules that
+        tie two sections together, each applied only when all its sections are named: a step
+        that received some sections judges those alone, not defaults standing in for the rest."""
+        named = set(SECTIONS if sections is None else sections)
+        found = [message for name in SECTIONS if name in named
+                 for message in getattr(self, name).problems()]
+        return found + [message for needs, message in self._cross_section_problems()
+                        if needs <= named]
+
+    def _cross_section_problems(self) -> list[tuple[set[str], str]]:
+        """(the sections a rule reads, its message) for every rule between sections broken."""
+        model, tune = self.model, self.finetune
+        found = []
+        if model.mirror_average and not self.augment.flip:
+            found.append(({"model", "augment"},
+                          "model.mirror_average averages each image with its mirror image, but "
+                          "augment.flip is off (mirroring changes the class); turn one of them "
+                          "off"))
+        if model.weights == "none" and (tune.search.learning_rates
+                                        or tune.search.unfreeze_fractions):
+            found.append(({"model", "finetune"},
+                          "finetune.search varies learning_rates or unfreeze_fractions, but with "
+                          "weights: none the whole network trains from scratch at "
+                          "finetune.scratch_learning_rate; search epochs only, or use "
+                          "pretrained weights"))
+        if tune.learning_rate and tune.learning_rate >= self.head.learning_rate:
+            found.append(({"head", "finetune"},
+                          f"finetune.learning_rate={tune.learning_rate} is not below "
+                          f"head.learning_rate={self.head.learning_rate}; fine-tune 10-100x "
+                          f"lower than the head or it wrecks the pretrained features"))
+        return found
+
+    def validate(self, sections=None) -> "PipelineConfig":
+        """Raises ConfigError naming the first invalid value of the named sections (default:
+        all) and its fix (see `problems`); returns self."""
+        for message in self.problems(sections):
+            raise ConfigError(message)
+        return self
+
+    def preflight(self) -> "PipelineConfig":
+        """`validate` every section, then the environment this process sees (the weights
+        file): what the CLI checks once before any step starts. Returns self."""
+        for message in self.validate().model.weights_problems():
             raise ConfigError(message)
         return self
 
@@ -292,6 +527,8 @@ class PipelineConfig:
         """Returns a copy with nested `overrides` (same shape as to_dict()) applied."""
         return PipelineConfig.from_dict(deep_merge(self.to_dict(), overrides))
 
+
+SECTIONS = tuple(f.name for f in dataclasses.fields(PipelineConfig))
 
 PRESETS = {
     "default": {},

@@ -13,17 +13,14 @@ import itertools
 import logging
 import os
 import time
-from typing import TYPE_CHECKING
 
 import numpy as np
 
+from components.core.config.schema import AugmentConfig
 from components.core.data import discovery, tfrecords
 from components.core.io import storage
 from components.core.io.arrays import load_npz_aligned
 from components.core.io.progress import Progress
-
-if TYPE_CHECKING:  # annotations only: config sits above this package
-    from components.core.config.schema import AugmentConfig
 
 
 log = logging.getLogger("tlpipe.cache")

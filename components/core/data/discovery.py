@@ -13,6 +13,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Optional
 
+from components.core.errors import InputError
+
 SPLITS = ("train", "val", "test")
 
 PLAIN_NAME = re.compile(r"^[A-Za-z0-9._-]+$")  # file names that need no quoting anywhere
@@ -20,7 +22,7 @@ PLAIN_NAME = re.compile(r"^[A-Za-z0-9._-]+$")  # file names that need no quoting
 SPLIT_FOLDER_NAMES = {"train": "train", "val": "val", "validation": "val", "test": "test"}
 
 
-class DataError(ValueError):
+class DataError(InputError):
     """The source cannot become a dataset; the message names the problem and the fix."""
 
 

@@ -16,16 +16,13 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-from typing import TYPE_CHECKING
 
+from components.core.config.schema import DataConfig
 from components.core.data.discovery import PLAIN_NAME, SPLITS, DataError, discover
 from components.core.data.image_check import CheckedImage, check_all, identify_image
 from components.core.data.splitting import assign_splits, clean_test, fingerprint, label_conflicts
 from components.core.data.tfrecords import MANIFEST, write_shards
 from components.core.io import storage
-
-if TYPE_CHECKING:  # annotations only: config sits above this package
-    from components.core.config.schema import DataConfig
 
 
 log = logging.getLogger("tlpipe.data")

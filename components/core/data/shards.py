@@ -25,13 +25,12 @@ import dataclasses
 import functools
 import math
 import os
-from typing import TYPE_CHECKING, Callable, Iterable
+from typing import Callable, Iterable
 
+from components.core.config.schema import AugmentConfig
 from components.core.data import cache
 from components.core.io import storage
 
-if TYPE_CHECKING:  # annotations only: config sits above this package
-    from components.core.config.schema import AugmentConfig
 
 # Images the shuffle buffers of an epoch hold in all (split between the streams).
 SHUFFLE_IMAGES = 4096

@@ -5,13 +5,10 @@
 from __future__ import annotations
 
 import hashlib
-from typing import TYPE_CHECKING
 
+from components.core.config.schema import DataConfig
 from components.core.data.discovery import SPLITS
 from components.core.data.image_check import CheckedImage
-
-if TYPE_CHECKING:  # annotations only: config sits above this package
-    from components.core.config.schema import DataConfig
 
 
 def split_key(seed: int, sha256: str) -> str:

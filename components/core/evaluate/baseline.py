@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import tempfile
 
-from components.core.config.errors import ConfigError
+from components.core.errors import ConfigError
 from components.core.evaluate import predict
 from components.core.io import storage
 

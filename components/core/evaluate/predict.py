@@ -11,6 +11,7 @@ from typing import Callable, Iterator
 
 import numpy as np
 
+from components.core.errors import InputError
 from components.core.io.console import describe
 
 LABELS = "labels.txt"
@@ -18,7 +19,7 @@ LABELS = "labels.txt"
 FORMATS = ".keras file, SavedModel folder, .tflite, .onnx or TensorRT .engine file"
 
 
-class ModelError(ValueError):
+class ModelError(InputError):
     """A model file that cannot be run; the message names the file, what is wrong and the fix."""
 
 
@@ -127,7 +128,7 @@ def predict_files(model_path: str, image_paths: list[str], top: int = 3) -> Iter
     from components.core.data.image_check import rgb_image
 
     if top < 1:
-        raise ValueError(f"--top {top}: show at least 1 class (--top 1 or more)")
+        raise InputError(f"--top {top}: show at least 1 class (--top 1 or more)")
     run, labels = load_classifier(model_path)
     for path in image_paths:
         try:

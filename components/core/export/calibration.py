@@ -20,9 +20,8 @@ def calibration_indices(labels: np.ndarray, count: int, seed: int) -> np.ndarray
     return np.array(order[:count], dtype=np.int64)
 
 
-def calibration_images(images_dir: str, config) -> np.ndarray:
-    """export.calibration_samples class-stratified training images (never val or test), uint8
+def calibration_images(images_dir: str, count: int, seed: int) -> np.ndarray:
+    """`count` class-stratified training images (never val or test) drawn with `seed`, uint8
     (K, S, S, 3): memory for those K images, whatever the split's size."""
     train = cache.SplitImages(images_dir, "train")
-    return train[calibration_indices(train.labels, config.export.calibration_samples,
-                                     config.data.seed)]
+    return train[calibration_indices(train.labels, count, seed)]

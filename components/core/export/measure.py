@@ -9,6 +9,8 @@ import time
 
 import numpy as np
 
+from components.core.config.schema import RECOMMEND_POLICIES
+
 
 def gate(reference_accuracy: float, variants: dict, max_drop_points: float,
          min_agreement: float = 0.0) -> None:
@@ -37,9 +39,6 @@ def gate(reference_accuracy: float, variants: dict, max_drop_points: float,
                          f"with the float model less than export.min_agreement; raise "
                          f"export.max_accuracy_drop, lower export.min_agreement or include the "
                          f"float32 reference")
-
-
-RECOMMEND_POLICIES = ("balanced", "smallest", "fastest")
 
 
 def recommend(variants: dict, policy: str, reference: str, max_slowdown: float

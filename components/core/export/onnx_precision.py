@@ -23,9 +23,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from components.core.config.schema import ONNX_VARIANTS
 from components.core.io import storage
-
-VARIANTS = ("fp16", "int8")
 
 QUANTIZED_OPS = ["Conv", "MatMul", "Gemm"]
 
@@ -95,11 +94,11 @@ def to_int8_qdq(source: str, target: str, calibration_images: np.ndarray) -> Non
 
 
 def convert(variant: str, folded: str, target: str, calibration_images: np.ndarray) -> None:
-    """Writes `variant` (one of VARIANTS) of the folded float ONNX model `folded` to `target`;
+    """Writes `variant` (one of ONNX_VARIANTS) of the folded float ONNX model `folded` to `target`;
     `calibration_images` are used by "int8" only."""
     if variant == "fp16":
         to_fp16(folded, target)
     elif variant == "int8":
         to_int8_qdq(folded, target, calibration_images)
     else:
-        raise ValueError(f"unknown ONNX variant {variant!r}; use one of {VARIANTS}")
+        raise ValueError(f"unknown ONNX variant {variant!r}; use one of {ONNX_VARIANTS}")

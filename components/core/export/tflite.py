@@ -11,14 +11,13 @@ import tempfile
 
 import numpy as np
 
+from components.core.config.schema import TFLITE_QUANTIZED_VARIANTS
 from components.core.export.measure import accuracy, agreement, latency_summary, timed
 from components.core.io import storage
 
 log = logging.getLogger("tlpipe.export")
 
-QUANTIZED_VARIANTS = ("fp16", "dynamic_int8", "int8", "int16x8")
-
-TFLITE_VARIANTS = ("float32", *QUANTIZED_VARIANTS)
+TFLITE_VARIANTS = ("float32", *TFLITE_QUANTIZED_VARIANTS)
 
 
 def export_saved_model(model, path: str) -> None:

@@ -12,6 +12,8 @@ import os
 import shutil
 import tempfile
 
+from components.core.errors import InputError
+
 
 def is_gcs(uri: str) -> bool:
     return uri.startswith("gs://")
@@ -21,7 +23,7 @@ def split_gcs(uri: str) -> tuple[str, str]:
     """'gs://bucket/a/b' -> ('bucket', 'a/b'); ValueError if there is no bucket."""
     bucket, _, blob = uri[len("gs://"):].partition("/")
     if not bucket:
-        raise ValueError(f"{uri} has no bucket name; write it as gs://BUCKET/PATH")
+        raise InputError(f"{uri} has no bucket name; write it as gs://BUCKET/PATH")
     return bucket, blob
 
 

@@ -17,10 +17,11 @@ import os
 import shutil
 import tempfile
 
+from components.core.errors import InputError
 from components.core.io import storage
 
 
-class RegistryError(ValueError):
+class RegistryError(InputError):
     """The registry cannot do what was asked (unreachable, unknown version, nothing in
     production); the message names the problem and the fix."""
 

@@ -11,13 +11,11 @@ The shipped model is always float32 in every layer.
 
 from __future__ import annotations
 
+from components.core.config.schema import FINETUNE_PRECISIONS, XLA_SETTINGS
+
 MIXED = "mixed_bfloat16"
 
 FLOAT32 = "float32"
-
-PRECISIONS = ("auto", FLOAT32, MIXED)
-
-XLA_SETTINGS = ("auto", "always", "never")
 
 BFLOAT16_COMPUTE_CAPABILITY = (8, 0)  # lowest NVIDIA compute capability with fast bfloat16
 
@@ -25,12 +23,12 @@ BFLOAT16_COMPUTE_CAPABILITY = (8, 0)  # lowest NVIDIA compute capability with fa
 def resolve_precision(setting: str, gpu_capabilities: list[tuple[int, int]]) -> str:
     """The Keras dtype policy fine-tuning computes the backbone in.
 
-    setting: one of PRECISIONS. "auto" gives MIXED when there is at least one GPU and every
+    setting: one of FINETUNE_PRECISIONS. "auto" gives MIXED when there is at least one GPU and every
     GPU has compute capability >= BFLOAT16_COMPUTE_CAPABILITY, else FLOAT32 (a CPU, or an
     older GPU). gpu_capabilities: (major, minor) of each visible GPU ([] on a CPU).
     """
-    if setting not in PRECISIONS:
-        raise ValueError(f"unknown precision {setting!r}; use one of {PRECISIONS}")
+    if setting not in FINETUNE_PRECISIONS:
+        raise ValueError(f"unknown precision {setting!r}; use one of {FINETUNE_PRECISIONS}")
     if setting != "auto":
         return setting
     fast = bool(gpu_capabilities) and min(gpu_capabilities) >= BFLOAT16_COMPUTE_CAPABILITY

@@ -16,11 +16,12 @@ from typing import TYPE_CHECKING
 import keras
 import numpy as np
 
-from components.core.train import acceleration, backbones, backup, model as models, scoring
+from components.core.config import backbones
+from components.core.config.schema import PipelineConfig
+from components.core.train import acceleration, backup, model as models, scoring
 from components.core.train.tensorboard import scalar_writer, write_scalars
 
-if TYPE_CHECKING:  # annotations only: config sits above this package
-    from components.core.config.schema import PipelineConfig
+if TYPE_CHECKING:  # annotations only
     from components.core.data.shards import Epochs
 
 

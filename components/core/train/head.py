@@ -5,18 +5,16 @@ regression per L2 strength, all full-batch at once, early-stopped on val cross-e
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
 
 import keras
 import numpy as np
 
+from components.core.config.schema import HeadConfig, LossConfig
 from components.core.io import arrays
 from components.core.train import model as models
 from components.core.train.scoring import scores
 from components.core.train.tensorboard import scalar_writer, write_scalars
 
-if TYPE_CHECKING:  # annotations only: config sits above this package
-    from components.core.config.schema import PipelineConfig
 
 log = logging.getLogger("tlpipe.training")
 
@@ -29,12 +27,12 @@ HEAD_CHUNK_ROWS = 16384
 HEAD_SCALARS = ("train_loss", "val_loss", "val_accuracy")  # per check, per candidate
 
 
-def train_head(features: dict[str, np.ndarray], num_classes: int, config: PipelineConfig,
-               log_dir: str | None = None, overwrite_features: bool = False
-               ) -> tuple[keras.Model, dict]:
+def train_head(features: dict[str, np.ndarray], num_classes: int, head: HeadConfig,
+               loss: LossConfig, dropout: float, log_dir: str | None = None,
+               overwrite_features: bool = False) -> tuple[keras.Model, dict]:
     """Trains the head on cached features ({train,val}_{features,labels} arrays): one
     softmax regression on the standardised features per L2 strength in
-    `config.head.l2_candidates`, each trained full-batch with Adam and early stopping on val
+    `head.l2_candidates`, each trained full-batch with Adam and early stopping on val
     cross-entropy (best weights kept); the candidate with the lowest val cross-entropy wins.
 
     Full-batch training on the cache converges in a few hundred steps of one matrix product
@@ -51,14 +49,15 @@ def train_head(features: dict[str, np.ndarray], num_classes: int, config: Pipeli
     standardize = models.fitted_standardize(features["train_features"])
     val_x = standardize.apply(features["val_features"])
     counts = np.bincount(features["train_labels"], minlength=num_classes).tolist()
-    weights = models.class_weights(counts, config.loss.class_weight) or {}
+    weights = models.class_weights(counts, loss.class_weight) or {}
     sample_weight = np.array([weights.get(int(y), 1.0) for y in features["train_labels"]],
                              np.float32)
-    l2s = list(config.head.l2_candidates)
+    l2s = list(head.l2_candidates)
     x = standardize.apply(features["train_features"],
                           out=features["train_features"] if overwrite_features else None)
     fits = fit_softmax_regressions(x, features["train_labels"], sample_weight, val_x,
-                                   features["val_labels"], num_classes, l2s, config)
+                                   features["val_labels"], num_classes, l2s, head,
+                                   loss.label_smoothing)
     candidates = []
     for l2, (kernel, bias, history) in zip(l2s, fits):
         writer = scalar_writer(log_dir, f"l2={l2:g}")
@@ -76,21 +75,21 @@ def train_head(features: dict[str, np.ndarray], num_classes: int, config: Pipeli
                  candidates[-1]["val_loss"], candidates[-1]["val_accuracy"],
                  history["step"][-1])
     chosen = min(candidates, key=lambda c: (c["val_loss"], -c["val_accuracy"], c["l2"]))
-    head = models.build_head(standardize, num_classes, config.model.dropout, chosen["l2"])
-    head.get_layer("probabilities").set_weights([chosen.pop("kernel"), chosen.pop("bias")])
+    model = models.build_head(standardize, num_classes, dropout, chosen["l2"])
+    model.get_layer("probabilities").set_weights([chosen.pop("kernel"), chosen.pop("bias")])
     search = [{key: c[key] for key in ("l2", "val_loss", "val_accuracy", "steps_run")}
               for c in candidates]
-    return head, {**chosen, "search": search}
+    return model, {**chosen, "search": search}
 
 
 def fit_softmax_regressions(x, labels, sample_weight, val_x, val_labels, num_classes: int,
-                            l2s: list[float], config: PipelineConfig):
+                            l2s: list[float], head: HeadConfig, label_smoothing: float):
     """One softmax regression per L2 strength in `l2s`, all trained at once on the
     standardised features x (N, D) (used in place when `arrays.is_aligned`): full-batch Adam on
     weighted, label-smoothed cross-entropy + l2 * ||kernel||^2, from zero weights (the problem
-    is convex: no seed needed), for at most `config.head.max_steps` steps. Each candidate stops
-    after `config.head.patience` val checks (every EVAL_EVERY steps) without a lower val
-    cross-entropy; training ends when all have stopped.
+    is convex: no seed needed), at head.learning_rate for at most head.max_steps steps; label
+    smoothing in [0, 0.5). Each candidate stops after head.patience val checks (every
+    EVAL_EVERY steps) without a lower val cross-entropy; training ends when all have stopped.
 
     The candidates' weights are slices of one stacked variable and Adam is elementwise, so each
     follows exactly the trajectory it would alone: one traced step serves them all, and one
@@ -103,12 +102,12 @@ def fit_softmax_regressions(x, labels, sample_weight, val_x, val_labels, num_cla
     count = len(l2s)
     x = shared_tensor(x)
     weight = tf.constant(sample_weight / sample_weight.mean(), tf.float32)
-    smoothing = config.loss.label_smoothing
-    targets = tf.one_hot(labels, num_classes) * (1 - smoothing) + smoothing / num_classes
+    targets = (tf.one_hot(labels, num_classes) * (1 - label_smoothing)
+               + label_smoothing / num_classes)
     penalty = tf.constant(l2s, tf.float32)[:, None, None]
     kernel = tf.Variable(tf.zeros((count, x.shape[1], num_classes)))
     bias = tf.Variable(tf.zeros((count, num_classes)))
-    optimizer = keras.optimizers.Adam(config.head.learning_rate)
+    optimizer = keras.optimizers.Adam(head.learning_rate)
     optimizer.build([kernel, bias])  # its variables exist before tracing: one trace, not two
 
     def train_step():
@@ -127,12 +126,12 @@ def fit_softmax_regressions(x, labels, sample_weight, val_x, val_labels, num_cla
     best_weights = [None] * count
     checks_without_gain = [0] * count
     step = 0
-    while step < config.head.max_steps:
-        steps = min(EVAL_EVERY, config.head.max_steps - step)
+    while step < head.max_steps:
+        steps = min(EVAL_EVERY, head.max_steps - step)
         losses = train_steps(tf.constant(steps, tf.int32))
         step += steps
         kernels, biases, train_losses = kernel.numpy(), bias.numpy(), losses.numpy()
-        active = [k for k in range(count) if checks_without_gain[k] < config.head.patience]
+        active = [k for k in range(count) if checks_without_gain[k] < head.patience]
         for k in active:
             val_loss, val_accuracy = scores(_softmax(val_x @ kernels[k] + biases[k]),
                                             val_labels)
@@ -144,7 +143,7 @@ def fit_softmax_regressions(x, labels, sample_weight, val_x, val_labels, num_cla
                                                                               biases[k]), 0
             else:
                 checks_without_gain[k] += 1
-        if all(wait >= config.head.patience for wait in checks_without_gain):
+        if all(wait >= head.patience for wait in checks_without_gain):
             break
     return [(*best_weights[k], histories[k]) for k in range(count)]
 

@@ -12,22 +12,37 @@ import logging
 import os
 import tempfile
 import warnings
-from typing import TYPE_CHECKING
 
 import keras
 
+from components.core.config import backbones
+from components.core.config.schema import FinetuneConfig, ModelConfig
 from components.core.data.preprocessing import MirrorImages, RawImagePreprocessing
+from components.core.errors import ConfigError, InputError
 from components.core.io import storage
-from components.core.train import backbones, recipe
-
-if TYPE_CHECKING:  # annotations only: config sits above this package
-    from components.core.config.schema import FinetuneConfig, ModelConfig
+from components.core.train import recipe
 
 
 log = logging.getLogger("tlpipe.model")
 
 
-class WeightsError(ValueError):
+def build_backbone(spec: backbones.BackboneSpec, image_size: int, alpha: float, weights):
+    """Builds the headless backbone `spec` with global average pooling.
+
+    weights: "imagenet", None (random) or a local weights file path. Returns a `keras.Model`
+    named "backbone" whose output is the pooled feature vector.
+    """
+    kwargs = dict(input_shape=(image_size, image_size, 3), include_top=False, weights=weights,
+                  pooling="avg")
+    if spec.alphas:
+        kwargs["alpha"] = alpha
+    constructor = getattr(keras.applications, spec.constructor)
+    model = constructor(**kwargs)
+    model.name = "backbone"
+    return model
+
+
+class WeightsError(InputError):
     """Backbone weights cannot be had or do not fit the backbone; the message names the fix."""
 
 
@@ -37,7 +52,7 @@ def load_backbone(config: ModelConfig) -> tuple[keras.Model, dict]:
     spec = backbones.get(config.backbone)
     size = backbones.resolved_size(spec, config.image_size)
     if config.weights == "none":
-        return backbones.build(spec, size, config.alpha, None), {
+        return build_backbone(spec, size, config.alpha, None), {
             "weights": "random", "detail": "random initialisation requested (weights: none)"}
     if config.weights == "imagenet":
         return _imagenet_backbone(spec, size, config)
@@ -46,7 +61,7 @@ def load_backbone(config: ModelConfig) -> tuple[keras.Model, dict]:
         with open(path, "rb") as handle:
             sha = hashlib.sha256(handle.read()).hexdigest()
         try:
-            backbone = backbones.build(spec, size, config.alpha, path)
+            backbone = build_backbone(spec, size, config.alpha, path)
         except (ValueError, KeyError, OSError) as error:
             raise WeightsError(
                 f"weights file {config.weights} does not match backbone {spec.name} "
@@ -57,7 +72,7 @@ def load_backbone(config: ModelConfig) -> tuple[keras.Model, dict]:
 
 def _imagenet_backbone(spec, size, config: ModelConfig):
     try:
-        return backbones.build(spec, size, config.alpha, "imagenet"), {
+        return build_backbone(spec, size, config.alpha, "imagenet"), {
             "weights": "imagenet", "detail": f"keras.applications.{spec.constructor} ImageNet"}
     except Exception as error:
         if "URL fetch failure" not in str(error):
@@ -71,7 +86,7 @@ def _imagenet_backbone(spec, size, config: ModelConfig):
     log.warning("Continuing from RANDOM initialisation: accuracy will be far below what "
                 "transfer learning gives. This is recorded in the outputs.")
     log.warning("=" * 78)
-    return backbones.build(spec, size, config.alpha, None), {
+    return build_backbone(spec, size, config.alpha, None), {
         "weights": "random", "detail": f"fallback: {reason}"}
 
 
@@ -223,7 +238,7 @@ def unfreeze_count(backbone: keras.Model, from_layer: str, layers: int, fraction
     names = [layer.name for layer in backbone.layers]
     if from_layer:
         if from_layer not in names:
-            raise ValueError(f"finetune.unfreeze_from={from_layer!r} is not a layer of the "
+            raise ConfigError(f"finetune.unfreeze_from={from_layer!r} is not a layer of the "
                              f"backbone; its top layers are {names[-8:]}")
         return len(names) - names.index(from_layer)
     return layers or max(1, int(round(len(names) * (fraction or default_fraction))))
@@ -237,12 +252,12 @@ def preflight(config: ModelConfig, finetune: FinetuneConfig) -> None:
     spec = backbones.get(config.backbone)
     size = backbones.resolved_size(spec, config.image_size)
     try:
-        backbone = backbones.build(spec, size, config.alpha, None)
+        backbone = build_backbone(spec, size, config.alpha, None)
     except ValueError as error:
         raise WeightsError(f"Keras cannot build {spec.name} at {size} px (alpha {config.alpha}): "
                            f"{error}; pick another size or backbone") from error
     if finetune.unfreeze_layers > len(backbone.layers):
-        raise ValueError(f"finetune.unfreeze_layers={finetune.unfreeze_layers} but {spec.name} "
+        raise ConfigError(f"finetune.unfreeze_layers={finetune.unfreeze_layers} but {spec.name} "
                          f"has only {len(backbone.layers)} layers; use at most "
                          f"{len(backbone.layers)}")
     unfreeze_count(backbone, finetune.unfreeze_from, 0, 0.0, spec.unfreeze_fraction)

@@ -1,7 +1,7 @@
 """Backbone registry: name -> `keras.applications` constructor, preprocessing, sizes, unfreezing.
 
-Only the data lives here; nothing imports TensorFlow until `build()` is called, so configs can be
-validated cheaply.
+Only the data and its rules live here (nothing imports TensorFlow), so configs are validated
+cheaply; `components.core.train.model.build_backbone` builds one.
 """
 
 from __future__ import annotations
@@ -85,7 +85,8 @@ def resolved_size(spec: BackboneSpec, image_size: int) -> int:
 
 
 def problems(spec: BackboneSpec, image_size: int, alpha: float, weights: str) -> list[str]:
-    """What is wrong with this backbone/size/alpha/weights combination, as fix-naming messages."""
+    """What is wrong with this backbone/size/alpha/weights combination, as fix-naming messages
+    (whether a weights file exists is `weights_file_problems`)."""
     found = []
     size = resolved_size(spec, image_size)
     if not spec.min_size <= size <= MAX_IMAGE_SIZE:
@@ -100,26 +101,12 @@ def problems(spec: BackboneSpec, image_size: int, alpha: float, weights: str) ->
             found.append(f"alpha={alpha}; use a positive width multiplier")
     elif alpha != 1.0:
         found.append(f"{spec.name} has no width multiplier; leave alpha at 1.0")
-    if weights not in ("imagenet", "none") and not weights.startswith("gs://"):
-        if not os.path.isfile(weights):
-            found.append(f"weights file {weights} does not exist; pass an existing .h5 file, a "
-                         f"gs:// URI, 'imagenet' or 'none'")
     return found
 
 
-def build(spec: BackboneSpec, image_size: int, alpha: float, weights):
-    """Builds the headless backbone with global average pooling.
-
-    weights: "imagenet", None (random) or a local weights file path. Returns a `keras.Model`
-    named "backbone" whose output is the pooled feature vector.
-    """
-    import keras
-
-    kwargs = dict(input_shape=(image_size, image_size, 3), include_top=False, weights=weights,
-                  pooling="avg")
-    if spec.alphas:
-        kwargs["alpha"] = alpha
-    constructor = getattr(keras.applications, spec.constructor)
-    model = constructor(**kwargs)
-    model.name = "backbone"
-    return model
+def weights_file_problems(weights: str) -> list[str]:
+    """[a fix-naming message] when `weights` names a local file that does not exist here."""
+    if weights in ("imagenet", "none") or weights.startswith("gs://") or os.path.isfile(weights):
+        return []
+    return [f"weights file {weights} does not exist; pass an existing .h5 file, a gs:// URI, "
+            f"'imagenet' or 'none'"]

@@ -107,7 +107,9 @@ def _one_line(error: BaseException) -> str:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tlpipe", description="Transfer learning for image classification as a Kubeflow "
-        "pipeline: run it locally, or compile it for a cluster.")
+        "pipeline: run it locally, or compile it for a cluster.",
+        epilog=f"exit codes: 0 done; 1 a step (or, in predict, an image) failed; 2 bad input; "
+        f"{BUG_EXIT_CODE} an internal error (a bug in tlpipe); 128 + N interrupted by signal N")
     subcommands = parser.add_subparsers(required=True, metavar="COMMAND", dest="command")
 
     run = subcommands.add_parser("run", help="run the whole pipeline locally (kfp.local)",

@@ -89,6 +89,7 @@ def test_help_and_backbone_listing(capsys):
         main(["--help"])
     out = capsys.readouterr().out
     assert all(word in out for word in ("run", "demo", "compile", "backbones"))
+    assert "2 bad input; 70 an internal error (a bug in tlpipe)" in " ".join(out.split())
     code, out, _ = run_cli(capsys, "backbones")
     assert code == 0 and "efficientnet_b0" in out and "resnet50" in out
 

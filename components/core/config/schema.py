@@ -285,42 +285,39 @@ class FinetuneConfig:
     def problems(self) -> list[str]:
         """This section's invalid values (its search's included), each naming the field and
         the fix."""
-        found = []
-
-        def check(ok: bool, message: str) -> None:
-            if not ok:
-                found.append(message)
-
-        check(self.learning_rate >= 0, f"finetune.learning_rate={self.learning_rate}; use a "
-                                       f"positive value, or 0 to choose from the backbone and "
-                                       f"batch size")
-        check(self.patience >= 1, f"finetune.patience={self.patience}; use at least 1")
-        check(self.weight_decay >= 0,
-              f"finetune.weight_decay={self.weight_decay}; use a value >= 0")
-        found.extend(self.search.problems())
-        check(not self.search.epochs or self.warmup_epochs < min(self.search.epochs),
-              f"finetune.warmup_epochs={self.warmup_epochs} is not below every count in "
-              f"finetune.search.epochs={self.search.epochs}; leave warmup_epochs at -1 (auto) "
-              f"or lower it")
-        check(self.selection in SELECTIONS,
-              f"finetune.selection={self.selection!r}; use one of {', '.join(SELECTIONS)}")
-        check(self.batch_size >= 1, f"finetune.batch_size={self.batch_size}; use at least 1")
-        check(self.scratch_learning_rate > 0,
-              f"finetune.scratch_learning_rate={self.scratch_learning_rate}; use a positive "
-              f"value")
-        check(self.epochs >= -1, f"finetune.epochs={self.epochs}; use 0 (no fine-tuning), "
-                                 f"more, or -1 to choose from the data")
-        check(self.unfreeze_layers >= 0, f"finetune.unfreeze_layers={self.unfreeze_layers}; "
-                                         f"use 0 (backbone default) or more")
-        check(0 <= self.unfreeze_fraction <= 1,
-              f"finetune.unfreeze_fraction={self.unfreeze_fraction}; use a share in [0, 1]")
-        check(self.warmup_epochs >= -1 and (self.warmup_epochs < self.epochs or self.epochs <= 0),
-              f"finetune.warmup_epochs={self.warmup_epochs}; use fewer than finetune.epochs="
-              f"{self.epochs}, or -1 to choose from the epochs")
-        for name, allowed in (("precision", FINETUNE_PRECISIONS), ("xla", XLA_SETTINGS)):
-            check(getattr(self, name) in allowed,
-                  f"finetune.{name}={getattr(self, name)!r}; use one of {', '.join(allowed)}")
-        return found
+        epochs, warmup = self.epochs, self.warmup_epochs
+        return self.search.problems() + _broken([
+            (self.learning_rate >= 0,
+             f"finetune.learning_rate={self.learning_rate}; use a positive value, or 0 to "
+             f"choose from the backbone and batch size"),
+            (self.patience >= 1, f"finetune.patience={self.patience}; use at least 1"),
+            (self.weight_decay >= 0,
+             f"finetune.weight_decay={self.weight_decay}; use a value >= 0"),
+            (not self.search.epochs or warmup < min(self.search.epochs),
+             f"finetune.warmup_epochs={warmup} is not below every count in "
+             f"finetune.search.epochs={self.search.epochs}; leave warmup_epochs at -1 (auto) "
+             f"or lower it"),
+            (self.selection in SELECTIONS,
+             f"finetune.selection={self.selection!r}; use one of {', '.join(SELECTIONS)}"),
+            (self.batch_size >= 1, f"finetune.batch_size={self.batch_size}; use at least 1"),
+            (self.scratch_learning_rate > 0,
+             f"finetune.scratch_learning_rate={self.scratch_learning_rate}; use a positive "
+             f"value"),
+            (epochs >= -1, f"finetune.epochs={epochs}; use 0 (no fine-tuning), more, or -1 to "
+                           f"choose from the data"),
+            (self.unfreeze_layers >= 0, f"finetune.unfreeze_layers={self.unfreeze_layers}; "
+                                        f"use 0 (backbone default) or more"),
+            (0 <= self.unfreeze_fraction <= 1,
+             f"finetune.unfreeze_fraction={self.unfreeze_fraction}; use a share in [0, 1]"),
+            (warmup >= -1 and (warmup < epochs or epochs <= 0),
+             f"finetune.warmup_epochs={warmup}; use fewer than finetune.epochs={epochs}, or -1 "
+             f"to choose from the epochs"),
+            (self.precision in FINETUNE_PRECISIONS,
+             f"finetune.precision={self.precision!r}; use one of "
+             f"{', '.join(FINETUNE_PRECISIONS)}"),
+            (self.xla in XLA_SETTINGS,
+             f"finetune.xla={self.xla!r}; use one of {', '.join(XLA_SETTINGS)}"),
+        ])
 
     def check_batch_fits(self, images: int, where: str) -> None:
         """ConfigError when the global batch (batch_size images) is larger than the `images`
@@ -417,41 +414,36 @@ class ExportConfig:
 
     def problems(self) -> list[str]:
         """This section's invalid values, each as a message naming the field and the fix."""
-        found = []
-
-        def check(ok: bool, message: str) -> None:
-            if not ok:
-                found.append(message)
-
-        check(self.calibration_samples >= 1,
-              f"export.calibration_samples={self.calibration_samples}; use at least 1")
-        unknown = sorted(set(self.tflite_variants) - set(TFLITE_QUANTIZED_VARIANTS))
-        check(not unknown, f"export.tflite_variants has unknown {unknown}; use any of "
-                           f"{', '.join(TFLITE_QUANTIZED_VARIANTS)}")
-        check(self.int8_input in ("uint8", "int8"),
-              f"export.int8_input={self.int8_input!r}; use uint8 or int8")
-        check(self.max_accuracy_drop >= 0,
-              f"export.max_accuracy_drop={self.max_accuracy_drop}; use points >= 0")
-        check(0 <= self.min_agreement <= 1,
-              f"export.min_agreement={self.min_agreement}; use a share in [0, 1]")
-        check(self.recommend in RECOMMEND_POLICIES,
-              f"export.recommend={self.recommend!r}; use one of "
-              f"{', '.join(RECOMMEND_POLICIES)}")
-        check(self.max_slowdown >= 1,
-              f"export.max_slowdown={self.max_slowdown}; use a factor >= 1 (1: no slower "
-              f"than the float model)")
-        check(13 <= self.onnx_opset <= 18,
-              f"export.onnx_opset={self.onnx_opset}; use 13 to 18 (what tf2onnx supports)")
-        unknown = sorted(set(self.onnx_variants) - set(ONNX_VARIANTS))
-        check(not unknown, f"export.onnx_variants has unknown {unknown}; use any of "
-                           f"{', '.join(ONNX_VARIANTS)}")
-        check(self.tensorrt_precision in ("fp32", "fp16", "int8"),
-              f"export.tensorrt_precision={self.tensorrt_precision!r}; use fp32, fp16 or int8")
-        check(self.tensorrt_precision in ("fp32", *self.onnx_variants),
-              f"export.tensorrt_precision={self.tensorrt_precision} builds the engine from the "
-              f"{self.tensorrt_precision} ONNX model; add {self.tensorrt_precision} to "
-              f"export.onnx_variants")
-        return found
+        unknown_tflite = sorted(set(self.tflite_variants) - set(TFLITE_QUANTIZED_VARIANTS))
+        unknown_onnx = sorted(set(self.onnx_variants) - set(ONNX_VARIANTS))
+        precision = self.tensorrt_precision
+        return _broken([
+            (self.calibration_samples >= 1,
+             f"export.calibration_samples={self.calibration_samples}; use at least 1"),
+            (not unknown_tflite, f"export.tflite_variants has unknown {unknown_tflite}; use "
+                                 f"any of {', '.join(TFLITE_QUANTIZED_VARIANTS)}"),
+            (self.int8_input in ("uint8", "int8"),
+             f"export.int8_input={self.int8_input!r}; use uint8 or int8"),
+            (self.max_accuracy_drop >= 0,
+             f"export.max_accuracy_drop={self.max_accuracy_drop}; use points >= 0"),
+            (0 <= self.min_agreement <= 1,
+             f"export.min_agreement={self.min_agreement}; use a share in [0, 1]"),
+            (self.recommend in RECOMMEND_POLICIES,
+             f"export.recommend={self.recommend!r}; use one of "
+             f"{', '.join(RECOMMEND_POLICIES)}"),
+            (self.max_slowdown >= 1,
+             f"export.max_slowdown={self.max_slowdown}; use a factor >= 1 (1: no slower than "
+             f"the float model)"),
+            (13 <= self.onnx_opset <= 18,
+             f"export.onnx_opset={self.onnx_opset}; use 13 to 18 (what tf2onnx supports)"),
+            (not unknown_onnx, f"export.onnx_variants has unknown {unknown_onnx}; use any of "
+                               f"{', '.join(ONNX_VARIANTS)}"),
+            (precision in ("fp32", "fp16", "int8"),
+             f"export.tensorrt_precision={precision!r}; use fp32, fp16 or int8"),
+            (precision in ("fp32", *self.onnx_variants),
+             f"export.tensorrt_precision={precision} builds the engine from the {precision} "
+             f"ONNX model; add {precision} to export.onnx_variants"),
+        ])
 
 
 @dataclass
@@ -529,6 +521,11 @@ class PipelineConfig:
 
 
 SECTIONS = tuple(f.name for f in dataclasses.fields(PipelineConfig))
+
+
+def _broken(rules) -> list[str]:
+    """The messages of the (holds, message) rules that do not hold, in order."""
+    return [message for holds, message in rules if not holds]
 
 PRESETS = {
     "default": {},

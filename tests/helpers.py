@@ -3,6 +3,9 @@
 to a bucket."""
 
 import os
+import subprocess
+import sys
+import tempfile
 
 import numpy as np
 import pytest
@@ -11,6 +14,7 @@ from PIL import Image
 SHARED = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", "shared"))
 MOBILENET_WEIGHTS = os.path.join(SHARED, "weights", "mobilenet_2_5_224_tf_no_top.h5")
 HYMENOPTERA = os.path.join(SHARED, "data", "hymenoptera_data")
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the repository
 GOLDEN = os.path.join(os.path.dirname(os.path.abspath(__file__)), "golden")
 GOLDEN_SETTINGS = os.path.join(GOLDEN, "settings.yaml")
 
@@ -82,3 +86,19 @@ def upload_folder(client, bucket_name, folder, prefix):
         for name in names:
             relative = os.path.relpath(os.path.join(root, name), folder)
             bucket.blob(f"{prefix}/{relative}").upload_from_filename(os.path.join(root, name))
+
+
+def start_tlpipe(*args, **kwargs) -> subprocess.Popen:
+    """`tlpipe ARGS...` in a new process (text pipes for stdout and stderr), as a user runs it."""
+    return subprocess.Popen([sys.executable, "-m", "pipelines.cli", *map(str, args)], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONPATH": ROOT}, **kwargs)
+
+
+def assert_one_line(err: str, *words: str) -> None:
+    """err is one "tlpipe: ..." line holding every one of words, with no traceback and no
+    internal temporary path."""
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("tlpipe: "), err
+    assert "Traceback" not in err and all(word in err for word in words), err
+    assert tempfile.gettempdir() + "/tlpipe-" not in err

@@ -2,6 +2,7 @@
 everything else in the run's console.log (or streamed with --verbose)."""
 
 import io
+import json
 import os
 import pty
 import re
@@ -13,9 +14,8 @@ import time
 import pytest
 
 from pipelines.console import StepConsole, duration, progress_bar
-from tests.helpers import write_digits
+from tests.helpers import ROOT, assert_one_line, start_tlpipe, write_digits
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ["--backbone", "mobilenet", "--alpha", "0.25", "--image-size", "32", "--weights", "none",
         "--head-steps", "20", "--finetune-epochs", "3", "--min-accuracy", "0"]
 
@@ -107,18 +107,24 @@ def test_progress_bar_and_durations():
 
 
 @pytest.mark.e2e
-def test_a_run_in_a_terminal_shows_step_lines_and_a_live_progress_bar(tmp_path):
-    """The terminal view of a real `tlpipe run`, captured through a pseudo-terminal."""
+def test_a_run_in_a_terminal_shows_step_lines_and_a_live_progress_bar_and_keeps_its_folder(
+        tmp_path):
+    """The terminal view of a real `tlpipe run`, captured through a pseudo-terminal; a second
+    run started into the same --output meanwhile is refused in one line before it writes
+    anything, and the first finishes with its own summary and logs."""
     data = write_digits(tmp_path / "data")
+    output = tmp_path / "out"
     controller, terminal = pty.openpty()
     process = subprocess.Popen(
         [sys.executable, "-m", "pipelines.cli", "run", "--data", str(data), "--output",
-         str(tmp_path / "out"), *TINY], cwd=ROOT, stdin=terminal, stdout=terminal,
+         str(output), *TINY], cwd=ROOT, stdin=terminal, stdout=terminal,
         stderr=terminal, env={**os.environ, "PYTHONPATH": ROOT, "COLUMNS": "100"})
     os.close(terminal)
-    screen = b""
+    screen, second = b"", None
     deadline = time.monotonic() + 600
     while time.monotonic() < deadline:
+        if second is None and (output / ".tlpipe-run.lock").exists():
+            second = start_tlpipe("run", "--data", data, "--output", output, *TINY)
         ready, _, _ = select.select([controller], [], [], 1.0)
         if ready:
             try:
@@ -132,6 +138,10 @@ def test_a_run_in_a_terminal_shows_step_lines_and_a_live_progress_bar(tmp_path):
             break
     os.close(controller)
     assert process.wait(timeout=60) == 0, screen.decode(errors="replace")[-3000:]
+    _, err = second.communicate(timeout=120)
+    assert second.returncode == 2
+    assert_one_line(err, f"--output {output} is in use by another tlpipe run (pid "
+                    f"{process.pid}", "give another --output")
     text = screen.decode(errors="replace")
     lines = [re.sub(r".*\r(\x1b\[2K)?", "", line)  # what stays on screen of each line
              for line in text.replace("\r\n", "\n").split("\n")]
@@ -146,5 +156,9 @@ def test_a_run_in_a_terminal_shows_step_lines_and_a_live_progress_bar(tmp_path):
     assert "   ...  finetune" in text and "\r\x1b[2K" in text
     assert "Executing task" not in text and "executor_output" not in text
     assert "TEST ACCURACY" in text
-    console_log = next((tmp_path / "out" / "runs").iterdir()) / "logs" / "console.log"
-    assert "Executing task" in console_log.read_text()
+    summary = json.load(open(output / "summary.json"))
+    assert summary["status"] == "succeeded" and f"run: {summary['run_dir']}" in text
+    assert len(os.listdir(output / "runs")) == 1 and not (output / ".tlpipe-run.lock").exists()
+    console_log = os.path.join(summary["run_dir"], "logs", "console.log")
+    assert "Executing task" in open(console_log).read()
+    assert {"fingerprint.log", "evaluate.log"} <= set(os.listdir(os.path.dirname(console_log)))

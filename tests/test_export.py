@@ -4,6 +4,7 @@ import os
 import subprocess
 import sys
 
+import keras
 import numpy as np
 import pytest
 from sklearn.datasets import load_digits
@@ -19,11 +20,21 @@ from tests.helpers import write_image_cache
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+# Top-1 agreement an int8 export of the `trained` model keeps (with Keras, and between a
+# picture and its mirror image): over data seeds 0-4 it kept 0.959-0.989 with Keras and
+# 0.970-0.985 between mirror images (134 test digits, a 32-px model trained from scratch, 88-94%
+# accurate); a run before the fixture was seeded kept 0.948.
+INT8_AGREEMENT = 0.9
+
+
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """A tiny MobileNet of 3 digit classes trained from scratch as the pipeline does it, its
-    SavedModel, and raw uint8 test and training images with labels."""
+    SavedModel, and raw uint8 test and training images with labels. Seeded: the same model
+    whichever tests ran before in this process."""
     import tensorflow as tf
+
+    keras.utils.set_random_seed(0)  # the random backbone
 
     digits = load_digits()
     keep = digits.target < 3
@@ -385,7 +396,12 @@ def test_a_mirror_averaged_model_is_mirror_invariant_in_every_format(trained, tm
     reference = loaded.predict(images, verbose=0)
     np.testing.assert_allclose(reference, mirror.predict(images, verbose=0), atol=1e-6)
     np.testing.assert_allclose(loaded.predict(mirrored, verbose=0), reference, atol=1e-5)
-    assert not np.allclose(classifier.predict(images, verbose=0), reference, atol=1e-3)
+    plain = classifier.predict(images, verbose=0)
+    assert not np.allclose(plain, reference, atol=1e-3)
+    # the plain model answers a mirrored digit differently often enough for int8 to show it
+    # (0.76 here), so int8's mirror agreement below tells averaging from its absence
+    plain_flip = measure.agreement(plain, classifier.predict(mirrored, verbose=0))
+    assert plain_flip["top1_agreement"] < INT8_AGREEMENT
     tflite.export_saved_model(loaded, str(tmp_path / "saved_model"))
     calibration = train_images[calibrating.calibration_indices(train_labels, 200, seed=0)]
     for variant in ("float32", "int8"):
@@ -398,8 +414,8 @@ def test_a_mirror_averaged_model_is_mirror_invariant_in_every_format(trained, tm
         if variant == "float32":
             np.testing.assert_allclose(flipped, probabilities, atol=1e-5)
         else:  # int8 resizing rounds a mirrored picture a little differently
-            assert measure.agreement(probabilities, flipped)["top1_agreement"] >= 0.95
-        assert measure.agreement(reference, probabilities)["top1_agreement"] >= 0.95
+            assert measure.agreement(probabilities, flipped)["top1_agreement"] >= INT8_AGREEMENT
+        assert measure.agreement(reference, probabilities)["top1_agreement"] >= INT8_AGREEMENT
     onnx_export.export_onnx(loaded, str(tmp_path / "model.onnx"))
     np.testing.assert_allclose(onnx_export.predict_onnx(str(tmp_path / "model.onnx"), images),
                                reference, atol=1e-4)

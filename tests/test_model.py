@@ -1,7 +1,10 @@
 """Weights resolution, freezing rules, BatchNorm handling and the never-worse rule."""
 
+import json
 import os
 import shutil
+import subprocess
+import sys
 import urllib.error
 
 import keras
@@ -14,6 +17,7 @@ from components.core.config.schema import HeadConfig, LossConfig, ModelConfig, P
 from components.core.data import shards
 from components.core.train import (acceleration, finetune as finetuning, head as head_training,
                                    model as models)
+from tests.helpers import ROOT
 
 MOBILENET_025 = dict(backbone="mobilenet", alpha=0.25, image_size=32)
 MOBILENET_25_224 = {**MOBILENET_025, "image_size": 224}  # the size of the file in ../shared
@@ -170,13 +174,26 @@ def test_batchnorm_statistics_do_not_move_while_fine_tuning(tmp_path):
                                           new.moving_variance.numpy())
 
 
+SEEDED_RUN = """
+import json, pathlib, sys
+from tests.test_model import _tiny_run, finetuning
+model, report = _tiny_run(pathlib.Path(sys.argv[1]), 1e-3)
+print(json.dumps({"history": report["history"], "digest": finetuning.weights_digest(model)}))
+"""
+
+
 def test_the_same_seed_gives_the_same_fine_tuned_model(tmp_path):
     """On a CPU a seed fixes everything: the head, the epochs' batches and augmentation, the
-    dropout masks, so two runs ship bit-identical weights."""
+    dropout masks, so two runs ship bit-identical weights. The second run is a new process,
+    as a user's next run is (a step is one): in the test process, which holds what hundreds of
+    tests left behind, a repeat differed once in four suite runs, for a reason not found."""
     first, first_report = _tiny_run(tmp_path / "first", 1e-3)
-    second, second_report = _tiny_run(tmp_path / "second", 1e-3)
-    assert first_report["history"] == second_report["history"]
-    assert finetuning.weights_digest(first) == finetuning.weights_digest(second)
+    second = subprocess.run([sys.executable, "-c", SEEDED_RUN, str(tmp_path / "second")],
+                            cwd=ROOT, capture_output=True, text=True, check=True,
+                            env={**os.environ, "PYTHONPATH": ROOT})
+    second_report = json.loads(second.stdout.strip().splitlines()[-1])
+    assert json.loads(json.dumps(first_report["history"])) == second_report["history"]
+    assert finetuning.weights_digest(first) == second_report["digest"]
 
 
 def test_precision_and_xla_follow_the_hardware():

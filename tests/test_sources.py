@@ -1,6 +1,6 @@
 """Every source kind becomes the same local folder: Cloud Storage through a real fake-gcs-server
 started here on 127.0.0.1, archives built here (hostile ones included), TFDS through its own
-mock data. Each kind also runs through the whole local pipeline once."""
+mock data. Each kind goes through the ingest stage; one runs through the whole local pipeline."""
 
 import io
 import json
@@ -12,6 +12,7 @@ import zipfile
 
 import pytest
 
+from components.core import stages
 from components.core.data import archives, gcs as gcs_reads, source_uri, sources, tfds_source
 from components.core.data.discovery import DataError
 from pipelines.cli import main
@@ -138,31 +139,36 @@ def test_unknown_tfds_dataset_and_bad_uri_are_named():
 
 
 @pytest.mark.e2e
-def test_every_source_kind_runs_through_the_local_pipeline(capsys, tmp_path, digits_folder,
-                                                           gcs):
+def test_every_source_kind_is_ingested_and_one_runs_through_the_local_pipeline(
+        capsys, tmp_path, digits_folder, gcs):
+    """Each kind through the ingest stage as its step process calls it; an archive in Cloud
+    Storage (both readers at once) through the whole local pipeline, in step processes."""
     tfds = pytest.importorskip("tensorflow_datasets")
     upload_folder(gcs, "pipeline", digits_folder, "digits")
     archive = make_tar(tmp_path / "digits.tar.gz", folder_entries(digits_folder))
     gcs.bucket("pipeline").blob("exports/digits.tar.gz").upload_from_filename(archive)
-    # stops at evaluate unless the tiny head is perfect
-    quick = [*TINY[:-4], "--finetune-epochs", "0", "--min-accuracy", "1.0"]
-    for name, uri in (("gcs", "gs://pipeline/digits"), ("archive", archive),
-                      ("gcs-archive", "gs://pipeline/exports/digits.tar.gz")):
-        summary, _ = run_pipeline(capsys, uri, tmp_path / name, *quick)
-        manifest = json.load(open(os.path.join(artifact(summary, "ingest", "dataset")["path"],
-                                               "manifest.json")))
-        assert manifest["source"] == uri and manifest["classes"] == ["digit0", "digit1",
-                                                                     "digit2"]
-        assert sum(sum(c.values()) for c in manifest["counts"].values()) == 72
     # the step processes cannot see a mock: a real prepared TFDS dataset in a data_dir, which
     # TFDS reads from its files alone (no builder code, no download)
     data_dir = prepare_tfds_digits(tfds, digits_folder, tmp_path / "tfds_data")
-    uri = f"tfds:tlpipe_digits?split=train&data_dir={data_dir}"
-    summary, _ = run_pipeline(capsys, uri, tmp_path / "tfds", *quick)
-    manifest = json.load(open(os.path.join(artifact(summary, "ingest", "dataset")["path"],
-                                           "manifest.json")))
-    assert manifest["source"] == uri and manifest["classes"] == ["digit0", "digit1", "digit2"]
-    assert sum(sum(c.values()) for c in manifest["counts"].values()) == 72
+
+    def check(manifest, uri):
+        assert manifest["source"] == uri and manifest["classes"] == ["digit0", "digit1",
+                                                                     "digit2"]
+        assert sum(sum(c.values()) for c in manifest["counts"].values()) == 72
+
+    for name, uri in (("gcs", "gs://pipeline/digits"), ("archive", archive),
+                      ("tfds", f"tfds:tlpipe_digits?split=train&data_dir={data_dir}")):
+        dataset = tmp_path / name / "dataset"
+        metadata = stages.ingest(uri, str(dataset), str(tmp_path / name / "report.md"),
+                                 config={"data": {}})
+        assert metadata["counts"] == {"train": 55, "val": 10, "test": 7}  # same split each kind
+        check(json.load(open(dataset / "manifest.json")), uri)
+    uri = "gs://pipeline/exports/digits.tar.gz"
+    # stops at evaluate unless the tiny head is perfect
+    summary, _ = run_pipeline(capsys, uri, tmp_path / "gcs-archive", *TINY[:-4],
+                              "--finetune-epochs", "0", "--min-accuracy", "1.0")
+    check(json.load(open(os.path.join(artifact(summary, "ingest", "dataset")["path"],
+                                      "manifest.json"))), uri)
 
 
 def prepare_tfds_digits(tfds, folder, data_dir):

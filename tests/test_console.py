@@ -114,10 +114,12 @@ def test_a_run_in_a_terminal_shows_step_lines_and_a_live_progress_bar_and_keeps_
     anything, and the first finishes with its own summary and logs."""
     data = write_digits(tmp_path / "data")
     output = tmp_path / "out"
+    exports = tmp_path / "exports.yaml"  # one variant each: the console is what is tested here
+    exports.write_text("export: {tflite_variants: [fp16], onnx_variants: [fp16]}\n")
     controller, terminal = pty.openpty()
     process = subprocess.Popen(
         [sys.executable, "-m", "pipelines.cli", "run", "--data", str(data), "--output",
-         str(output), *TINY], cwd=ROOT, stdin=terminal, stdout=terminal,
+         str(output), *TINY, "--config", str(exports)], cwd=ROOT, stdin=terminal, stdout=terminal,
         stderr=terminal, env={**os.environ, "PYTHONPATH": ROOT, "COLUMNS": "100"})
     os.close(terminal)
     screen, second = b"", None

@@ -204,7 +204,8 @@ def test_an_unblessed_model_is_not_exported(capsys, tmp_path, digits_folder):
     # fine-tune step once judged 0.02 against the default head rate of 0.01 and failed)
     baseline = os.path.join(artifact(summary, "finetune", "model")["path"], "model.keras")
     rates = tmp_path / "rates.yaml"
-    rates.write_text("head: {learning_rate: 0.1}\nfinetune: {learning_rate: 0.02}\n")
+    rates.write_text("head: {learning_rate: 0.1}\nfinetune: {learning_rate: 0.02}\n"
+                     "export: {tflite_variants: [fp16], onnx_variants: [fp16]}\n")
     summary, out = run_pipeline(capsys, digits_folder, tmp_path / "next", *TINY,
                                 "--baseline", baseline, "--config", str(rates))
     record = json.load(open(os.path.join(artifact(summary, "evaluate", "evaluation")["path"],

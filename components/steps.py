@@ -71,7 +71,7 @@ def finetune(images: Input[Dataset], backbone: Input[Model], head: Input[Model],
              distribution: dict, model: Output[Model], metrics: Output[Metrics],
              trial: dict = {}):
     """Fine-tune the backbone with the head (MultiWorkerMirroredStrategy: in this pod, or
-    across `distribution["workers"]` workers it launches); ship the better model. trial: the
+    across the `distribution` contract's workers it launches); ship the better model. trial: the
     finetune overrides of one search trial ({} without a search)."""
     from components.core import stages
 

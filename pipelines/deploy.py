@@ -5,15 +5,11 @@ workers, launched how, with what pod).
 
 from __future__ import annotations
 
-from dataclasses import asdict, replace
+from dataclasses import replace
 
+from components.core.cluster.distribution import LAUNCHERS, Distribution, WorkerPod
 from components.core.errors import ConfigError
-from pipelines.settings import (CLUSTER_LAUNCHERS, LAUNCHERS, MULTI_WORKER_STEP, Settings,
-                                StepSettings)
-
-# What each worker pod of a cluster job (TrainJob or TFJob) gets from steps.finetune.
-WORKER_POD_KEYS = ("cpu_request", "cpu_limit", "memory_request", "memory_limit", "gpus",
-                   "gpu_type", "node_selector", "tolerations", "secrets", "worker_service_account")
+from pipelines.settings import MULTI_WORKER_STEP, Settings, StepSettings
 
 # What the launcher pod learns about itself through the downward API: the job's owner reference
 # (so Kubernetes deletes the workers with a cancelled or killed step) and the service account
@@ -22,25 +18,30 @@ LAUNCHER_POD_FIELDS = {"TLPIPE_POD_NAME": "metadata.name", "TLPIPE_POD_UID": "me
                        "TLPIPE_SERVICE_ACCOUNT": "spec.serviceAccountName"}
 
 
-def distribution(settings: Settings, launcher: str | None = None) -> dict:
-    """The fine-tune step's `distribution` parameter: the worker count, how they are launched
-    ("local" processes, or a cluster job: None for steps.finetune.launcher, "trainjob" or
-    "tfjob"), restarts and time-outs, and for a cluster job the image, backup_root, namespace
-    and what each worker pod gets (WORKER_POD_KEYS and the backup volume)."""
+def distribution(settings: Settings, launcher: str | None = None) -> Distribution:
+    """The fine-tune step's distribution contract from the settings: the worker count, how
+    they are launched ("local" processes, or a cluster job: None for steps.finetune.launcher,
+    "trainjob" or "tfjob"), restarts and time-outs, and for a cluster job of 2+ workers the
+    image, backup_root, namespace and what each worker pod gets (`WorkerPod`)."""
     launcher = launcher or settings.step(MULTI_WORKER_STEP).launcher
     if launcher not in LAUNCHERS:
         raise ConfigError(f"launcher={launcher!r}; use one of {LAUNCHERS}")
     step = settings.step(MULTI_WORKER_STEP)
-    spec = {"workers": step.workers, "launcher": launcher, "restarts": step.worker_restarts,
-            "start_timeout_seconds": step.worker_start_timeout_seconds,
-            "timeout_seconds": step.timeout_seconds}
-    if launcher in CLUSTER_LAUNCHERS and step.workers > 1:
-        pod = asdict(step)
-        spec.update({"image": settings.image("tlpipe-train"), "backup_root": settings.backup_root,
-                     "namespace": settings.job_namespace,
-                     "pod": {**{key: pod[key] for key in WORKER_POD_KEYS},
-                             "backup_volume": asdict(settings.backup_volume)}})
-    return spec
+    contract = Distribution(workers=step.workers, launcher=launcher,
+                            restarts=step.worker_restarts,
+                            start_timeout_seconds=step.worker_start_timeout_seconds,
+                            timeout_seconds=step.timeout_seconds)
+    if not contract.runs_a_cluster_job:
+        return contract
+    pod = WorkerPod(**{name: getattr(step, name) for name in WORKER_POD_FIELDS},
+                    backup_volume=settings.backup_volume)
+    return replace(contract, image=settings.image("tlpipe-train"),
+                   backup_root=settings.backup_root, namespace=settings.job_namespace, pod=pod)
+
+
+# What each worker pod of a cluster job takes from the fine-tune step's settings.
+WORKER_POD_FIELDS = tuple(name for name in WorkerPod.__dataclass_fields__
+                          if name != "backup_volume")
 
 
 def launcher_step(step: StepSettings) -> StepSettings:

@@ -36,6 +36,8 @@ from typing import Optional
 
 from components import __version__
 from components.core.cluster import launch
+from components.core.cluster.distribution import (CLUSTER_LAUNCHERS, BackupVolume, SecretRef,
+                                                 Toleration)
 from components.core.config.coerce import from_mapping, read_yaml
 from components.core.errors import ConfigError
 from components.core.registry.champion import PROMOTE_POLICIES
@@ -82,37 +84,6 @@ def _entropy_bits(text: str) -> float:
     """Shannon entropy of the characters of `text`, bits per character."""
     counts = Counter(text)
     return -sum(n / len(text) * math.log2(n / len(text)) for n in counts.values())
-
-
-@dataclass
-class Toleration:
-    """A Kubernetes toleration. operator: "Equal" (default, with value) or "Exists" (no value);
-    effect: "", "NoSchedule", "PreferNoSchedule" or "NoExecute"."""
-
-    key: str = ""
-    operator: str = "Equal"
-    value: str = ""
-    effect: str = ""
-
-
-@dataclass
-class SecretRef:
-    """A Kubernetes Secret given to a step, by name: either as environment variables
-    (`env`: {secret key: variable name}) or as files under `mount_path` (an absolute path)."""
-
-    name: str = ""
-    env: dict[str, str] = field(default_factory=dict)
-    mount_path: str = ""
-
-
-@dataclass
-class BackupVolume:
-    """A PersistentVolumeClaim (ReadWriteMany, so every worker pod and the fine-tune step's pod
-    can mount it at once) mounted at `mount_path` (absolute), for backup_root on a cluster
-    without a bucket."""
-
-    claim_name: str = ""
-    mount_path: str = ""
 
 
 @dataclass
@@ -422,7 +393,5 @@ def _step_problems(name: str, step: StepSettings) -> list[str]:
     return found
 
 
-CLUSTER_LAUNCHERS = launch.LAUNCHERS
-LAUNCHERS = ("local", *CLUSTER_LAUNCHERS)
 
 

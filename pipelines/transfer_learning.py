@@ -12,6 +12,7 @@ import os
 from kfp import compiler, dsl
 
 from components import steps
+from components.core.cluster.distribution import CLUSTER_LAUNCHERS
 from components.core.errors import ConfigError
 from pipelines import deploy, settings as deployment
 
@@ -32,14 +33,14 @@ def build_pipeline(settings: deployment.Settings | None = None, launcher: str | 
     settings lack what a cluster run needs."""
     settings = settings or deployment.Settings()
     distribution = deploy.distribution(settings, launcher)
-    if distribution["launcher"] in deployment.CLUSTER_LAUNCHERS:
+    if distribution.launcher in CLUSTER_LAUNCHERS:
         found = deployment.cluster_problems(settings)
         if found:
             raise ConfigError(found[0])
 
     def configure(task, step: str):
         own = settings.step(step)
-        if step == deployment.MULTI_WORKER_STEP and distribution.get("pod"):
+        if step == deployment.MULTI_WORKER_STEP and distribution.runs_a_cluster_job:
             own = deploy.launcher_step(own)
             deploy.prepare_launcher(task, settings)
         deploy.apply(task, own, settings.image(IMAGE_NAMES.get(step, "tlpipe-train")))
@@ -68,10 +69,10 @@ def build_pipeline(settings: deployment.Settings | None = None, launcher: str | 
             steps.finetune, images=prepared.outputs["images"],
             backbone=prepared.outputs["backbone"], head=trained.outputs["head"], data=data,
             model_config=model, augment=augment, loss=loss, finetune_config=finetune,
-            distribution=distribution)
+            distribution=distribution.to_dict())
         if trials:
             with dsl.ParallelFor(list(trials), name="search",
-                                 parallelism=1 if distribution["launcher"] == "local" else None
+                                 parallelism=1 if distribution.launcher == "local" else None
                                  ) as trial:
                 tried = configure(tune(trial=trial), "finetune")
             tuned = configure(steps.pick_trial(trials=dsl.Collected(tried.outputs["model"])),

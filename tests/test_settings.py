@@ -201,6 +201,28 @@ def test_the_old_namespace_key_is_still_read_with_a_note(capsys, tmp_path):
     assert loaded.job_namespace == "training"
     from pipelines import deploy
 
-    assert deploy.distribution(loaded)["namespace"] == "training"
+    assert deploy.distribution(loaded).namespace == "training"
     err = capsys.readouterr().err
     assert "tfjob_namespace is now called job_namespace; rename it" in err
+
+
+def test_the_distribution_contract_reaches_the_step_as_it_was_built(tmp_path):
+    """Built from the settings at compile time, carried as JSON (KFP turns its whole numbers
+    into floats), read back once by the step: the same typed contract; a key the step's
+    version does not know is refused by name."""
+    from components.core.cluster.distribution import Distribution
+    from components.core.errors import ConfigError
+    from pipelines import deploy, settings as deployment
+
+    settings = tmp_path / "settings.yaml"
+    settings.write_text(
+        "backup_root: gs://b/backups\nsteps: {finetune: {workers: 3, launcher: tfjob, gpus: 2, "
+        "tolerations: [{key: nvidia.com/gpu, operator: Exists}], secrets: [{name: reader, "
+        "env: {token: TOKEN}}]}}\n")
+    built = deploy.distribution(deployment.load(str(settings), STEP_ORDER))
+    assert built.runs_a_cluster_job and built.pod.tolerations[0].operator == "Exists"
+    carried = yaml.safe_load(yaml.safe_dump(built.to_dict()))
+    carried = {**carried, "workers": 3.0, "pod": {**carried["pod"], "gpus": 2.0}}
+    assert Distribution.from_dict(carried) == built
+    with pytest.raises(ConfigError, match="distribution.gpu_count"):
+        Distribution.from_dict({**carried, "gpu_count": 1})

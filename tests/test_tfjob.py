@@ -5,6 +5,7 @@ that still exists, Foreground deletion that takes 2 s, schema validation on crea
 cluster is used."""
 
 import json
+from dataclasses import replace
 import os
 import re
 import signal
@@ -18,6 +19,7 @@ from kubeflow.training import models as kubeflow_models
 from kubernetes.client import models as kubernetes_models
 
 from components.core.cluster import job as cluster_job, launch, pod as own_pod, tfjob
+from components.core.cluster.distribution import Distribution
 from components.core.errors import ConfigError
 from pipelines import deploy, settings as deployment
 from pipelines.cli import main
@@ -55,9 +57,9 @@ LAUNCHER = {"name": "tlpipe-run-finetune-driver", "uid": "9b1c3d2e-0000-4000-800
 def job_manifest(dist=None, owner=None):
     dist = dist or distribution()
     command = ["python", "-m", "components.worker", "--backup-root", "gs://b/backups"]
-    return tfjob.manifest(launch.job_name(URIS["model"]), "team-a", dist["image"], command,
-                          dist["workers"], dist["pod"], dist["restarts"],
-                          dist["timeout_seconds"], owner)
+    return tfjob.manifest(launch.job_name(URIS["model"]), "team-a", dist.image, command,
+                          dist.workers, dist.pod, dist.restarts,
+                          dist.timeout_seconds, owner)
 
 
 # ---------------------------------------------------------------- the manifest
@@ -158,7 +160,7 @@ def test_the_step_passes_backup_location_and_artifacts_to_the_workers(gcs, tmp_p
         gcs.bucket("tlpipe-backups").blob(f"ft/{name}/model/{file_name}").upload_from_string(
             file_name)
     with FakeKubernetes(["Created", "Running", "Succeeded"]) as fake:
-        restarts = launch.fine_tune({**distribution(), "start_timeout_seconds": 5}, URIS,
+        restarts = launch.fine_tune(replace(distribution(), start_timeout_seconds=5), URIS,
                                     '{"finetune": {}}', str(tmp_path / "model"),
                                     api_client=fake.client(), poll_seconds=0.01)
         created = [r["body"] for r in fake.requests if r["method"] == "POST"][0]
@@ -203,7 +205,7 @@ def test_the_launcher_pod_and_the_worker_service_account(monkeypatch):
 
 def test_a_cluster_run_needs_a_gcs_backup_root(tmp_path):
     with pytest.raises(ValueError, match="backup_root: gs://"):
-        launch.fine_tune({**distribution(), "backup_root": ""}, URIS, "{}", str(tmp_path))
+        launch.fine_tune(replace(distribution(), backup_root=""), URIS, "{}", str(tmp_path))
 
 
 # ---------------------------------------------------------------- waiting, failures, clean-up
@@ -383,11 +385,11 @@ def test_a_job_that_runs_too_long_is_stopped_and_deleted():
 
 # ---------------------------------------------------------------- the compiled pipeline
 
-def finetune_task(compiled: dict) -> tuple[dict, dict]:
-    """(the finetune task's distribution argument, its platform/Kubernetes config)."""
+def finetune_task(compiled: dict) -> tuple[Distribution, dict]:
+    """(the finetune task's distribution argument as the step reads it, the task)."""
     task = compiled["root"]["dag"]["tasks"]["finetune"]
-    distribution_ = task["inputs"]["parameters"]["distribution"]["runtimeValue"]["constant"]
-    return distribution_, task
+    return Distribution.from_dict(
+        task["inputs"]["parameters"]["distribution"]["runtimeValue"]["constant"]), task
 
 
 def test_compiled_multi_worker_pipeline_gives_the_accelerators_to_the_workers(tmp_path):
@@ -396,10 +398,10 @@ def test_compiled_multi_worker_pipeline_gives_the_accelerators_to_the_workers(tm
     assert main(["compile", "--settings", str(path), "-o", str(tmp_path / "p.yaml")]) == 0
     documents = list(yaml.safe_load_all((tmp_path / "p.yaml").read_text()))
     dist, _ = finetune_task(documents[0])
-    assert dist["workers"] == 3 and dist["launcher"] == "tfjob" and dist["restarts"] == 2
-    assert dist["backup_root"] == "gs://tlpipe-backups/ft"
-    assert dist["pod"]["gpus"] == 2 and dist["pod"]["node_selector"]
-    assert dist["start_timeout_seconds"] == 900
+    assert dist.workers == 3 and dist.launcher == "tfjob" and dist.restarts == 2
+    assert dist.backup_root == "gs://tlpipe-backups/ft"
+    assert dist.pod.gpus == 2 and dist.pod.node_selector
+    assert dist.start_timeout_seconds == 900
     executor = documents[0]["deploymentSpec"]["executors"]["exec-finetune"]["container"]
     assert "accelerator" not in executor.get("resources", {})  # the launcher pod needs no GPU
     kubernetes_config = documents[1]["platforms"]["kubernetes"]["deploymentSpec"]["executors"]

@@ -5,6 +5,7 @@ launcher against the fake Kubernetes API (409, slow Foreground deletion, schema 
 No real cluster is used."""
 
 import json
+from dataclasses import asdict, replace
 import os
 import re
 
@@ -15,6 +16,7 @@ from kubeflow_trainer_api import models as trainer_models
 from components import worker
 from components.core import stages
 from components.core.cluster import job as cluster_job, launch, trainjob
+from components.core.cluster.distribution import Distribution
 from components.core.errors import ConfigError
 from pipelines import deploy, settings as deployment
 from pipelines.cli import main
@@ -50,9 +52,9 @@ def distribution(settings=None):
 
 def job_manifest(dist=None, owner=LAUNCHER):
     dist = dist or distribution()
-    return trainjob.manifest(launch.job_name(URIS["model"]), "team-a", dist["image"],
-                             ["python", "-m", "components.worker"], dist["workers"],
-                             dist["pod"], dist["restarts"], 21300, owner)
+    return trainjob.manifest(launch.job_name(URIS["model"]), "team-a", dist.image,
+                             ["python", "-m", "components.worker"], dist.workers,
+                             dist.pod, dist.restarts, 21300, owner)
 
 
 def test_the_trainjob_follows_the_published_schema_and_carries_the_step_settings():
@@ -232,7 +234,7 @@ def test_the_step_on_a_pvc_copies_the_chiefs_model_from_the_mounted_volume(tmp_p
     for file_name in ("model.keras", "finetune.json"):
         (volume / "ft" / name / "model" / file_name).write_text(file_name)
     with FakeKubernetes(["Created", "Complete"], kind="trainjob") as fake:
-        restarts = launch.fine_tune({**distribution(settings), "start_timeout_seconds": 5},
+        restarts = launch.fine_tune(replace(distribution(settings), start_timeout_seconds=5),
                                     URIS, '{"finetune": {}}', str(tmp_path / "model"),
                                     api_client=fake.client(), poll_seconds=0.01)
         created = [r["body"] for r in fake.requests if r["method"] == "POST"][0]
@@ -275,9 +277,10 @@ def test_the_compiled_pipeline_defaults_to_a_trainjob_and_mounts_the_backup_volu
     assert main(["compile", "--settings", str(path), "-o", str(tmp_path / "p.yaml")]) == 0
     documents = list(yaml.safe_load_all((tmp_path / "p.yaml").read_text()))
     task = documents[0]["root"]["dag"]["tasks"]["finetune"]
-    dist = task["inputs"]["parameters"]["distribution"]["runtimeValue"]["constant"]
-    assert dist["launcher"] == "trainjob" and dist["backup_root"] == "/mnt/backups/ft"
-    assert dist["pod"]["backup_volume"] == SETTINGS["backup_volume"]
+    dist = Distribution.from_dict(
+        task["inputs"]["parameters"]["distribution"]["runtimeValue"]["constant"])
+    assert dist.launcher == "trainjob" and dist.backup_root == "/mnt/backups/ft"
+    assert asdict(dist.pod.backup_volume) == SETTINGS["backup_volume"]
     kubernetes = documents[1]["platforms"]["kubernetes"]["deploymentSpec"]["executors"][
         "exec-finetune"]
     assert kubernetes["pvcMount"][0]["mountPath"] == "/mnt/backups"

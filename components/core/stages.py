@@ -28,6 +28,7 @@ import sys
 import tempfile
 
 from components.core.cluster import distribute, launch, local as local_workers
+from components.core.cluster.distribution import Distribution
 from components.core.config import backbones, schema as configs
 from components.core.data import (cache, discovery, ingest as ingestion, local_folder, shards,
                                   sources)
@@ -274,11 +275,11 @@ def worker_config_json(config: configs.PipelineConfig) -> str:
 def finetune_step(images_dir: str, backbone_dir: str, head_dir: str, model_dir: str, *,
                   config, distribution: dict, uris: dict | None = None,
                   trial: dict | None = None) -> dict:
-    """The fine-tune pipeline step. distribution (see pipelines.deploy.distribution) with
-    "workers" 1 (or absent): `finetune` in this process. Otherwise this process launches the
-    workers ("launcher": "local" processes beside it, or a "trainjob" or "tfjob" on the
+    """The fine-tune pipeline step. distribution: the `Distribution` contract in its
+    `to_dict` form, read here once. One worker: `finetune` in this process. Otherwise this
+    process launches the workers (local processes beside it, or a TrainJob or TFJob on the
     cluster, whose pods read the artifacts at `uris` {"images", "backbone", "head", "model"}),
-    restarts the group after a lost worker up to "restarts" times (it resumes from the
+    restarts the group after a lost worker up to `restarts` times (it resumes from the
     backups), and returns the chief's figures plus "restarts" used.
     trial: this task's finetune overrides when the pipeline was compiled with a search (one
     task per trial, see `train.search`)."""
@@ -289,24 +290,25 @@ def finetune_step(images_dir: str, backbone_dir: str, head_dir: str, model_dir: 
         raise ConfigError("finetune.search is set but this pipeline was compiled without it; "
                           "compile (or submit, schedule) with the same config so that each "
                           "trial is a task of its own")
+    contract = Distribution.from_dict(distribution)
     train_images = sum(storage.read_json(os.path.join(images_dir, cache.META))[
         "train_class_counts"])
     config.finetune.check_batch_fits(train_images, "the training split")
-    workers = int(distribution.get("workers", 1))
+    workers = contract.workers
     if workers <= 1:
         return finetune(images_dir, backbone_dir, head_dir, model_dir, config=config)
 
-    if distribution["launcher"] in launch.LAUNCHERS:
-        restarts = launch.fine_tune(distribution, uris, worker_config_json(config), model_dir)
+    if contract.runs_a_cluster_job:
+        restarts = launch.fine_tune(contract, uris, worker_config_json(config), model_dir)
     else:
         backup_root = f"{model_dir}.backups"
         command = distribute.worker_command(images_dir, backbone_dir, head_dir, model_dir,
                                             worker_config_json(config), backup_root)
         try:
             restarts = local_workers.launch_with_restarts(lambda: local_workers.launch_local(
-                command, workers, timeout_seconds=distribution["timeout_seconds"],
-                start_timeout_seconds=distribution["start_timeout_seconds"]),
-                distribution["restarts"], log.warning)
+                command, workers, timeout_seconds=contract.timeout_seconds,
+                start_timeout_seconds=contract.start_timeout_seconds),
+                contract.restarts, log.warning)
         finally:  # this run's backups: no later run resumes from them
             shutil.rmtree(backup_root, ignore_errors=True)
     report = storage.read_json(os.path.join(model_dir, "finetune.json"))

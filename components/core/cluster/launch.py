@@ -9,11 +9,11 @@ import os
 import shutil
 
 from components.core.cluster import distribute
+from components.core.cluster.distribution import Distribution
 from components.core.cluster.job import run
 from components.core.cluster.pod import launcher_pod, own_namespace
 from components.core.io import storage
 
-LAUNCHERS = ("trainjob", "tfjob")  # the engines, by the module that builds their manifest
 
 LAUNCHER_MARGIN_SECONDS = 300  # the job's deadline is this much before the step's (or 10%)
 
@@ -32,18 +32,15 @@ def job_deadline(step_timeout_seconds: int) -> int:
     return step_timeout_seconds - min(LAUNCHER_MARGIN_SECONDS, step_timeout_seconds // 10)
 
 
-def fine_tune(distribution: dict, uris: dict, config_json: str, model_dir: str,
+def fine_tune(distribution: Distribution, uris: dict, config_json: str, model_dir: str,
               api_client=None, poll_seconds: float = 10) -> int:
-    """The fine-tune step on a cluster: runs the workers as the job of distribution["launcher"]
-    ("trainjob" or "tfjob"; the settings come from pipelines.deploy.distribution), then copies
-    the chief's model from backup_root into `model_dir`. uris: the step's artifact URIs
-    {"images", "backbone", "head"} (read by the worker pods) and "model" (names the job).
-    Returns the worker-group restarts."""
-    from components.core.cluster import tfjob, trainjob
-
-    launcher = {"tfjob": tfjob, "trainjob": trainjob}[distribution["launcher"]]
-    root = distribution.get("backup_root", "")
-    mounted = (distribution["pod"].get("backup_volume") or {}).get("mount_path", "")
+    """The fine-tune step on a cluster: runs the workers as the job of distribution.launcher
+    (`_engine`), then copies the chief's model from backup_root into
+    `model_dir`. uris: the step's artifact URIs {"images", "backbone", "head"} (read by the
+    worker pods) and "model" (names the job). Returns the worker-group restarts."""
+    engine = _engine(distribution.launcher)
+    root = distribution.backup_root
+    mounted = distribution.pod.backup_volume.mount_path
     if not (storage.is_gcs(root) or mounted and inside(root, mounted)):
         raise ValueError("multi-worker fine-tuning on a cluster needs backup_root: "
                          "gs://BUCKET/PATH, or a path inside backup_volume.mount_path, in the "
@@ -53,13 +50,12 @@ def fine_tune(distribution: dict, uris: dict, config_json: str, model_dir: str,
     command = distribute.worker_command(uris["images"], uris["backbone"], uris["head"],
                                         f"{remote}/model", config_json, f"{remote}/backups",
                                         python="python")
-    deadline = job_deadline(distribution.get("timeout_seconds", 0))
-    job = launcher.manifest(name, distribution.get("namespace") or own_namespace(),
-                            distribution["image"], command, distribution["workers"],
-                            distribution["pod"], distribution["restarts"], deadline,
-                            launcher_pod())
-    restarts = run(launcher.KIND, job, api_client, deadline,
-                   distribution["start_timeout_seconds"], poll_seconds)
+    deadline = job_deadline(distribution.timeout_seconds)
+    job = engine.manifest(name, distribution.namespace or own_namespace(), distribution.image,
+                          command, distribution.workers, distribution.pod,
+                          distribution.restarts, deadline, launcher_pod())
+    restarts = run(engine.KIND, job, api_client, deadline,
+                   distribution.start_timeout_seconds, poll_seconds)
     with storage.atomic_dir(model_dir) as partial:
         if storage.is_gcs(remote):
             from components.core.data import gcs
@@ -68,6 +64,14 @@ def fine_tune(distribution: dict, uris: dict, config_json: str, model_dir: str,
         else:  # the backup volume is mounted here too
             shutil.copytree(f"{remote}/model", partial, dirs_exist_ok=True)
     return restarts
+
+
+def _engine(launcher: str):
+    """The module that builds and names `launcher`'s job (its manifest() and KIND): "trainjob"
+    or "tfjob"."""
+    from components.core.cluster import tfjob, trainjob
+
+    return {"tfjob": tfjob, "trainjob": trainjob}[launcher]
 
 
 def inside(path: str, folder: str) -> bool:

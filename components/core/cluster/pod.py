@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import os
 
+from components.core.cluster.distribution import WorkerPod
+
 SERVICE_ACCOUNT_NAMESPACE = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
 
 
@@ -30,52 +32,53 @@ def owner_references(owner: dict | None) -> list | None:
                                  uid=owner["uid"], block_owner_deletion=True)]
 
 
-def worker_service_account(pod: dict, owner: dict | None) -> str | None:
+def worker_service_account(pod: WorkerPod, owner: dict | None) -> str | None:
     """The settings' worker_service_account, else the launcher pod's own, else None."""
-    return pod.get("worker_service_account") or (owner or {}).get("service_account") or None
+    return pod.worker_service_account or (owner or {}).get("service_account") or None
 
 
-def resources(pod: dict) -> tuple[dict, dict]:
-    """(requests, limits) of a worker pod from the step settings `pod`."""
-    requests = {name: pod[f"{name}_request"] for name in ("cpu", "memory")
-                if pod.get(f"{name}_request")}
-    limits = {name: pod[f"{name}_limit"] for name in ("cpu", "memory") if pod.get(f"{name}_limit")}
-    if pod.get("gpus"):
-        limits[pod.get("gpu_type") or "nvidia.com/gpu"] = str(pod["gpus"])
+def resources(pod: WorkerPod) -> tuple[dict, dict]:
+    """(requests, limits) of a worker pod: its set CPU and memory quantities, and its GPUs."""
+    requests = {name: value for name, value in (("cpu", pod.cpu_request),
+                                                ("memory", pod.memory_request)) if value}
+    limits = {name: value for name, value in (("cpu", pod.cpu_limit),
+                                              ("memory", pod.memory_limit)) if value}
+    if pod.gpus:
+        limits[pod.gpu_type or "nvidia.com/gpu"] = str(pod.gpus)
     return requests, limits
 
 
-def tolerations(pod: dict) -> list | None:
-    """The worker pods' tolerations from the step settings `pod`."""
+def tolerations(pod: WorkerPod) -> list | None:
+    """The worker pods' tolerations (None for none)."""
     from kubernetes import client as k8s
 
-    return [k8s.V1Toleration(key=t.get("key") or None, operator=t.get("operator") or None,
-                             value=t.get("value") or None, effect=t.get("effect") or None)
-            for t in pod.get("tolerations", [])] or None
+    return [k8s.V1Toleration(key=t.key or None, operator=t.operator or None,
+                             value=t.value or None, effect=t.effect or None)
+            for t in pod.tolerations] or None
 
 
-def volumes(pod: dict):
+def volumes(pod: WorkerPod):
     """(env vars, volume mounts, volumes) of a worker pod: the Secrets given by name in the
     step settings (as env or files), and the backup volume's claim if there is one."""
     from kubernetes import client as k8s
 
     env, mounts, found = [], [], []
-    for index, secret in enumerate(pod.get("secrets", [])):
-        for key, variable in sorted(secret.get("env", {}).items()):
+    for index, secret in enumerate(pod.secrets):
+        for key, variable in sorted(secret.env.items()):
             env.append(k8s.V1EnvVar(name=variable, value_from=k8s.V1EnvVarSource(
-                secret_key_ref=k8s.V1SecretKeySelector(name=secret["name"], key=key))))
-        if secret.get("mount_path"):
+                secret_key_ref=k8s.V1SecretKeySelector(name=secret.name, key=key))))
+        if secret.mount_path:
             volume = f"secret-{index}"
             found.append(k8s.V1Volume(name=volume, secret=k8s.V1SecretVolumeSource(
-                secret_name=secret["name"])))
-            mounts.append(k8s.V1VolumeMount(name=volume, mount_path=secret["mount_path"],
+                secret_name=secret.name)))
+            mounts.append(k8s.V1VolumeMount(name=volume, mount_path=secret.mount_path,
                                             read_only=True))
-    claim = pod.get("backup_volume") or {}
-    if claim.get("claim_name"):
+    claim = pod.backup_volume
+    if claim.claim_name:
         found.append(k8s.V1Volume(
             name="backups", persistent_volume_claim=k8s.V1PersistentVolumeClaimVolumeSource(
-                claim_name=claim["claim_name"])))
-        mounts.append(k8s.V1VolumeMount(name="backups", mount_path=claim["mount_path"]))
+                claim_name=claim.claim_name)))
+        mounts.append(k8s.V1VolumeMount(name="backups", mount_path=claim.mount_path))
     return env, mounts, found
 
 

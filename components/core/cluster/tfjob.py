@@ -10,6 +10,7 @@ what images/k8s/tfjob-rbac.yaml grants (README: "Multi-worker fine-tuning").
 from __future__ import annotations
 
 from components.core.cluster import job as cluster_job, pod as own_pod
+from components.core.cluster.distribution import WorkerPod
 
 GROUP, VERSION, PLURAL = "kubeflow.org", "v1", "tfjobs"
 
@@ -19,13 +20,13 @@ JOB_LABEL = "training.kubeflow.org/job-name"  # the label the operator puts on i
 
 
 def manifest(name: str, namespace: str, image: str, command: list[str], workers: int,
-             pod: dict, restarts: int, timeout_seconds: int = 0,
+             pod: WorkerPod, restarts: int, timeout_seconds: int = 0,
              owner: dict | None = None) -> dict:
     """The TFJob as the JSON the Kubernetes API takes.
 
-    workers: Worker replicas (>= 2; worker 0 is the chief). pod: what every worker pod gets,
-    keys of pipelines.deploy.WORKER_POD_KEYS (cpu/memory requests and limits, gpus of
-    gpu_type, node_selector, tolerations, secrets as env or volumes, the service account).
+    workers: Worker replicas (>= 2; worker 0 is the chief). pod: what every worker pod gets
+    (`WorkerPod`: cpu/memory requests and limits, gpus of gpu_type, node_selector,
+    tolerations, secrets as env or volumes, the service account, the backup volume).
     restarts: the job's backoffLimit: pod restarts (restartPolicy OnFailure: the survivors of a
     lost worker fail their collectives and restart too) before the job fails. timeout_seconds:
     the job's activeDeadlineSeconds (0: none). owner: the launcher pod
@@ -46,7 +47,7 @@ def manifest(name: str, namespace: str, image: str, command: list[str], workers:
         spec=k8s.V1PodSpec(
             containers=[container],
             service_account_name=own_pod.worker_service_account(pod, owner),
-            node_selector=pod.get("node_selector") or None, volumes=volumes or None,
+            node_selector=pod.node_selector or None, volumes=volumes or None,
             tolerations=own_pod.tolerations(pod)))
     job = kf.KubeflowOrgV1TFJob(
         api_version=f"{GROUP}/{VERSION}", kind="TFJob",

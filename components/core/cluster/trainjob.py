@@ -29,6 +29,7 @@ import json
 from typing import Mapping
 
 from components.core.cluster import job as cluster_job, pod as own_pod
+from components.core.cluster.distribution import WorkerPod
 
 GROUP, VERSION, PLURAL = "trainer.kubeflow.org", "v1alpha1", "trainjobs"
 
@@ -66,12 +67,12 @@ def tf_config_from_jobset(env: Mapping[str, str]) -> str:
 
 
 def manifest(name: str, namespace: str, image: str, command: list[str], workers: int,
-             pod: dict, restarts: int, timeout_seconds: int = 0,
+             pod: WorkerPod, restarts: int, timeout_seconds: int = 0,
              owner: dict | None = None) -> dict:
     """The TrainJob as the JSON the Kubernetes API takes, on the `RUNTIME` ClusterTrainingRuntime.
 
-    workers: numNodes (>= 2; worker 0 is the chief). pod: what every worker pod gets, keys of
-    pipelines.deploy.WORKER_POD_KEYS (resources and GPUs as resourcesPerNode; node selector,
+    workers: numNodes (>= 2; worker 0 is the chief). pod: what every worker pod gets (`WorkerPod`:
+    resources and GPUs as resourcesPerNode; node selector,
     tolerations, service account, secret and backup volumes as a runtime patch; secrets as env
     in trainer.env). restarts: not set per job; the runtime's JobSet failurePolicy.maxRestarts
     governs (kept for the launchers' common signature). timeout_seconds: activeDeadlineSeconds
@@ -85,7 +86,7 @@ def manifest(name: str, namespace: str, image: str, command: list[str], workers:
     env, mounts, volumes = own_pod.volumes(pod)
     env = [k8s.V1EnvVar(name="TLPIPE_NUM_WORKERS", value=str(workers)), *env]
     pod_patch = {"serviceAccountName": own_pod.worker_service_account(pod, owner),
-                 "nodeSelector": pod.get("node_selector") or None,
+                 "nodeSelector": pod.node_selector or None,
                  "tolerations": own_pod.tolerations(pod), "volumes": volumes or None,
                  "containers": [{"name": CONTAINER, "volumeMounts": mounts}] if mounts else None}
     job = {

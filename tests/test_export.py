@@ -63,7 +63,8 @@ def trained(tmp_path_factory):
         steps_per_epoch=-(-len(labels[::2]) // 32), how={})
     classifier, _ = finetuning.fine_tune(
         str(folder / "backbone.keras"), str(folder / "head.keras"), epochs, val.batch(32),
-        config, strategy, np.bincount(labels[::2]).tolist(), pretrained=False)
+        config.model, config.finetune, config.loss, config.data.seed, strategy,
+        np.bincount(labels[::2]).tolist(), pretrained=False)
     tflite.export_saved_model(classifier, str(folder / "saved_model"))
     return classifier, folder, images[1::2], labels[1::2], images[::2], labels[::2]
 

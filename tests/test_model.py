@@ -150,7 +150,8 @@ def _tiny_run(tmp_path, finetune_learning_rate, dropout=0.2, **finetune):
     epochs = shards.Epochs(lambda epoch: strategy.experimental_distribute_dataset(dataset),
                            steps_per_epoch=3, how={})
     return finetuning.fine_tune(str(tmp_path / "backbone.keras"), str(tmp_path / "head.keras"),
-                                epochs, dataset, config, strategy, [24, 24])
+                                epochs, dataset, config.model, config.finetune, config.loss,
+                                config.data.seed, strategy, [24, 24])
 
 
 def test_fine_tuning_that_hurts_val_ships_the_head_only_model(tmp_path):

@@ -17,7 +17,7 @@ import keras
 import numpy as np
 
 from components.core.config import backbones
-from components.core.config.schema import PipelineConfig
+from components.core.config.schema import FinetuneConfig, LossConfig, ModelConfig
 from components.core.train import acceleration, backup, model as models, scoring
 from components.core.train.tensorboard import scalar_writer, write_scalars
 
@@ -32,15 +32,16 @@ log = logging.getLogger("tlpipe.training")
 SCRATCH_BATCHNORM_MOMENTUM = 0.9
 
 
-def fine_tune(backbone_path: str, head_path: str, train: Epochs, val, config: PipelineConfig,
-              strategy, class_counts: list[int], pretrained: bool = True,
-              log_dir: str | None = None, backup_dir: str | None = None
-              ) -> tuple[keras.Model, dict]:
+def fine_tune(backbone_path: str, head_path: str, train: Epochs, val, model_config: ModelConfig,
+              tune: FinetuneConfig, loss: LossConfig, seed: int, strategy,
+              class_counts: list[int], pretrained: bool = True, log_dir: str | None = None,
+              backup_dir: str | None = None) -> tuple[keras.Model, dict]:
     """Fine-tunes the backbone with the head under `strategy` (one process or several workers).
 
     train: the training batches of every epoch, distributed by `strategy` (`shards.Epochs`:
     each worker reads its share). val: batched dataset every worker reads whole.
-    config: resolved (`recipe.applied`: no "auto" setting left).
+    model_config, tune, loss: the config's sections, resolved (`recipe.applied`: no "auto"
+    setting left). seed: the data seed (weights drawn here, dropout masks).
     class_counts: training images per class (for the class weights).
     AdamW (finetune.weight_decay, biases not decayed); the learning rate warms up linearly for
     finetune.warmup_epochs, then decays along a cosine to 0 at the last epoch; gradients are
@@ -58,24 +59,24 @@ def fine_tune(backbone_path: str, head_path: str, train: Epochs, val, config: Pi
     metrics, which one was chosen and why, the trained layer names, the history, the epoch
     training resumed from and how the training split was read (`input`).
     """
-    if min(config.finetune.epochs, config.finetune.warmup_epochs) < 0:
+    if min(tune.epochs, tune.warmup_epochs) < 0:
         raise ValueError("fine_tune needs a resolved config: pass recipe.applied(config, "
                          "recipe.resolve(...))")
-    keras.utils.set_random_seed(config.data.seed)
-    spec = backbones.get(config.model.backbone)
-    size = backbones.resolved_size(spec, config.model.image_size)
+    keras.utils.set_random_seed(seed)
+    spec = backbones.get(model_config.backbone)
+    size = backbones.resolved_size(spec, model_config.image_size)
     with strategy.scope():
         backbone = models.load(backbone_path)
         head = models.load(head_path)
         head_only = models.attach(backbone, spec.preprocess_mode, size, head,
-                                  mirror_average=config.model.mirror_average)
+                                  mirror_average=model_config.mirror_average)
     head_only_examples = scoring.per_example(scoring.inference(head_only), val)
     head_only_val = scoring.summary(head_only_examples)
     report = {"mode": "fine_tune" if pretrained else "from_scratch",
               "head_only_val": head_only_val, "finetuned_val": None, "history": {},
               "trained_layers": [], "resumed_from_epoch": 0,
               "input": {**train.how, "steps_per_epoch": train.steps_per_epoch}}
-    if config.finetune.epochs == 0:
+    if tune.epochs == 0:
         return head_only, {**report, "chosen": "head_only",
                            "reason": "fine-tuning disabled (finetune.epochs: 0)"}
     head_weights = _snapshot(head_only)
@@ -83,11 +84,10 @@ def fine_tune(backbone_path: str, head_path: str, train: Epochs, val, config: Pi
                   if isinstance(layer, keras.layers.BatchNormalization)]
     with strategy.scope():
         if pretrained:
-            tune = config.finetune
             count = models.unfreeze_count(backbone, tune.unfreeze_from, tune.unfreeze_layers,
                                           tune.unfreeze_fraction, spec.unfreeze_fraction)
             report["trained_layers"] = models.unfreeze_top(backbone, count)
-            tuned, learning_rate = head_only, config.finetune.learning_rate
+            tuned, learning_rate = head_only, tune.learning_rate
         else:
             backbone.trainable = True
             for layer in batchnorms:
@@ -96,21 +96,21 @@ def fine_tune(backbone_path: str, head_path: str, train: Epochs, val, config: Pi
             report["trained_layers"] = [layer.name for layer in backbone.layers if layer.weights]
             tuned = models.attach(backbone, spec.preprocess_mode, size, head,
                                   batchnorm_inference=False,
-                                  mirror_average=config.model.mirror_average)
-            learning_rate = config.finetune.scratch_learning_rate
-        steps = train.steps_per_epoch * config.finetune.epochs
+                                  mirror_average=model_config.mirror_average)
+            learning_rate = tune.scratch_learning_rate
+        steps = train.steps_per_epoch * tune.epochs
         optimizer = keras.optimizers.AdamW(warmup_cosine(
-            learning_rate, steps, config.finetune.warmup_epochs / config.finetune.epochs),
-            weight_decay=config.finetune.weight_decay)
+            learning_rate, steps, tune.warmup_epochs / tune.epochs),
+            weight_decay=tune.weight_decay)
         optimizer.exclude_from_weight_decay(var_names=["bias"])
         optimizer.build(tuned.trainable_variables)
-    weights = models.class_weights(class_counts, config.loss.class_weight) or {}
-    report.update(_accelerate(backbone, config.finetune))
-    step = _train_step(tuned, optimizer, strategy, config.loss.label_smoothing,
+    weights = models.class_weights(class_counts, loss.class_weight) or {}
+    report.update(_accelerate(backbone, tune))
+    step = _train_step(tuned, optimizer, strategy, loss.label_smoothing,
                        [weights.get(index, 1.0) for index in range(len(class_counts))],
                        report["xla"])
     history, report["resumed_from_epoch"] = _fit(tuned, optimizer, step, train.batches, val,
-                                                 strategy, config, log_dir, backup_dir)
+                                                 strategy, tune, log_dir, backup_dir)
     acceleration.set_compute_policy(backbone, acceleration.FLOAT32)  # shipped: float32
     for layer in batchnorms:
         layer.synchronized = False  # the shipped model runs anywhere
@@ -194,7 +194,7 @@ def _train_step(model: keras.Model, optimizer, strategy, label_smoothing: float,
 
 
 def _fit(model: keras.Model, optimizer, step, train_batches, val, strategy,
-         config: PipelineConfig, log_dir: str | None,
+         tune: FinetuneConfig, log_dir: str | None,
          backup_dir: str | None) -> tuple[dict, int]:
     """The epoch loop with a backup after every epoch. With finetune.selection "best_val_loss",
     early stopping on val loss (the best epoch's weights restored at the end); with "last",
@@ -203,7 +203,7 @@ def _fit(model: keras.Model, optimizer, step, train_batches, val, strategy,
     state = {"epoch": 0, "best_val_loss": None, "epochs_without_gain": 0,
              "history": {"loss": [], "accuracy": [], "val_loss": [], "val_accuracy": []}}
     best = _snapshot(model)
-    agreed = backup.resume_epoch(strategy, backup_dir, config.finetune.epochs) if backup_dir else 0
+    agreed = backup.resume_epoch(strategy, backup_dir, tune.epochs) if backup_dir else 0
     if agreed:
         state, arrays = backup.load(backup_dir, agreed)
         backup.restore_state_arrays(model, optimizer, arrays)
@@ -212,9 +212,9 @@ def _fit(model: keras.Model, optimizer, step, train_batches, val, strategy,
                  backup_dir)
     resumed_from, predict = state["epoch"], scoring.inference(model)
     writers = {name: scalar_writer(log_dir, name) for name in ("train", "validation")}
-    early_stopping = config.finetune.selection == "best_val_loss"
-    for epoch in range(state["epoch"], config.finetune.epochs):
-        if early_stopping and state["epochs_without_gain"] >= config.finetune.patience:
+    early_stopping = tune.selection == "best_val_loss"
+    for epoch in range(state["epoch"], tune.epochs):
+        if early_stopping and state["epochs_without_gain"] >= tune.patience:
             break
         sums = np.sum([[float(value) for value in step(images, labels)]
                        for images, labels in train_batches(epoch)], axis=0)
@@ -224,7 +224,7 @@ def _fit(model: keras.Model, optimizer, step, train_batches, val, strategy,
         for name, value in figures.items():
             state["history"][name].append(value)
         _write_epoch(writers, epoch, figures)
-        log.info("finetune epoch %d/%d: %s", epoch + 1, config.finetune.epochs,
+        log.info("finetune epoch %d/%d: %s", epoch + 1, tune.epochs,
                  " ".join(f"{name}={value:.4f}" for name, value in figures.items()))
         if (state["best_val_loss"] is None or figures["val_loss"] < state["best_val_loss"]
                 or not early_stopping):

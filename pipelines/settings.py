@@ -36,8 +36,8 @@ from typing import Optional
 
 from components import __version__
 from components.core.cluster import launch
-from components.core.cluster.distribution import (CLUSTER_LAUNCHERS, BackupVolume, SecretRef,
-                                                 Toleration)
+from components.core.cluster.distribution import (CLUSTER_LAUNCHERS, BackupVolume,
+                                                 PodResources)
 from components.core.config.coerce import from_mapping, read_yaml
 from components.core.errors import ConfigError
 from components.core.registry.champion import PROMOTE_POLICIES
@@ -87,11 +87,11 @@ def _entropy_bits(text: str) -> float:
 
 
 @dataclass
-class StepSettings:
-    """Where and how one step's pod runs. Quantities are Kubernetes quantities ("500m", "4",
-    "16Gi"); "" leaves the cluster's default. gpus: accelerators of `gpu_type` (default
-    "nvidia.com/gpu") the step needs, >= 0. retries: attempts after a failure, 0-10, waiting
-    backoff_seconds, then x backoff_factor (>= 1) each time, at most max_backoff_seconds.
+class StepSettings(PodResources):
+    """Where and how one step's pod runs: its `PodResources` (quantities are Kubernetes
+    quantities, "" leaves the cluster's default; gpus of `gpu_type`, >= 0), and
+    retries: attempts after a failure, 0-10, waiting backoff_seconds, then x backoff_factor
+    (>= 1) each time, at most max_backoff_seconds.
     timeout_seconds: 0 (none) or the step's deadline. caching: reuse an earlier identical run
     of the step (same image, code and inputs).
     Fine-tune step only: workers, >= 1 (default 1): processes training together under
@@ -107,15 +107,6 @@ class StepSettings:
     service account the worker pods run as (e.g. one bound to a Google service account by
     Workload Identity for gs://); "" (default): the one the fine-tune step's own pod runs as."""
 
-    cpu_request: str = ""
-    cpu_limit: str = ""
-    memory_request: str = ""
-    memory_limit: str = ""
-    gpus: int = 0
-    gpu_type: str = "nvidia.com/gpu"
-    node_selector: dict[str, str] = field(default_factory=dict)
-    tolerations: list[Toleration] = field(default_factory=list)
-    secrets: list[SecretRef] = field(default_factory=list)
     retries: int = 0
     backoff_seconds: int = 30
     backoff_factor: float = 2.0

@@ -2,6 +2,7 @@
 ../shared assets, real tiny image folders and image caches, the fake-gcs-server binary, uploads
 to a bucket."""
 
+import json
 import os
 import subprocess
 import sys
@@ -17,6 +18,27 @@ HYMENOPTERA = os.path.join(SHARED, "data", "hymenoptera_data")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the repository
 GOLDEN = os.path.join(os.path.dirname(os.path.abspath(__file__)), "golden")
 GOLDEN_SETTINGS = os.path.join(GOLDEN, "settings.yaml")
+
+
+# `tlpipe run` flags of a tiny whole run: a random 32-px MobileNet, seconds per step
+TINY = ["--backbone", "mobilenet", "--alpha", "0.25", "--image-size", "32", "--weights", "none",
+        "--head-steps", "50", "--finetune-epochs", "2", "--min-accuracy", "0"]
+
+
+def run_pipeline(capsys, data, output, *flags):
+    """`tlpipe run` in this process; (summary.json, stdout) after asserting it succeeded."""
+    from pipelines.cli import main
+
+    code = main(["run", "--data", data, "--output", str(output), *flags])
+    out = capsys.readouterr().out
+    assert code == 0, out[-3000:]
+    with open(os.path.join(output, "summary.json")) as handle:
+        return json.load(handle), out
+
+
+def artifact(summary, step, name):
+    """Output `name` of `step` in a run's summary.json: {"path", "metadata", ...}."""
+    return summary["steps"][step]["outputs"][name]
 
 
 def require_shared(path: str) -> str:

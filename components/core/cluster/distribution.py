@@ -48,11 +48,10 @@ class BackupVolume:
 
 
 @dataclass
-class WorkerPod:
-    """What every worker pod of a cluster job gets from the fine-tune step's settings:
-    Kubernetes quantities for CPU and memory ("" leaves one unset), `gpus` of `gpu_type`
-    (the extended resource name) per pod, placement, Secrets, the service account ("" takes
-    the launcher pod's) and the backup volume."""
+class PodResources:
+    """What a pod is given: Kubernetes quantities for CPU and memory ("500m", "4", "16Gi"; ""
+    leaves the cluster's default), `gpus` of `gpu_type` (the extended resource name), >= 0,
+    placement (node selector, tolerations) and Secrets. A step's settings start from these."""
 
     cpu_request: str = ""
     cpu_limit: str = ""
@@ -63,6 +62,13 @@ class WorkerPod:
     node_selector: dict[str, str] = field(default_factory=dict)
     tolerations: list[Toleration] = field(default_factory=list)
     secrets: list[SecretRef] = field(default_factory=list)
+
+
+@dataclass
+class WorkerPod(PodResources):
+    """What every worker pod of a cluster job gets: the fine-tune step's `PodResources`, the
+    service account ("" takes the launcher pod's) and the backup volume."""
+
     worker_service_account: str = ""
     backup_volume: BackupVolume = field(default_factory=BackupVolume)
 

@@ -10,23 +10,8 @@ from ai_edge_litert.interpreter import Interpreter
 
 from components.core.export import onnx as onnx_export, tflite
 from pipelines.cli import main
-from tests.helpers import GOLDEN_SETTINGS, HYMENOPTERA, MOBILENET_WEIGHTS, require_shared
-
-TINY = ["--backbone", "mobilenet", "--alpha", "0.25", "--image-size", "32", "--weights", "none",
-        "--head-steps", "50", "--finetune-epochs", "2", "--min-accuracy", "0"]
-
-
-def run_pipeline(capsys, data, output, *flags):
-    code = main(["run", "--data", data, "--output", str(output), *flags])
-    out = capsys.readouterr().out
-    assert code == 0, out[-3000:]
-    with open(os.path.join(output, "summary.json")) as handle:
-        return json.load(handle), out
-
-
-def artifact(summary, step, name):
-    return summary["steps"][step]["outputs"][name]
-
+from tests.helpers import (GOLDEN_SETTINGS, HYMENOPTERA, MOBILENET_WEIGHTS, TINY, artifact,
+                           require_shared, run_pipeline)
 
 @pytest.mark.e2e
 def test_tiny_local_run_writes_every_artifact(capsys, tmp_path, digits_folder):

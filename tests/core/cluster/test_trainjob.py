@@ -23,8 +23,8 @@ from pipelines.cli import main
 from pipelines.transfer_learning import STEP_ORDER
 from tests import k8s_schema
 from tests.fake_kubernetes import FakeKubernetes, pod
+from tests.helpers import ROOT
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RUNTIME = os.path.join(ROOT, "images", "k8s", "tlpipe-tensorflow-runtime.yaml")
 SETTINGS = {
     "registry": "registry.example.com/ml", "tag": "1.2.3",

@@ -10,8 +10,8 @@ import sys
 import pytest
 
 from components import __version__, steps
+from tests.helpers import ROOT
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def read(*parts):

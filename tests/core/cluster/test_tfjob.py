@@ -26,6 +26,7 @@ from pipelines.cli import main
 from pipelines.transfer_learning import STEP_ORDER, compile_pipeline
 from tests import k8s_schema
 from tests.fake_kubernetes import FakeKubernetes, pod
+from tests.helpers import ROOT
 
 SETTINGS = {
     "registry": "registry.example.com/ml", "tag": "1.2.3",
@@ -298,8 +299,7 @@ def test_a_pending_second_worker_fails_the_step_at_the_start_timeout_naming_it()
 
 def test_the_shipped_rbac_grants_exactly_what_the_launcher_calls():
     """images/k8s/tfjob-rbac.yaml against every request a succeeding and a failing run make."""
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    with open(os.path.join(root, "images", "k8s", "tfjob-rbac.yaml")) as handle:
+    with open(os.path.join(ROOT, "images", "k8s", "tfjob-rbac.yaml")) as handle:
         documents = list(yaml.safe_load_all(handle))
     role, = [d for d in documents if d["kind"] == "Role"]
     granted = {(resource, verb) for rule in role["rules"] for resource in rule["resources"]
@@ -338,7 +338,7 @@ def test_sigterm_to_the_launcher_deletes_the_job(tmp_path):
     with FakeKubernetes(["Created", "Running"]) as fake:
         launcher = subprocess.Popen([sys.executable, "-c", script, str(job), fake.url],
                                     stderr=subprocess.PIPE, text=True,
-                                    cwd=os.path.dirname(os.path.dirname(__file__)))
+                                    cwd=ROOT)
         waited = 0
         while "Running" not in fake.served and waited < 600 and launcher.poll() is None:
             time.sleep(0.1)

@@ -15,9 +15,8 @@ from components.core.data import shards
 from components.core.export import calibration as calibrating, measure, onnx as onnx_export, tflite
 from components.core.train import (finetune as finetuning, head as head_training,
                                    model as models)
-from tests.helpers import write_image_cache
+from tests.helpers import ROOT, write_image_cache
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 # Top-1 agreement an int8 export of the `trained` model keeps (with Keras, and between a

@@ -18,11 +18,7 @@ from PIL import Image
 
 from pipelines import local_run
 from pipelines.cli import main
-from tests.helpers import ROOT, assert_one_line, start_tlpipe, write_digits
-
-TINY = ["--backbone", "mobilenet", "--alpha", "0.25", "--image-size", "32", "--weights", "none",
-        "--head-steps", "50", "--finetune-epochs", "2", "--min-accuracy", "0"]
-
+from tests.helpers import ROOT, TINY, assert_one_line, start_tlpipe, write_digits
 
 def cli(capfd, *args):
     """Runs `tlpipe ARGS` in this process; (exit code, stdout, stderr) at the file-descriptor

@@ -13,8 +13,7 @@ import pytest
 
 from components.core.registry import champion, models
 from components.core.registry.store import RegistryError, open_store
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests.helpers import ROOT
 
 
 def version_folder(tmp_path, name="files"):

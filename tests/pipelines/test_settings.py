@@ -2,7 +2,7 @@
 
 The golden file tests/golden/pipeline.yaml is the compiled pipeline with
 tests/golden/settings.yaml. After an intended change to the pipeline, regenerate it with
-`TLPIPE_UPDATE_GOLDEN=1 pytest tests/test_settings.py` and review the diff.
+`TLPIPE_UPDATE_GOLDEN=1 pytest tests/pipelines/test_settings.py` and review the diff.
 """
 
 import os

@@ -177,7 +177,7 @@ def test_batchnorm_statistics_do_not_move_while_fine_tuning(tmp_path):
 
 SEEDED_RUN = """
 import json, pathlib, sys
-from tests.test_model import _tiny_run, finetuning
+from tests.core.train.test_model import _tiny_run, finetuning
 model, report = _tiny_run(pathlib.Path(sys.argv[1]), 1e-3)
 print(json.dumps({"history": report["history"], "digest": finetuning.weights_digest(model)}))
 """

@@ -12,6 +12,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from components.core.export import measure, tensorrt
 from tests import standin_tensorrt
+from tests.helpers import ROOT
 
 CLASSES = 2
 
@@ -187,9 +188,8 @@ def test_the_gpu_check_says_why_it_cannot_run_on_a_machine_without_a_gpu():
 
     if not tensorrt.unavailable_reason():
         pytest.skip("TensorRT and a GPU are here: run bash benchmarks/gpu_check.sh itself")
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env = {**os.environ, "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"]}
-    done = subprocess.run(["bash", os.path.join(root, "benchmarks", "gpu_check.sh")], env=env,
+    done = subprocess.run(["bash", os.path.join(ROOT, "benchmarks", "gpu_check.sh")], env=env,
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 2, done.stderr
     assert done.stderr.startswith("gpu_check: cannot run here: TensorRT or cuda-python")

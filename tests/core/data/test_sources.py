@@ -16,8 +16,7 @@ from components.core import stages
 from components.core.data import archives, gcs as gcs_reads, source_uri, sources, tfds_source
 from components.core.data.discovery import DataError
 from pipelines.cli import main
-from tests.helpers import upload_folder
-from tests.test_pipeline_local import TINY, artifact, run_pipeline
+from tests.helpers import TINY, artifact, run_pipeline, upload_folder
 
 
 def listing(folder):

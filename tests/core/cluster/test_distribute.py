@@ -237,6 +237,7 @@ def history(output_dir, part: str = "history"):
         return json.load(handle)[part]
 
 
+@pytest.mark.slow  # more than 10 s: whole trainings or several processes
 def test_two_workers_stay_in_sync_match_one_worker_and_only_the_chief_writes(
         prepared, two_workers, tmp_path):
     output, facts, _ = two_workers
@@ -268,6 +269,7 @@ def test_two_workers_stay_in_sync_match_one_worker_and_only_the_chief_writes(
         np.testing.assert_allclose(a, b, atol=1e-5)
 
 
+@pytest.mark.slow  # more than 10 s: whole trainings or several processes
 @pytest.mark.parametrize("uneven", [False, True], ids=["both-saved", "one-epoch-apart"])
 def test_a_worker_killed_mid_training_resumes_from_the_backups(prepared, two_workers, tmp_path,
                                                                uneven):
@@ -305,6 +307,7 @@ def test_a_worker_killed_mid_training_resumes_from_the_backups(prepared, two_wor
     assert os.listdir(tmp_path / "backups") == []
 
 
+@pytest.mark.slow  # more than 10 s: whole trainings or several processes
 def test_a_worker_pod_reads_its_inputs_from_cloud_storage_and_uploads_the_model(
         prepared, gcs, tmp_path):
     """What a TFJob worker does: gs:// artifact URIs in, the chief's model out to gs://."""

@@ -362,6 +362,7 @@ print((status("VmHWM") - before) * 1024)
 """
 
 
+@pytest.mark.slow  # more than 10 s: whole trainings or several processes
 def test_calibration_reads_its_sample_without_holding_the_split(tmp_path):
     """Peak memory of drawing 200 calibration images (10 MB) from a 390 MB training split stays
     far below the split's size; loading the split, measured the same way, does not."""
@@ -383,6 +384,7 @@ def test_calibration_reads_its_sample_without_holding_the_split(tmp_path):
     assert growth("calibration") < split_bytes / 4  # measured: 10 MB of images + batches
 
 
+@pytest.mark.slow  # more than 10 s: whole trainings or several processes
 def test_a_mirror_averaged_model_is_mirror_invariant_in_every_format(trained, tmp_path):
     """model.mirror_average: the shipped model averages each image with its mirror image, and
     the .keras file, the TFLite files (float and full integer) and ONNX all do the same: a

@@ -14,6 +14,15 @@ from tests.helpers import MOBILENET_WEIGHTS, fake_gcs_binary, require_shared, wr
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
+@pytest.fixture(autouse=True)
+def no_leaked_tf_config():
+    """Fails a test that leaves TF_CONFIG changed in this process: every later step process
+    inherits it, and a one-worker fine-tune step then waited for its peers forever."""
+    before = os.environ.get("TF_CONFIG")
+    yield
+    assert os.environ.get("TF_CONFIG") == before, "the test left TF_CONFIG changed"
+
+
 @pytest.fixture
 def mobilenet_weights():
     return require_shared(MOBILENET_WEIGHTS)

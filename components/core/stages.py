@@ -297,6 +297,10 @@ def finetune_step(images_dir: str, backbone_dir: str, head_dir: str, model_dir: 
     config.finetune.check_batch_fits(train_images, "the training split")
     workers = contract.workers
     if workers <= 1:
+        if distribute.train_alone():
+            log.warning("finetune: ignoring the TF_CONFIG in this step's environment: it trains "
+                        "alone (one worker); more workers come from the settings' "
+                        "steps.finetune.workers")
         return finetune(images_dir, backbone_dir, head_dir, model_dir, config=config)
 
     if contract.runs_a_cluster_job:

@@ -30,6 +30,13 @@ class WorkerFailure(StepError):
         self.retryable = retryable
 
 
+def train_alone() -> bool:
+    """Makes this process the only worker: removes a TF_CONFIG it inherited (from the shell or
+    the pod it runs in), with which MultiWorkerMirroredStrategy would wait for peers that
+    never come, forever. Returns whether there was one."""
+    return os.environ.pop("TF_CONFIG", None) is not None
+
+
 def make_strategy(timeout_seconds: int = COLLECTIVE_TIMEOUT_SECONDS,
                   tf_config: str | None = None):
     """The strategy fine-tuning runs under, by `strategy_kind`: a MultiWorkerMirroredStrategy

@@ -59,6 +59,18 @@ def test_one_process_trains_without_collective_ops_unless_it_has_several_gpus():
     assert strategy.num_replicas_in_sync == 1
 
 
+def test_a_one_worker_step_drops_an_inherited_tf_config(monkeypatch):
+    """A TF_CONFIG from the shell or pod (here a TrainJob worker's, as a test once leaked it)
+    would make the one-worker step wait for a peer forever; the step trains alone."""
+    monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": {"worker": ["j-node-0-0.j:2222",
+                                                                      "j-node-0-1.j:2222"]},
+                                                "task": {"type": "worker", "index": 1}}))
+    assert distribute.worker_count() == 2
+    assert distribute.train_alone() and "TF_CONFIG" not in os.environ
+    assert distribute.worker_count() == 1 and distribute.strategy_kind(None, 0) == "single"
+    assert not distribute.train_alone()
+
+
 def script(body: str) -> list[str]:
     """A worker command running `body` with TF_CONFIG's task index as `index`."""
     return [PYTHON, "-c", "import json, os, signal, sys, time\n"

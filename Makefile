@@ -4,6 +4,10 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
+# Test processes at once (pytest-xdist); tests of one file stay in one process, so its
+# module-scoped runs are made once.
+TEST_WORKERS ?= 2
+
 .PHONY: demo test test-fast compile clean
 
 $(STAMP): setup.cfg pyproject.toml
@@ -18,12 +22,12 @@ demo: $(STAMP)
 
 ## test: the whole suite, end-to-end local pipeline runs included
 test: $(STAMP)
-	$(BIN)/python -m pytest -ra --durations=25
+	$(BIN)/python -m pytest -ra --durations=25 -n $(TEST_WORKERS) --dist loadscope
 
 ## test-fast: everything but the whole pipeline runs (e2e) and the slow tier: the core, CLI
 ## errors, compile, cluster launchers and fakes, in about a third of `make test`'s time
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -ra -m "not slow and not e2e"
+	$(BIN)/python -m pytest -ra -m "not slow and not e2e" -n $(TEST_WORKERS) --dist loadscope
 
 compile: $(STAMP)
 	$(BIN)/tlpipe compile -o pipeline.yaml

@@ -23,6 +23,26 @@ def no_leaked_tf_config():
     assert os.environ.get("TF_CONFIG") == before, "the test left TF_CONFIG changed"
 
 
+@pytest.fixture(autouse=True)
+def restored_root_logger():
+    """Puts the root logger's handlers and level back after each test: a stage called in this
+    process sets them up for a step process (on the sys.stdout of that moment, which may be a
+    test's capture that is closed afterwards: later logging then printed "Logging error")."""
+    import logging
+
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    for handler in root.handlers:
+        if handler not in handlers:
+            root.removeHandler(handler)
+            handler.close()
+    for handler in handlers:
+        if handler not in root.handlers:
+            root.addHandler(handler)
+    root.setLevel(level)
+
+
 @pytest.fixture
 def mobilenet_weights():
     return require_shared(MOBILENET_WEIGHTS)

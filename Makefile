@@ -25,7 +25,7 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -ra --durations=25 -n $(TEST_WORKERS) --dist loadscope
 
 ## test-fast: everything but the whole pipeline runs (e2e) and the slow tier: the core, CLI
-## errors, compile, cluster launchers and fakes, in about a third of `make test`'s time
+## errors, compile, cluster launchers and fakes, in about a seventh of `make test`'s time
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -ra -m "not slow and not e2e" -n $(TEST_WORKERS) --dist loadscope
 

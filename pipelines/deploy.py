@@ -17,6 +17,11 @@ from pipelines.settings import MULTI_WORKER_STEP, Settings, StepSettings
 LAUNCHER_POD_FIELDS = {"TLPIPE_POD_NAME": "metadata.name", "TLPIPE_POD_UID": "metadata.uid",
                        "TLPIPE_SERVICE_ACCOUNT": "spec.serviceAccountName"}
 
+# What each worker pod of a cluster job takes from the fine-tune step's settings (the backup
+# volume comes from the settings' top level).
+WORKER_POD_FIELDS = tuple(name for name in WorkerPod.__dataclass_fields__
+                          if name != "backup_volume")
+
 
 def distribution(settings: Settings, launcher: str | None = None) -> Distribution:
     """The fine-tune step's distribution contract from the settings: the worker count, how
@@ -38,10 +43,6 @@ def distribution(settings: Settings, launcher: str | None = None) -> Distributio
     return replace(contract, image=settings.image("tlpipe-train"),
                    backup_root=settings.backup_root, namespace=settings.job_namespace, pod=pod)
 
-
-# What each worker pod of a cluster job takes from the fine-tune step's settings.
-WORKER_POD_FIELDS = tuple(name for name in WorkerPod.__dataclass_fields__
-                          if name != "backup_volume")
 
 
 def launcher_step(step: StepSettings) -> StepSettings:

@@ -85,7 +85,7 @@ class Distribution:
 
     workers: int = 1
     launcher: str = "local"
-    restarts: int = 0
+    restarts: int = 3
     start_timeout_seconds: int = 600
     timeout_seconds: int = 0
     image: str = ""

@@ -14,7 +14,6 @@ from components.core.cluster.job import run
 from components.core.cluster.pod import launcher_pod, own_namespace
 from components.core.io import storage
 
-
 LAUNCHER_MARGIN_SECONDS = 300  # the job's deadline is this much before the step's (or 10%)
 
 
@@ -35,7 +34,7 @@ def job_deadline(step_timeout_seconds: int) -> int:
 def fine_tune(distribution: Distribution, uris: dict, config_json: str, model_dir: str,
               api_client=None, poll_seconds: float = 10) -> int:
     """The fine-tune step on a cluster: runs the workers as the job of distribution.launcher
-    (`_engine`), then copies the chief's model from backup_root into
+    (TrainJob or TFJob, see `_engine`), then copies the chief's model from backup_root into
     `model_dir`. uris: the step's artifact URIs {"images", "backbone", "head"} (read by the
     worker pods) and "model" (names the job). Returns the worker-group restarts."""
     engine = _engine(distribution.launcher)

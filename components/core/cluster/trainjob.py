@@ -71,11 +71,11 @@ def manifest(name: str, namespace: str, image: str, command: list[str], workers:
              owner: dict | None = None) -> dict:
     """The TrainJob as the JSON the Kubernetes API takes, on the `RUNTIME` ClusterTrainingRuntime.
 
-    workers: numNodes (>= 2; worker 0 is the chief). pod: what every worker pod gets (`WorkerPod`:
-    resources and GPUs as resourcesPerNode; node selector,
-    tolerations, service account, secret and backup volumes as a runtime patch; secrets as env
-    in trainer.env). restarts: not set per job; the runtime's JobSet failurePolicy.maxRestarts
-    governs (kept for the launchers' common signature). timeout_seconds: activeDeadlineSeconds
+    workers: numNodes (>= 2; worker 0 is the chief). pod: what every worker pod gets
+    (`WorkerPod`: resources and GPUs as resourcesPerNode; node selector, tolerations, service
+    account, secret and backup volumes as a runtime patch; secrets as env in trainer.env).
+    restarts: not set per job; the runtime's JobSet failurePolicy.maxRestarts governs (kept
+    for the launchers' common signature). timeout_seconds: activeDeadlineSeconds
     (0: none). owner: the launcher pod (`own_pod.launcher_pod`): the job's owner, and its
     service account the workers' when the settings name none.
     """

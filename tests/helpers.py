@@ -1,6 +1,7 @@
 """Helpers the tests share (import them from here; conftest.py holds the fixtures): the
 ../shared assets, real tiny image folders and image caches, the fake-gcs-server binary, uploads
-to a bucket."""
+to a bucket, and `tlpipe` as a user runs it (TINY flags, run_pipeline in this process,
+start_tlpipe in a new one, assert_one_line for its errors)."""
 
 import json
 import os

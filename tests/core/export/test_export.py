@@ -17,8 +17,6 @@ from components.core.train import (finetune as finetuning, head as head_training
                                    model as models)
 from tests.helpers import ROOT, write_image_cache
 
-
-
 # Top-1 agreement an int8 export of the `trained` model keeps (with Keras, and between a
 # picture and its mirror image): over data seeds 0-4 it kept 0.959-0.989 with Keras and
 # 0.970-0.985 between mirror images (134 test digits, a 32-px model trained from scratch, 88-94%
@@ -34,7 +32,6 @@ def trained(tmp_path_factory):
     import tensorflow as tf
 
     keras.utils.set_random_seed(0)  # the random backbone
-
     digits = load_digits()
     keep = digits.target < 3
     images = np.repeat(np.round(digits.images[keep] * 255 / 16).astype(np.uint8)[..., None], 3, -1)
